@@ -1,0 +1,192 @@
+"""2D convolution (cross-correlation), forward and backward side by side."""
+
+import numpy as np
+from devito import Eq, Inc
+from devito.types.utils import IgnoreDimSort
+
+from devito_ml.activations import as_activation
+from devito_ml.layer import Layer
+from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
+from devito_ml.validation import ShapeError, as_pair, check_positive_ints
+
+__all__ = ['Conv']
+
+
+def output_extent(size, kernel, stride, padding, dilation):
+    """``floor((size + 2*padding - dilation*(kernel - 1) - 1)/stride) + 1``."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class Conv(Layer):
+    r"""2D convolution of an NCHW input with ``out_channels`` kernels.
+
+    Parameters
+    ----------
+    kernel_size : tuple of int
+        ``(out_channels, rows, cols)``; input channels come from ``input_size``.
+    input_size : tuple of int
+        ``(batch, channels, rows, cols)``.
+    stride, padding, dilation : int or pair of int
+        As ``torch.nn.Conv2d``; padding is zeros.
+    bias : bool
+        Whether to add a learnt bias per output channel.
+    activation : Activation or callable, optional
+        Applied to the output (default identity).
+    name : str, optional
+        Prefix of every Function and loop of the layer (default ``conv``).
+    dtype : numpy dtype
+        float32 (default) or float64.
+    generate_code : bool
+        Build standalone forward/backward operators now.
+    seed : int, optional
+        Seed of the parameter initialisation.
+
+    Shape
+    -----
+    ``(N, C, H, W) -> (N, K, OH, OW)`` with
+    ``OH = floor((H + 2*p - d*(R - 1) - 1)/s) + 1`` (likewise ``OW``).
+
+    Notes
+    -----
+    With ``z = W * x + b`` and ``y = f(z)``, ``dz = dy . f'(y)``:
+
+    .. math::
+
+        y_{nkij} &= f\big(b_k + \sum_{c,r,q} W_{kcrq}\, x_{n,c,is+rd-p,js+qd-p}\big)\\
+        \partial b_k &= \sum_{n,i,j} dz_{nkij}\\
+        \partial W_{kcrq} &= \sum_{n,i,j} dz_{nkij}\, x_{n,c,is+rd-p,js+qd-p}\\
+        \partial x_{nchw} &= \sum_{k,r,q} W_{kcrq}\, \tilde{dz}_{n,k,h+p-rd,w+p-qd}
+
+    where :math:`\tilde{dz}` is ``dz`` with ``s - 1`` zeros between entries and a
+    zero halo: the input gradient is a gather, with no atomics. The weight gradient
+    loops over its own indices outermost (parallel), the batch inside.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> conv = Conv(kernel_size=(4, 3, 3), input_size=(2, 3, 8, 8), padding=1)
+    >>> conv.kernel.shape, conv.result.shape
+    ((4, 3, 3, 3), (2, 4, 8, 8))
+    """
+
+    family = 'conv'
+
+    def __init__(self, kernel_size, input_size, stride=1, padding=0, dilation=1,
+                 bias=True, activation=None, name=None, dtype=np.float32,
+                 generate_code=False, seed=None):
+        self.name = name or self.family
+        self.kernel_size = check_positive_ints(self, 'kernel_size', kernel_size, 3)
+        self.stride = as_pair(self, 'stride', stride, minimum=1)
+        self.padding = as_pair(self, 'padding', padding, minimum=0)
+        self.dilation = as_pair(self, 'dilation', dilation, minimum=1)
+        self.has_bias = bool(bias)
+        self.activation = as_activation(activation)
+        self._seed = seed
+        super().__init__(input_size, name, dtype, generate_code=False)
+        self.reset_parameters(np.random.default_rng(seed))
+        if generate_code:
+            self.compile()
+
+    @property
+    def output_size(self):
+        n, _, h, w = self.input_size
+        k, r, q = self.kernel_size
+        extents = [output_extent(size, kern, s, p, d) for size, kern, s, p, d in
+                   zip((h, w), (r, q), self.stride, self.padding, self.dilation)]
+        if min(extents) < 1:
+            raise ShapeError(
+                f"Conv `{self.name}`: kernel {(r, q)} with dilation {self.dilation} "
+                f"does not fit input {(h, w)} padded by {self.padding}")
+        return (n, k) + tuple(extents)
+
+    @property
+    def input_halo(self):
+        ph, pw = self.padding
+        return Halo((0, 0), (0, 0), (ph, ph), (pw, pw))
+
+    def _create_functions(self):
+        _, c, h, w = self.input_size
+        _, k, oh, ow = self.output_size
+        _, r, q = self.kernel_size
+        self.k = self.out_dims[1]
+        self.ky, self.kx = self.dim('ky', r), self.dim('kx', q)
+        weight_dims = (self.k, self.in_dims[1], self.ky, self.kx)
+        self.kernel = self.tensor('W', weight_dims, (k, c, r, q))
+        self.kernel_gradients = self.tensor('dW', weight_dims, (k, c, r, q))
+        self.bias = self.tensor('b', (self.k,), (k,))
+        self.bias_gradients = self.tensor('db', (self.k,), (k,))
+        if self.activation.is_identity:
+            self.pre_activation_gradients = self.result_gradients
+        else:
+            self.pre_activation_gradients = self.tensor('dz', self.out_dims,
+                                                        self.output_size)
+        halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d in
+                 zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
+                     self.dilation)]
+        stuffed = (stuffed_extent(oh, self.stride[0]), stuffed_extent(ow, self.stride[1]))
+        self.stuffed_gradients = self.tensor(
+            'dz_stuffed',
+            (self.batch_dim, self.k, self.dim('sy', stuffed[0]),
+             self.dim('sx', stuffed[1])),
+            (self.input_size[0], k) + stuffed, Halo((0, 0), (0, 0), *halos))
+
+    def reset_parameters(self, rng):
+        _, c, _, _ = self.input_size
+        _, r, q = self.kernel_size
+        bound = 1 / np.sqrt(c * r * q)
+        self.kernel.data[:] = rng.uniform(-bound, bound, self.kernel.shape)
+        self.bias.data[:] = rng.uniform(-bound, bound, self.bias.shape) \
+            if self.has_bias else 0
+
+    def parameters(self):
+        return {'W': self.kernel, 'b': self.bias} if self.has_bias else \
+            {'W': self.kernel}
+
+    def gradients(self):
+        return {'W': self.kernel_gradients, 'b': self.bias_gradients} \
+            if self.has_bias else {'W': self.kernel_gradients}
+
+    def _tap(self, n=None):
+        """The input value under kernel tap (ky, kx) of output (y, x) of sample n."""
+        n = self.in_dims[0] if n is None else n
+        c = self.in_dims[1]
+        _, _, y, x = self.out_dims
+        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+        return self.input[n, c, y * sy + self.ky * dy - py, x * sx + self.kx * dx - px]
+
+    def _forward_equations(self):
+        n, k, y, x = self.out_dims
+        c = self.in_dims[1]
+        out = self.result[n, k, y, x]
+        eqs = [Eq(out, self.bias[k] if self.has_bias else 0),
+               Inc(out, self.kernel[k, c, self.ky, self.kx] * self._tap())]
+        if not self.activation.is_identity:
+            eqs.append(Eq(out, self.activation.forward(out)))
+        return eqs
+
+    def _backward_equations(self):
+        n, k, y, x = self.out_dims
+        _, c, h, w = self.in_dims
+        ky, kx = self.ky, self.kx
+        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+        dz = self.pre_activation_gradients
+        eqs = []
+        if dz is not self.result_gradients:
+            eqs.append(Eq(dz[n, k, y, x], self.result_gradients[n, k, y, x]
+                          * self.activation.derivative_from_output(
+                              self.result[n, k, y, x])))
+        m = self.reduction_batch_dim
+        if self.has_bias:
+            eqs += [Eq(self.bias_gradients[k], 0),
+                    Inc(self.bias_gradients[k], dz[m, k, y, x],
+                        implicit_dims=IgnoreDimSort((k, m, y, x)))]
+        stuffed = self.stuffed_gradients
+        eqs += [Eq(self.kernel_gradients[k, c, ky, kx], 0),
+                Inc(self.kernel_gradients[k, c, ky, kx], dz[m, k, y, x] * self._tap(m),
+                    implicit_dims=IgnoreDimSort((k, c, ky, kx, m, y, x))),
+                Eq(stuffed[n, k, y * sy, x * sx], dz[n, k, y, x]),
+                Eq(self.input_gradients[n, c, h, w], 0),
+                Inc(self.input_gradients[n, c, h, w],
+                    self.kernel[k, c, ky, kx]
+                    * stuffed[n, k, h + py - ky * dy, w + px - kx * dx])]
+        return eqs

@@ -1,0 +1,82 @@
+"""Small Devito building blocks shared by the layers.
+
+Everything here is pinned to Devito 4.8 behaviour, measured with the version in
+``setup.cfg``:
+
+- ``Select`` is Devito's ``InlineIf`` (a C ternary) made usable inside equations:
+  Devito's cluster passes rebuild expressions with ``evaluate=...``, which
+  ``InlineIf`` does not accept, and ``sympy.Piecewise`` does not survive lowering.
+- ``tensor`` builds a Grid-free ``Function`` with an explicit halo (zero padding lives
+  in the halo, so padded reads need no branch and no copy).
+- ``tap_dimension`` gives kernel-tap loops a default extent, so a loop over taps works
+  even where no Function carries that Dimension.
+"""
+
+import numpy as np
+import sympy
+from devito import DefaultDimension, Dimension, Function
+from devito.symbolics import CondEq, InlineIf
+
+__all__ = ['Select', 'CondEq', 'tensor', 'dimension', 'tap_dimension',
+           'Halo', 'stuffed_extent', 'stuffed_halo']
+
+
+class Select(InlineIf):
+    """``cond ? true_expr : false_expr`` in the generated C.
+
+    Examples
+    --------
+    >>> from devito import Dimension
+    >>> x = Dimension('x')
+    >>> Select(CondEq(x, 0), 1, 2)
+    (Eq(x, 0)) ? 1 : 2
+    """
+
+    def __new__(cls, cond, true_expr, false_expr, evaluate=None, **kwargs):
+        return super().__new__(cls, cond, sympy.sympify(true_expr),
+                               sympy.sympify(false_expr), **kwargs)
+
+
+def dimension(name):
+    """A loop Dimension named after what it indexes (``conv1_k``)."""
+    return Dimension(name=name)
+
+
+def tap_dimension(name, extent):
+    """A kernel-tap Dimension whose extent defaults to ``extent``."""
+    return DefaultDimension(name=name, default_value=int(extent))
+
+
+class Halo(tuple):
+    """Per-dimension ``(left, right)`` halo widths of a tensor."""
+
+    def __new__(cls, *pairs):
+        return super().__new__(cls, tuple((int(a), int(b)) for a, b in pairs))
+
+    @classmethod
+    def none(cls, ndim):
+        return cls(*[(0, 0)] * ndim)
+
+
+def tensor(name, dimensions, shape, dtype, halo=None):
+    """A Grid-free Devito Function with an explicit (default empty) halo."""
+    halo = Halo.none(len(shape)) if halo is None else halo
+    return Function(name=name, dimensions=tuple(dimensions), shape=tuple(shape),
+                    dtype=np.dtype(dtype).type, space_order=0, halo=tuple(halo))
+
+
+def stuffed_extent(out_size, stride):
+    """Extent of an output gradient with ``stride - 1`` zeros between entries."""
+    return (out_size - 1) * stride + 1
+
+
+def stuffed_halo(in_size, out_size, kernel, stride, padding, dilation=1):
+    """Halo that lets ``in`` positions gather from a stuffed output gradient.
+
+    The input gradient at ``h`` reads stuffed position ``h + padding - r*dilation``
+    for every tap ``r``; that position must exist (halo entries stay zero).
+    """
+    length = stuffed_extent(out_size, stride)
+    left = max(0, (kernel - 1) * dilation - padding)
+    right = max(0, in_size - 1 + padding - (length - 1))
+    return left, right

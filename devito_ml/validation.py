@@ -1,0 +1,78 @@
+"""Shared argument checks: every error names the layer, the argument, what was
+expected and what came."""
+
+import numbers
+
+import numpy as np
+
+__all__ = ['ShapeError', 'LayerArgumentError', 'as_pair', 'check_positive_ints',
+           'check_size', 'check_dtype', 'check_array']
+
+
+class LayerArgumentError(ValueError):
+    """A layer or net was given an argument it cannot use."""
+
+
+class ShapeError(LayerArgumentError):
+    """A shape does not match what a layer or net expects."""
+
+
+def _owner(layer):
+    return f"{type(layer).__name__} `{layer}`" if layer is not None else "argument"
+
+
+def as_pair(layer, argument, value, minimum=0):
+    """Normalise an int or a pair of ints to a pair, checking the bound."""
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) for v in pair) \
+            or any(v < minimum for v in pair):
+        raise LayerArgumentError(
+            f"{_owner(layer)}: `{argument}` must be an int or a pair of ints "
+            f">= {minimum}, got {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+def check_positive_ints(layer, argument, value, length):
+    """Check that ``value`` is a tuple of ``length`` positive ints."""
+    try:
+        size = tuple(value)
+    except TypeError:
+        size = None
+    if size is None or len(size) != length or \
+            not all(isinstance(v, numbers.Integral) and v > 0 for v in size):
+        raise ShapeError(
+            f"{_owner(layer)}: `{argument}` must be {length} positive ints, "
+            f"got {value!r}")
+    return tuple(int(v) for v in size)
+
+
+def check_size(layer, argument, expected, received):
+    """Raise a ShapeError unless two shapes agree."""
+    if tuple(expected) != tuple(received):
+        raise ShapeError(
+            f"{_owner(layer)}: `{argument}` must have shape {tuple(expected)}, "
+            f"got {tuple(received)}")
+
+
+def check_dtype(layer, argument, expected, received):
+    """Raise a TypeError unless two dtypes agree."""
+    if np.dtype(expected) != np.dtype(received):
+        raise TypeError(
+            f"{_owner(layer)}: `{argument}` must have dtype {np.dtype(expected)}, "
+            f"got {np.dtype(received)}")
+
+
+def check_array(layer, argument, array, shape, dtype):
+    """Check a numpy array given by a user against a shape and a dtype.
+
+    Only the leading (batch) extent may be smaller than ``shape[0]``.
+    """
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{_owner(layer)}: `{argument}` must be a numpy array, "
+                        f"got {type(array).__name__}")
+    if array.ndim != len(shape) or tuple(array.shape[1:]) != tuple(shape[1:]) \
+            or not 1 <= array.shape[0] <= shape[0]:
+        raise ShapeError(
+            f"{_owner(layer)}: `{argument}` must have shape (b,) + {tuple(shape[1:])} "
+            f"with 1 <= b <= {shape[0]}, got {array.shape}")
+    check_dtype(layer, argument, dtype, array.dtype)
