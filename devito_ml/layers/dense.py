@@ -1,0 +1,203 @@
+"""Fully connected layers, forward and backward side by side."""
+
+import numpy as np
+import sympy
+from devito import Eq, Inc
+from devito.types.utils import IgnoreDimSort
+from sympy import Max
+
+from devito_ml.activations import as_activation
+from devito_ml.layer import Layer
+from devito_ml.validation import ShapeError, check_positive_ints
+
+__all__ = ['FullyConnected', 'FullyConnectedSoftmax', 'softmax_equations']
+
+
+class FullyConnected(Layer):
+    r"""``y = f(x W^T + b)`` on ``(batch, features)`` inputs, as ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    weight_size : pair of int
+        ``(out_features, in_features)``.
+    input_size : pair of int
+        ``(batch, in_features)``.
+    bias : bool
+    activation : Activation or callable, optional
+    name, dtype, generate_code, seed
+        As :class:`~devito_ml.Conv`.
+
+    Shape
+    -----
+    ``(N, I) -> (N, O)``.
+
+    Notes
+    -----
+    With ``dz = dy . f'(y)``:
+
+    .. math::
+
+        \partial b_o = \sum_n dz_{no},\qquad
+        \partial W_{oi} = \sum_n dz_{no} x_{ni},\qquad
+        \partial x_{ni} = \sum_o W_{oi} dz_{no}
+
+    Examples
+    --------
+    >>> FullyConnected(weight_size=(10, 84), input_size=(32, 84)).output_size
+    (32, 10)
+    """
+
+    family = 'fc'
+    input_ndim = 2
+
+    def __init__(self, weight_size, input_size, bias=True, activation=None, name=None,
+                 dtype=np.float32, generate_code=False, seed=None):
+        self.name = name or self.family
+        self.weight_size = check_positive_ints(self, 'weight_size', weight_size, 2)
+        self.has_bias = bool(bias)
+        self.activation = as_activation(activation)
+        super().__init__(input_size, name, dtype, generate_code=False)
+        if self.input_size[1] != self.weight_size[1]:
+            raise ShapeError(
+                f"{type(self).__name__} `{self.name}`: `weight_size` {self.weight_size} "
+                f"needs {self.weight_size[1]} input features, `input_size` "
+                f"{self.input_size} has {self.input_size[1]}")
+        self.reset_parameters(np.random.default_rng(seed))
+        if generate_code:
+            self.compile()
+
+    @property
+    def output_size(self):
+        return (self.input_size[0], self.weight_size[0])
+
+    def _create_functions(self):
+        self.o, self.i = self.out_dims[1], self.in_dims[1]
+        self.kernel = self.tensor('W', (self.o, self.i), self.weight_size)
+        self.kernel_gradients = self.tensor('dW', (self.o, self.i), self.weight_size)
+        self.bias = self.tensor('b', (self.o,), self.weight_size[:1])
+        self.bias_gradients = self.tensor('db', (self.o,), self.weight_size[:1])
+        self._create_pre_activation()
+
+    def _create_pre_activation(self):
+        if self.activation.is_identity:
+            self.pre_activation_gradients = self.result_gradients
+        else:
+            self.pre_activation_gradients = self.tensor('dz', self.out_dims,
+                                                        self.output_size)
+
+    def reset_parameters(self, rng):
+        bound = 1 / np.sqrt(self.weight_size[1])
+        self.kernel.data[:] = rng.uniform(-bound, bound, self.weight_size)
+        self.bias.data[:] = rng.uniform(-bound, bound, self.weight_size[0]) \
+            if self.has_bias else 0
+
+    def parameters(self):
+        return {'W': self.kernel, 'b': self.bias} if self.has_bias else \
+            {'W': self.kernel}
+
+    def gradients(self):
+        return {'W': self.kernel_gradients, 'b': self.bias_gradients} \
+            if self.has_bias else {'W': self.kernel_gradients}
+
+    def _affine_equations(self, z):
+        """``z = x W^T + b`` into the Function ``z``."""
+        n, o, i = self.batch_dim, self.o, self.i
+        return [Eq(z[n, o], self.bias[o] if self.has_bias else 0),
+                Inc(z[n, o], self.kernel[o, i] * self.input[n, i])]
+
+    def _forward_equations(self):
+        eqs = self._affine_equations(self.result)
+        if not self.activation.is_identity:
+            out = self.result[self.out_dims]
+            eqs.append(Eq(out, self.activation.forward(out)))
+        return eqs
+
+    def _pre_activation_gradient_equations(self):
+        dz = self.pre_activation_gradients
+        if dz is self.result_gradients:
+            return []
+        out = self.out_dims
+        return [Eq(dz[out], self.result_gradients[out]
+                   * self.activation.derivative_from_output(self.result[out]))]
+
+    def _backward_equations(self):
+        n, o, i, m = self.batch_dim, self.o, self.i, self.reduction_batch_dim
+        dz = self.pre_activation_gradients
+        eqs = self._pre_activation_gradient_equations()
+        if self.has_bias:
+            eqs += [Eq(self.bias_gradients[o], 0),
+                    Inc(self.bias_gradients[o], dz[m, o],
+                        implicit_dims=IgnoreDimSort((o, m)))]
+        return eqs + [
+            Eq(self.kernel_gradients[o, i], 0),
+            Inc(self.kernel_gradients[o, i], dz[m, o] * self.input[m, i],
+                implicit_dims=IgnoreDimSort((o, m, i))),
+            Eq(self.input_gradients[n, i], 0),
+            Inc(self.input_gradients[n, i], self.kernel[o, i] * dz[n, o])]
+
+
+def softmax_equations(logits, probabilities, row_max, row_sum, n, passes):
+    """Equations of ``probabilities[n, k] = softmax(logits[n, :])[k]``, stable.
+
+    ``row_max`` and ``row_sum`` are ``(batch,)`` Functions that the equations fill
+    with each row's maximum and its sum of ``exp(logits - max)``. ``passes`` are
+    three Dimensions over the classes, one per pass: Devito fuses equations over
+    the same Dimensions point-wise, which would read a partial maximum.
+    """
+    k_max, k_sum, k = passes
+    shifted = lambda j: sympy.exp(logits[n, j] - row_max[n])  # noqa: E731
+    return [Eq(row_max[n], -sympy.oo),
+            Eq(row_max[n], Max(row_max[n], logits[n, k_max])),
+            Eq(row_sum[n], 0), Inc(row_sum[n], shifted(k_sum)),
+            Eq(probabilities[n, k], shifted(k) / row_sum[n])]
+
+
+class FullyConnectedSoftmax(FullyConnected):
+    r"""A fully connected layer followed by a softmax over the output features.
+
+    ``logits`` holds ``x W^T + b``; ``result`` the probabilities. Its adjoint is
+    the softmax Jacobian, :math:`dz_{no} = y_{no}(dy_{no} - \sum_j dy_{nj}y_{nj})`;
+    a Net pairing it with cross entropy writes ``dz`` directly from the logits
+    instead (``backprop_equations(from_logits=True)``), which stays exact when a
+    probability underflows.
+
+    Examples
+    --------
+    >>> FullyConnectedSoftmax(weight_size=(3, 8), input_size=(1, 8)).output_size
+    (1, 3)
+    """
+
+    family = 'fc'
+
+    def _create_pre_activation(self):
+        self.logits = self.tensor('logits', self.out_dims, self.output_size)
+        self.pre_activation_gradients = self.tensor('dz', self.out_dims,
+                                                    self.output_size)
+        self.logits_gradients = self.pre_activation_gradients
+        batch = (self.batch_dim,)
+        self.row_max = self.tensor('max', batch, self.output_size[:1])
+        self.row_sum = self.tensor('sum', batch, self.output_size[:1])
+        self.row_dot = self.tensor('dot', batch, self.output_size[:1])
+
+    def _forward_equations(self):
+        return self._affine_equations(self.logits) + softmax_equations(
+            self.logits, self.result, self.row_max, self.row_sum, self.batch_dim,
+            self._class_passes())
+
+    def _class_passes(self):
+        classes = self.output_size[1]
+        return self.dim('o_max', classes), self.dim('o_sum', classes), self.o
+
+    def backprop_equations(self, input_gradients=None, from_logits=False):
+        self._from_logits = from_logits
+        return super().backprop_equations(input_gradients)
+
+    def _pre_activation_gradient_equations(self):
+        if getattr(self, '_from_logits', False):
+            return []
+        n, o = self.batch_dim, self.o
+        j = self.dim('o_dot', self.output_size[1])
+        y, dy = self.result[n, o], self.result_gradients[n, o]
+        return [Eq(self.row_dot[n], 0),
+                Inc(self.row_dot[n], self.result_gradients[n, j] * self.result[n, j]),
+                Eq(self.pre_activation_gradients[n, o], y * (dy - self.row_dot[n]))]

@@ -1,0 +1,220 @@
+"""Pooling: a generic window reduction with max and average wrappers."""
+
+import numpy as np
+import sympy
+from devito import Eq, Inc
+from sympy import Max, Min
+
+from devito_ml.layer import Layer
+from devito_ml.layers.conv import output_extent
+from devito_ml.symbolics import CondEq, Halo, Select, stuffed_extent, stuffed_halo
+from devito_ml.validation import LayerArgumentError, ShapeError, as_pair
+
+__all__ = ['MaxPooling', 'AvgPooling', 'Subsampling']
+
+
+class Pooling(Layer):
+    r"""Base of window reductions over ``kernel_size`` windows of each channel.
+
+    Notes
+    -----
+    Both adjoints are gathers from :math:`\tilde{g}`, the output gradient with
+    ``stride - 1`` zeros between entries and a zero halo:
+
+    .. math::
+
+        \text{avg:}\quad \partial x_{nchw} &= \frac{1}{RQ}\sum_{r,q}
+            \tilde{g}_{n,c,h+p-r,w+p-q}\\
+        \text{max:}\quad \partial x_{nchw} &= \sum_{r,q}
+            \tilde{g}_{n,c,h+p-r,w+p-q}\,[\tilde{a}_{n,c,h+p-r,w+p-q} = rQ + q]
+
+    where :math:`a_{ncij}` is the first tap (in row-major order) that holds the
+    window's maximum, as PyTorch routes ties.
+    """
+
+    reduction = None   # 'max' or 'avg'
+
+    def __init__(self, kernel_size, input_size, stride=None, padding=0, name=None,
+                 dtype=np.float32, generate_code=False):
+        self.name = name or self.family
+        self.kernel_size = as_pair(self, 'kernel_size', kernel_size, minimum=1)
+        self.stride = self.kernel_size if stride is None else \
+            as_pair(self, 'stride', stride, minimum=1)
+        self.padding = as_pair(self, 'padding', padding, minimum=0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise LayerArgumentError(
+                f"{type(self).__name__} `{self.name}`: `padding` must be at most half "
+                f"the kernel {self.kernel_size}, got {self.padding}")
+        super().__init__(input_size, name, dtype, generate_code)
+
+    @property
+    def input_fill(self):
+        return -np.inf if self.reduction == 'max' else 0.0
+
+    @property
+    def output_size(self):
+        n, c, h, w = self.input_size
+        extents = [output_extent(size, k, s, p, 1) for size, k, s, p in
+                   zip((h, w), self.kernel_size, self.stride, self.padding)]
+        if min(extents) < 1:
+            raise ShapeError(f"{type(self).__name__} `{self.name}`: kernel "
+                             f"{self.kernel_size} does not fit input {(h, w)} padded "
+                             f"by {self.padding}")
+        return (n, c) + tuple(extents)
+
+    @property
+    def input_halo(self):
+        ph, pw = self.padding
+        return Halo((0, 0), (0, 0), (ph, ph), (pw, pw))
+
+    def _create_functions(self):
+        _, c, h, w = self.input_size
+        n, _, oh, ow = self.output_size
+        r, q = self.kernel_size
+        self.ky, self.kx = self.dim('ky', r), self.dim('kx', q)
+        halos = [stuffed_halo(size, out, k, s, p) for size, out, k, s, p in
+                 zip((h, w), (oh, ow), self.kernel_size, self.stride, self.padding)]
+        stuffed = (stuffed_extent(oh, self.stride[0]), stuffed_extent(ow, self.stride[1]))
+        dims = (self.batch_dim, self.out_dims[1], self.dim('sy', stuffed[0]),
+                self.dim('sx', stuffed[1]))
+        halo = Halo((0, 0), (0, 0), *halos)
+        self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo)
+        if self.reduction == 'max':
+            self.argmax = self.tensor('argmax', self.out_dims, self.output_size)
+            self.stuffed_argmax = self.tensor('argmax_stuffed', dims, (n, c) + stuffed,
+                                              halo)
+
+    def _tap(self):
+        n, c, _, _ = self.out_dims
+        _, _, y, x = self.out_dims
+        (sy, sx), (py, px) = self.stride, self.padding
+        return self.input[n, c, y * sy + self.ky - py, x * sx + self.kx - px]
+
+    def _forward_equations(self):
+        out = self.result[self.out_dims]
+        if self.reduction == 'max':
+            return [Eq(out, -sympy.oo), Eq(out, Max(out, self._tap()))]
+        return [Eq(out, 0), Inc(out, self._tap()),
+                Eq(out, out / (self.kernel_size[0] * self.kernel_size[1]))]
+
+    def _backward_equations(self):
+        n, c, y, x = self.out_dims
+        _, _, h, w = self.in_dims
+        ky, kx = self.ky, self.kx
+        (sy, sx), (py, px) = self.stride, self.padding
+        r, q = self.kernel_size
+        stuffed = self.stuffed_gradients
+        gathered = stuffed[n, c, h + py - ky, w + px - kx]
+        eqs = [Eq(stuffed[n, c, y * sy, x * sx], self.result_gradients[n, c, y, x])]
+        if self.reduction == 'max':
+            arg, tap_index = self.argmax[n, c, y, x], ky * q + kx
+            first = Select(CondEq(self._tap(), self.result[n, c, y, x]), tap_index, r * q)
+            eqs += [Eq(arg, r * q), Eq(arg, Min(arg, first)),
+                    Eq(self.stuffed_argmax[n, c, y * sy, x * sx], arg)]
+            routed = self.stuffed_argmax[n, c, h + py - ky, w + px - kx]
+            contribution = Select(CondEq(routed, tap_index), gathered, 0)
+        else:
+            contribution = gathered / (r * q)
+        din = self.input_gradients[n, c, h, w]
+        return eqs + [Eq(din, 0), Inc(din, contribution)]
+
+
+class MaxPooling(Pooling):
+    """Max pooling, as ``torch.nn.MaxPool2d`` (stride defaults to the kernel).
+
+    Parameters
+    ----------
+    kernel_size : int or pair of int
+    input_size : tuple of int
+        ``(batch, channels, rows, cols)``.
+    stride : int or pair of int, optional
+    padding : int or pair of int
+        Implicit -inf padding, at most half the kernel.
+
+    Shape
+    -----
+    ``(N, C, H, W) -> (N, C, OH, OW)``, ``OH = floor((H + 2p - R)/s) + 1``.
+
+    Examples
+    --------
+    >>> MaxPooling(kernel_size=3, input_size=(1, 2, 7, 7), stride=2).output_size
+    (1, 2, 3, 3)
+    """
+
+    family = 'pool'
+    reduction = 'max'
+
+
+class AvgPooling(Pooling):
+    """Average pooling, as ``torch.nn.AvgPool2d`` (zero padding counted).
+
+    Parameters are those of :class:`MaxPooling`.
+
+    Examples
+    --------
+    >>> AvgPooling(kernel_size=2, input_size=(1, 2, 6, 6)).output_size
+    (1, 2, 3, 3)
+    """
+
+    family = 'pool'
+    reduction = 'avg'
+
+
+class Subsampling(Pooling):
+    """The tutorial's generic pooling: ``function`` reduces each window.
+
+    Parameters
+    ----------
+    kernel_size : pair of int
+    input_size : tuple of int
+    function : callable
+        Receives the list of a window's values (row-major) and returns an
+        expression, e.g. ``lambda l: Max(*l)``. Max and mean are recognised and get
+        their exact adjoints; other functions run forward only.
+    stride : pair of int
+        Default ``(1, 1)``, as in the tutorial.
+    padding : pair of int
+
+    Examples
+    --------
+    >>> from sympy import Max
+    >>> Subsampling((2, 2), (1, 2, 4, 4), function=lambda l: Max(*l)).output_size
+    (1, 2, 3, 3)
+    """
+
+    family = 'pool'
+
+    def __init__(self, kernel_size, input_size, function, stride=(1, 1), padding=0,
+                 name=None, dtype=np.float32, generate_code=False):
+        self.function = function
+        self.reduction = self._recognise(function, as_pair(self, 'kernel_size',
+                                                          kernel_size, 1))
+        super().__init__(kernel_size, input_size, stride, padding, name, dtype,
+                         generate_code)
+
+    @staticmethod
+    def _recognise(function, kernel_size):
+        taps = sympy.symbols(f"t0:{kernel_size[0] * kernel_size[1]}", real=True)
+        value = sympy.sympify(function(list(taps)))
+        if value == Max(*taps):
+            return 'max'
+        if sympy.simplify(value - sympy.Add(*taps) / len(taps)) == 0:
+            return 'avg'
+        return None
+
+    def _forward_equations(self):
+        if self.reduction is not None:
+            return super()._forward_equations()
+        n, c, y, x = self.out_dims
+        (sy, sx), (py, px) = self.stride, self.padding
+        r, q = self.kernel_size
+        window = [self.input[n, c, y * sy + i - py, x * sx + j - px]
+                  for i in range(r) for j in range(q)]
+        return [Eq(self.result[n, c, y, x], self.function(window))]
+
+    def _backward_equations(self):
+        if self.reduction is None:
+            raise NotImplementedError(
+                f"Subsampling `{self.name}`: backpropagation needs a max or mean "
+                f"`function`, got {self.function!r}")
+        return super()._backward_equations()

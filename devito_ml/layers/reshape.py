@@ -1,0 +1,47 @@
+"""Flat: NCHW feature maps (any rows x cols) to (batch, features)."""
+
+import numpy as np
+from devito import Eq
+
+from devito_ml.layer import Layer
+
+__all__ = ['Flat']
+
+
+class Flat(Layer):
+    """Flatten ``(N, C, H, W)`` to ``(N, C*H*W)`` in C order, as ``torch.flatten``.
+
+    Notes
+    -----
+    ``y[n, c*H*W + h*W + w] = x[n, c, h, w]`` and the adjoint is the same map read
+    backwards: ``dx[n, c, h, w] = dy[n, c*H*W + h*W + w]``.
+
+    Examples
+    --------
+    >>> Flat(input_size=(2, 3, 4, 5)).output_size
+    (2, 60)
+    """
+
+    family = 'flat'
+
+    def __init__(self, input_size, name=None, dtype=np.float32, generate_code=False):
+        super().__init__(input_size, name, dtype, generate_code)
+
+    @property
+    def output_size(self):
+        n, c, h, w = self.input_size
+        return (n, c * h * w)
+
+    def _feature(self):
+        _, _, h, w = self.input_size
+        _, c, y, x = self.in_dims
+        return c * h * w + y * w + x
+
+    def _forward_equations(self):
+        n = self.batch_dim
+        return [Eq(self.result[n, self._feature()], self.input[self.in_dims])]
+
+    def _backward_equations(self):
+        n = self.batch_dim
+        return [Eq(self.input_gradients[self.in_dims],
+                   self.result_gradients[n, self._feature()])]
