@@ -1,9 +1,16 @@
-"""devito_ml: convolutional networks whose forward pass, backward pass and update
-are generated C/OpenMP code, built by Devito from equations each layer emits."""
+"""devito_ml: convolutional networks whose forward and backward passes are generated
+C/OpenMP code, built by Devito from the equations each layer emits."""
 
 from devito_ml.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from devito_ml.layer import Layer
 from devito_ml.layers.conv import Conv
+from devito_ml.layers.dense import FullyConnected, FullyConnectedSoftmax
+from devito_ml.layers.pooling import AvgPooling, MaxPooling, Subsampling
+from devito_ml.layers.reshape import Flat
+from devito_ml.net import Net
 from devito_ml.validation import LayerArgumentError, ShapeError
 
-__all__ = ['Conv', 'Identity', 'LeakyReLU', 'ReLU', 'Sigmoid', 'Tanh',
+__all__ = ['Layer', 'Conv', 'MaxPooling', 'AvgPooling', 'Subsampling', 'Flat',
+           'FullyConnected', 'FullyConnectedSoftmax', 'Net',
+           'Identity', 'ReLU', 'LeakyReLU', 'Sigmoid', 'Tanh',
            'LayerArgumentError', 'ShapeError']

@@ -117,20 +117,36 @@ class Layer:
         return tensor(f"{self.name}_{role}", dims, shape, self.dtype, halo)
 
     def _io_dims(self, prefix, size):
+        """Loop Dimensions over a tensor of ``size``: batch, then known extents."""
         roles = ('c', 'h', 'w') if len(size) == 4 else ('f',)
         return (self.batch_dim,) + tuple(self.dim(prefix + r, e)
                                          for r, e in zip(roles, size[1:]))
 
+    def _storage_dims(self, role, size):
+        """Dimensions a tensor is stored on, never iterated by a loop.
+
+        Devito derives a loop's bounds from every access to a Function along that
+        loop's Dimension; when the next layer reads this layer's output through
+        index expressions of its own loops (``oh*s + ky - p``), those would count as
+        offsets and shrink this layer's loops. Every layer therefore iterates its
+        own loop Dimensions and indexes tensors explicitly.
+        """
+        roles = ('c', 'h', 'w') if len(size) == 4 else ('f',)
+        return (self.batch_dim,) + tuple(Dimension(f"{self.name}_{role}_{r}")
+                                         for r in roles)
+
     def _allocate(self):
         self.in_dims = self._io_dims('i', self.input_size)
         self.out_dims = self._io_dims('o', self.output_size)
-        self.input = self.tensor('in', self.in_dims, self.input_size, self.input_halo)
+        in_storage = self._storage_dims('in', self.input_size)
+        self.out_storage = self._storage_dims('out', self.output_size)
+        self.input = self.tensor('in', in_storage, self.input_size, self.input_halo)
         fill_halo(self.input, self.input_fill)
-        self.input_gradients = self.tensor('din', self.in_dims, self.input_size)
-        self.result = self.tensor('out', self.out_dims, self.output_size,
+        self.input_gradients = self.tensor('din', in_storage, self.input_size)
+        self.result = self.tensor('out', self.out_storage, self.output_size,
                                   self.result_halo)
         fill_halo(self.result, self.result_fill)
-        self.result_gradients = self.tensor('dout', self.out_dims, self.output_size)
+        self.result_gradients = self.tensor('dout', self.out_storage, self.output_size)
         self._create_functions()
 
     def configure(self, name=None, dtype=None, result_halo=None, result_fill=None):

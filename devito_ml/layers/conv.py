@@ -118,7 +118,7 @@ class Conv(Layer):
         if self.activation.is_identity:
             self.pre_activation_gradients = self.result_gradients
         else:
-            self.pre_activation_gradients = self.tensor('dz', self.out_dims,
+            self.pre_activation_gradients = self.tensor('dz', self.out_storage,
                                                         self.output_size)
         halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d in
                  zip((h, w), (oh, ow), (r, q), self.stride, self.padding,

@@ -82,7 +82,7 @@ class FullyConnected(Layer):
         if self.activation.is_identity:
             self.pre_activation_gradients = self.result_gradients
         else:
-            self.pre_activation_gradients = self.tensor('dz', self.out_dims,
+            self.pre_activation_gradients = self.tensor('dz', self.out_storage,
                                                         self.output_size)
 
     def reset_parameters(self, rng):
@@ -170,8 +170,8 @@ class FullyConnectedSoftmax(FullyConnected):
     family = 'fc'
 
     def _create_pre_activation(self):
-        self.logits = self.tensor('logits', self.out_dims, self.output_size)
-        self.pre_activation_gradients = self.tensor('dz', self.out_dims,
+        self.logits = self.tensor('logits', self.out_storage, self.output_size)
+        self.pre_activation_gradients = self.tensor('dz', self.out_storage,
                                                     self.output_size)
         self.logits_gradients = self.pre_activation_gradients
         batch = (self.batch_dim,)

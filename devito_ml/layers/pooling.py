@@ -80,7 +80,7 @@ class Pooling(Layer):
         halo = Halo((0, 0), (0, 0), *halos)
         self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo)
         if self.reduction == 'max':
-            self.argmax = self.tensor('argmax', self.out_dims, self.output_size)
+            self.argmax = self.tensor('argmax', self.out_storage, self.output_size)
             self.stuffed_argmax = self.tensor('argmax_stuffed', dims, (n, c) + stuffed,
                                               halo)
 

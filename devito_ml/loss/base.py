@@ -1,0 +1,46 @@
+"""The Loss base class: the Functions a loss owns, named after it."""
+
+from devito import Dimension
+
+from devito_ml.symbolics import tap_dimension, tensor
+
+__all__ = ['Loss']
+
+
+class Loss:
+    """Base of losses on a ``(batch, classes)`` output.
+
+    ``equations(output, gradient)`` returns equations that write the mean loss
+    over the active batch into ``value`` and dL/doutput into ``gradient``. A loss
+    allocates ``targets`` (one row per sample) and ``value`` when bound to an
+    output shape with :meth:`bind`.
+    """
+
+    name = 'loss'
+
+    def bind(self, output_size, dtype):
+        """Allocate ``targets`` and ``value`` for outputs of ``output_size``."""
+        self.output_size = tuple(output_size)
+        self.dtype = dtype
+        self.n = Dimension('n')
+        self.k = tap_dimension(f"{self.name}_k", output_size[1])
+        self.targets = tensor(f"{self.name}_targets", (self.n, self.k), output_size,
+                              dtype)
+        self.value = tensor(f"{self.name}_value", (tap_dimension(f"{self.name}_v", 1),),
+                            (1,), dtype)
+        self._allocate()
+        return self
+
+    def _allocate(self):
+        """Internal buffers of a loss."""
+
+    def batch_size(self):
+        """Number of active samples, as a symbol of the batch bound."""
+        return self.n.symbolic_max - self.n.symbolic_min + 1
+
+    def equations(self, output, gradient):
+        raise NotImplementedError
+
+    def set_targets(self, targets, batch):
+        """Write a batch of targets (numpy) into ``targets``."""
+        self.targets.data[:batch] = targets

@@ -1,0 +1,87 @@
+"""Cross entropy on logits, with the softmax fused (and stable)."""
+
+import numpy as np
+import sympy
+from devito import Eq, Inc
+
+from devito_ml.layers.dense import softmax_equations
+from devito_ml.loss.base import Loss
+from devito_ml.symbolics import tap_dimension, tensor
+from devito_ml.validation import ShapeError
+
+__all__ = ['CrossEntropy', 'cross_entropy']
+
+
+class CrossEntropy(Loss):
+    r"""Mean cross entropy of softmax(logits) against class labels or probabilities.
+
+    Notes
+    -----
+    With :math:`m_n = \max_k z_{nk}` and :math:`s_n = \sum_k e^{z_{nk} - m_n}`,
+
+    .. math::
+
+        L = \frac{1}{N}\sum_n \Big(m_n + \log s_n - \sum_k t_{nk} z_{nk}\Big),\qquad
+        \frac{\partial L}{\partial z_{nk}} = \frac{1}{N}\Big(\frac{e^{z_{nk}-m_n}}{s_n}
+            - t_{nk}\Big)
+
+    which stays finite for logits of any magnitude; ``t`` rows sum to one.
+    """
+
+    name = 'cross_entropy'
+
+    def _allocate(self):
+        batch = self.output_size[:1]
+        self.row_max = tensor(f"{self.name}_max", (self.n,), batch, self.dtype)
+        self.row_sum = tensor(f"{self.name}_sum", (self.n,), batch, self.dtype)
+        self.probabilities = tensor(f"{self.name}_probabilities", (self.n, self.k),
+                                    self.output_size, self.dtype)
+
+    def equations(self, output, gradient):
+        n, k, t = self.n, self.k, self.targets
+        classes = self.output_size[1]
+        passes = [tap_dimension(f"{self.name}_{role}", classes)
+                  for role in ('kmax', 'ksum')] + [k]
+        k_dot = tap_dimension(f"{self.name}_kdot", classes)
+        batch = self.batch_size()
+        value = self.value[0]
+        return softmax_equations(output, self.probabilities, self.row_max,
+                                 self.row_sum, n, passes) + [
+            Eq(gradient[n, k], (self.probabilities[n, k] - t[n, k]) / batch),
+            Eq(value, 0),
+            Inc(value, (self.row_max[n] + sympy.log(self.row_sum[n])) / batch),
+            Inc(value, -t[n, k_dot] * output[n, k_dot] / batch)]
+
+    def set_targets(self, targets, batch):
+        """Class labels ``(b,)`` (ints) or target probabilities ``(b, classes)``."""
+        targets = np.asarray(targets)
+        classes = self.output_size[1]
+        if targets.ndim == 1 and np.issubdtype(targets.dtype, np.integer):
+            if targets.shape[0] != batch or targets.min() < 0 or \
+                    targets.max() >= classes:
+                raise ShapeError(f"cross_entropy: `targets` must be {batch} labels in "
+                                 f"[0, {classes}), got shape {targets.shape}, range "
+                                 f"[{targets.min()}, {targets.max()}]")
+            self.targets.data[:batch] = 0
+            self.targets.data[np.arange(batch), targets] = 1
+        elif targets.shape == (batch, classes):
+            self.targets.data[:batch] = targets
+        else:
+            raise ShapeError(f"cross_entropy: `targets` must be {batch} integer labels "
+                             f"or shape {(batch, classes)}, got {targets.dtype} "
+                             f"{targets.shape}")
+
+
+def cross_entropy(output, targets, gradient, value):
+    """Equations for the mean cross entropy of ``output`` logits (functional form).
+
+    Parameters
+    ----------
+    output, targets, gradient : Function
+        ``(batch, classes)``: logits, target probabilities, dL/dlogits.
+    value : Function
+        ``(1,)``, receives the loss.
+    """
+    loss = CrossEntropy().bind(output.shape, output.dtype)
+    loss.targets, loss.value = targets, value
+    return loss.equations(output, gradient)

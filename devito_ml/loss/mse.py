@@ -1,0 +1,39 @@
+"""Mean squared error."""
+
+from devito import Eq, Inc
+
+from devito_ml.loss.base import Loss
+from devito_ml.validation import check_size
+
+__all__ = ['MSE', 'mse']
+
+
+class MSE(Loss):
+    r"""Mean over all elements of ``(y - t)**2``, as ``torch.nn.MSELoss()``.
+
+    Notes
+    -----
+    .. math:: L = \frac{1}{NK}\sum_{n,k}(y_{nk} - t_{nk})^2,\qquad
+              \frac{\partial L}{\partial y_{nk}} = \frac{2}{NK}(y_{nk} - t_{nk})
+    """
+
+    name = 'mse'
+
+    def equations(self, output, gradient):
+        n, k, t = self.n, self.k, self.targets
+        count = self.batch_size() * self.output_size[1]
+        error = output[n, k] - t[n, k]
+        value = self.value[0]
+        return [Eq(gradient[n, k], 2 * error / count),
+                Eq(value, 0), Inc(value, error * error / count)]
+
+    def set_targets(self, targets, batch):
+        check_size(None, 'targets', (batch,) + self.output_size[1:], targets.shape)
+        self.targets.data[:batch] = targets
+
+
+def mse(output, targets, gradient, value):
+    """Equations for the mean squared error of ``output`` (functional form)."""
+    loss = MSE().bind(output.shape, output.dtype)
+    loss.targets, loss.value = targets, value
+    return loss.equations(output, gradient)

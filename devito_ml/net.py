@@ -1,0 +1,260 @@
+"""Net: wires layers, builds the forward and backward operators, runs them."""
+
+import os
+from collections import Counter
+
+import numpy as np
+
+from devito_ml.compiled import CompiledOperator
+from devito_ml.layer import Layer
+from devito_ml.layers.dense import FullyConnectedSoftmax
+from devito_ml.loss import CrossEntropy, get_loss
+from devito_ml.validation import LayerArgumentError, ShapeError, check_array
+
+__all__ = ['Net']
+
+
+class Net:
+    """A sequence of layers compiled into one forward and one backward operator.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        Each layer's ``input_size`` must equal the previous ``output_size``.
+    dtype : numpy dtype
+        float32 (default) or float64, for every Function of the net.
+    loss : Loss or str
+        ``'cross_entropy'`` (default, on logits) or ``'mse'``.
+    name : str
+        Prefix of the generated C functions (``net_forward``, ``net_backward``).
+    seed : int, optional
+        When given, re-draws every parameter from this seed.
+
+    Notes
+    -----
+    Each link is one pair of Functions: a layer's ``result`` is the next layer's
+    input, allocated with the halo (padding) the next layer reads, and the next
+    layer writes its input gradient into the layer's ``result_gradients``. No copy
+    is made between layers. Layers without a name are numbered per family
+    (``conv1``, ``conv2``, ``pool1``...), and their Functions and loops carry these
+    names in the generated C.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from devito_ml import Net, Conv, Flat, FullyConnected, ReLU
+    >>> net = Net([Conv((4, 3, 3), (2, 1, 6, 6), padding=1, activation=ReLU()),
+    ...            Flat((2, 4, 6, 6)), FullyConnected((3, 144), (2, 144))])
+    >>> net.forward(np.ones((2, 1, 6, 6), np.float32)).shape
+    (2, 3)
+    >>> loss = net.backward(np.array([0, 2]))
+    >>> sorted(net.gradients())[:2]
+    ['conv1_W', 'conv1_b']
+    """
+
+    def __init__(self, layers, dtype=np.float32, loss='cross_entropy', name='net',
+                 seed=None):
+        self.layers = list(layers)
+        if not self.layers or not all(isinstance(i, Layer) for i in self.layers):
+            raise TypeError(f"Net: `layers` must be a non-empty sequence of Layers, got "
+                            f"{layers!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Net: `dtype` must be float32 or float64, got {self.dtype}")
+        self.name = name
+        self.loss = get_loss(loss)
+        self.training = True
+        self._check_chain()
+        self._configure_layers()
+        if seed is not None:
+            rng = np.random.default_rng(seed)
+            for layer in self.layers:
+                layer.reset_parameters(rng)
+        self.loss.bind(self.output_size, self.dtype)
+        self._forward_operator = self._backward_operator = None
+        self._batch = None
+
+    # -- construction ------------------------------------------------------------------
+
+    def _check_chain(self):
+        for before, after in zip(self.layers, self.layers[1:]):
+            if tuple(after.input_size) != tuple(before.output_size):
+                raise ShapeError(
+                    f"Net: {type(after).__name__} `{after.name}` takes input_size "
+                    f"{after.input_size}, but {type(before).__name__} `{before.name}` "
+                    f"before it gives output_size {before.output_size}")
+
+    def _configure_layers(self):
+        counters = Counter()
+        names = []
+        for layer in self.layers:
+            if layer.named:
+                names.append(layer.name)
+            else:
+                counters[layer.family] += 1
+                names.append(f"{layer.family}{counters[layer.family]}")
+        repeated = [n for n, count in Counter(names).items() if count > 1]
+        if repeated:
+            raise LayerArgumentError(f"Net: layer names must be unique, {repeated} "
+                                     "appear more than once")
+        for i, (layer, name) in enumerate(zip(self.layers, names)):
+            consumer = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            layer.configure(name=name, dtype=self.dtype,
+                            result_halo=consumer and consumer.input_halo,
+                            result_fill=consumer and consumer.input_fill)
+
+    @property
+    def input_size(self):
+        return self.layers[0].input_size
+
+    @property
+    def output_size(self):
+        return self.layers[-1].output_size
+
+    @property
+    def _fused_softmax(self):
+        """Cross entropy on a softmax layer reads its logits instead."""
+        return isinstance(self.layers[-1], FullyConnectedSoftmax) and \
+            isinstance(self.loss, CrossEntropy)
+
+    def forward_equations(self):
+        """Equations of the whole forward pass, in layer order."""
+        eqs = self.layers[0].equations()
+        for before, layer in zip(self.layers, self.layers[1:]):
+            eqs += layer.equations(before.result)
+        return eqs
+
+    def backward_equations(self):
+        """Loss value and gradient, then every layer's adjoint in reverse order."""
+        last = self.layers[-1]
+        if self._fused_softmax:
+            eqs = self.loss.equations(last.logits, last.logits_gradients)
+            eqs += last.backprop_equations(self._input_gradients_of(-1),
+                                           from_logits=True)
+        else:
+            eqs = self.loss.equations(last.result, last.result_gradients)
+            eqs += last.backprop_equations(self._input_gradients_of(-1))
+        for index in range(len(self.layers) - 2, -1, -1):
+            eqs += self.layers[index].backprop_equations(self._input_gradients_of(index))
+        return eqs
+
+    def _input_gradients_of(self, index):
+        index %= len(self.layers)
+        return self.layers[index - 1].result_gradients if index else None
+
+    @property
+    def forward_operator(self):
+        if self._forward_operator is None:
+            self._forward_operator = CompiledOperator(self.forward_equations(),
+                                                      name=f"{self.name}_forward")
+        return self._forward_operator
+
+    @property
+    def backward_operator(self):
+        if self._backward_operator is None:
+            self._backward_operator = CompiledOperator(self.backward_equations(),
+                                                       name=f"{self.name}_backward")
+        return self._backward_operator
+
+    # -- running -----------------------------------------------------------------------
+
+    def forward(self, x):
+        """Run the forward pass on a batch ``x`` (NCHW numpy); return the output.
+
+        ``x`` may hold fewer samples than the allocated batch; the same operator
+        runs on the first ``len(x)`` entries.
+        """
+        check_array(None, 'Net.forward: x', x, self.input_size, self.dtype)
+        batch = x.shape[0]
+        self.layers[0].input.data[:batch] = x
+        self.forward_operator.run(batch)
+        self._batch = batch
+        return self.layers[-1].result.data[:batch].copy()
+
+    __call__ = forward
+
+    def backward(self, targets):
+        """Compute the loss of the last forward batch and every gradient.
+
+        Parameters
+        ----------
+        targets : numpy array
+            For cross entropy, class labels ``(b,)`` or probabilities; for mse,
+            an array shaped like the output.
+
+        Returns
+        -------
+        float
+            The loss, averaged over the batch.
+        """
+        if self._batch is None:
+            raise RuntimeError("Net.backward: run `forward` on a batch first")
+        self.loss.set_targets(targets, self._batch)
+        self.backward_operator.run(self._batch)
+        return float(self.loss.value.data[0])
+
+    def train(self, mode=True):
+        """Set training mode (used by layers that differ between modes)."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Set evaluation mode."""
+        return self.train(False)
+
+    # -- parameters ---------------------------------------------------------------------
+
+    def parameters(self):
+        """Every parameter as a numpy view, by Function name (``conv1_W``)."""
+        return {f.name: f.data for layer in self.layers
+                for f in layer.parameters().values()}
+
+    def gradients(self):
+        """Every parameter gradient as a numpy view, by its parameter's name."""
+        return {layer.parameters()[role].name: f.data for layer in self.layers
+                for role, f in layer.gradients().items()}
+
+    def state_dict(self):
+        """A copy of every parameter, by name."""
+        return {name: data.copy() for name, data in self.parameters().items()}
+
+    def load_state_dict(self, state):
+        """Copy parameters in from ``state`` (as given by :meth:`state_dict`)."""
+        own = self.parameters()
+        if set(state) != set(own):
+            raise KeyError(f"Net.load_state_dict: expected keys {sorted(own)}, got "
+                           f"{sorted(state)}")
+        for name, data in own.items():
+            if np.shape(state[name]) != data.shape:
+                raise ShapeError(f"Net.load_state_dict: `{name}` must have shape "
+                                 f"{data.shape}, got {np.shape(state[name])}")
+            data[:] = state[name]
+
+    # -- generated code -------------------------------------------------------------------
+
+    @property
+    def forward_code(self):
+        """The generated C of the forward operator."""
+        return self.forward_operator.code
+
+    @property
+    def backward_code(self):
+        """The generated C of the backward operator (loss included)."""
+        return self.backward_operator.code
+
+    def write_code(self, directory):
+        """Write ``<name>_forward.c`` and ``<name>_backward.c``; return their paths."""
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        for kind, code in (('forward', self.forward_code),
+                           ('backward', self.backward_code)):
+            path = os.path.join(directory, f"{self.name}_{kind}.c")
+            with open(path, 'w') as handle:
+                handle.write(code)
+            paths.append(path)
+        return paths
+
+    def __repr__(self):
+        lines = [f"Net({self.name!r}, dtype={self.dtype}, loss={type(self.loss).__name__})"]
+        lines += [f"  {layer!r}" for layer in self.layers]
+        return '\n'.join(lines)
