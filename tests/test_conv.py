@@ -1,0 +1,83 @@
+"""Conv against torch.nn.Conv2d: kernels 1x1 to 5x5 and 3x2, strides 1-3, paddings
+0-2, dilations 1-2, non-square inputs, batch 1 and several, float32 and float64."""
+
+import numpy as np
+import pytest
+import torch
+
+from devito_ml import Conv, LayerArgumentError, ReLU, ShapeError, Tanh
+from reference import DTYPES, compare_layer
+
+# (input NCHW, (K, R, Q), stride, padding, dilation)
+CASES = [
+    ((2, 3, 7, 6), (4, 1, 1), 1, 0, 1),
+    ((1, 2, 6, 5), (3, 2, 2), 1, 0, 1),
+    ((3, 3, 9, 8), (4, 3, 3), 1, 1, 1),
+    ((2, 2, 9, 11), (3, 3, 2), 2, (1, 0), 1),
+    ((2, 3, 10, 9), (2, 5, 5), 1, 2, 1),
+    ((1, 2, 11, 10), (4, 3, 3), 3, 2, 1),
+    ((2, 2, 9, 9), (3, 3, 3), 2, 1, 2),
+    ((2, 1, 12, 10), (2, 3, 2), (1, 3), 2, (2, 1)),
+]
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('size, kernel, stride, padding, dilation', CASES)
+def test_conv_matches_torch(size, kernel, stride, padding, dilation, dtype, rng):
+    layer = Conv(kernel, size, stride=stride, padding=padding, dilation=dilation,
+                 dtype=dtype, seed=0)
+    module = torch.nn.Conv2d(size[1], kernel[0], kernel[1:], stride=stride,
+                             padding=padding, dilation=dilation)
+    compare_layer(layer, module, rng)
+
+
+@pytest.mark.parametrize('activation, reference', [(ReLU(), torch.relu),
+                                                   (Tanh(), torch.tanh)])
+def test_conv_activation_matches_torch(activation, reference, rng):
+    layer = Conv((3, 3, 3), (2, 2, 6, 7), padding=1, activation=activation,
+                 dtype=np.float64, seed=0)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    compare_layer(layer, _Wrapped(conv, reference), rng)
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self, conv, activation):
+        super().__init__()
+        self.conv, self.activation = conv, activation
+        self.weight, self.bias = conv.weight, conv.bias
+
+    def forward(self, x):
+        return self.activation(self.conv(x))
+
+
+def test_conv_without_bias(rng):
+    layer = Conv((3, 2, 2), (2, 2, 5, 5), bias=False, dtype=np.float64, seed=0)
+    module = torch.nn.Conv2d(2, 3, 2, bias=False)
+    compare_layer(layer, module, rng)
+    assert set(layer.parameters()) == {'W'}
+
+
+def test_smaller_batch_reuses_operator(rng):
+    layer = Conv((3, 3, 3), (4, 2, 6, 6), padding=1, dtype=np.float64, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(2, 3, 3, padding=1), rng)
+    operator = layer.forward_operator
+    compare_layer(layer, torch.nn.Conv2d(2, 3, 3, padding=1), rng, batch=3)
+    assert layer.forward_operator is operator
+
+
+def test_weight_gradient_has_no_atomics():
+    layer = Conv((4, 3, 3), (2, 3, 8, 8), stride=2, padding=1, generate_code=True)
+    assert 'atomic' not in layer.backward_operator.code
+    assert 'conv_dW[conv_oc][conv_ic][conv_ky][conv_kx]' in layer.backward_operator.code
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(kernel_size=(4, 3), input_size=(1, 1, 5, 5)), 'kernel_size'),
+    (dict(kernel_size=(4, 3, 3), input_size=(1, 5, 5)), 'input_size'),
+    (dict(kernel_size=(4, 3, 3), input_size=(1, 1, 5, 5), stride=0), 'stride'),
+    (dict(kernel_size=(4, 3, 3), input_size=(1, 1, 5, 5), padding=-1), 'padding'),
+    (dict(kernel_size=(4, 7, 7), input_size=(1, 1, 5, 5)), 'does not fit'),
+])
+def test_bad_arguments_are_named(arguments, message):
+    with pytest.raises((LayerArgumentError, ShapeError), match=message):
+        Conv(**arguments)

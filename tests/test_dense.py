@@ -1,0 +1,50 @@
+"""Flat, FullyConnected and FullyConnectedSoftmax against torch, with every
+activation."""
+
+import numpy as np
+import pytest
+import torch
+
+from devito_ml import (Flat, FullyConnected, FullyConnectedSoftmax, Identity,
+                       LeakyReLU, ReLU, ShapeError, Sigmoid, Tanh)
+from reference import DTYPES, compare_layer
+
+ACTIVATIONS = [(Identity(), lambda z: z), (ReLU(), torch.relu),
+               (LeakyReLU(0.1), lambda z: torch.nn.functional.leaky_relu(z, 0.1)),
+               (Sigmoid(), torch.sigmoid), (Tanh(), torch.tanh)]
+
+
+class Activated(torch.nn.Module):
+    def __init__(self, linear, activation):
+        super().__init__()
+        self.linear, self.activation = linear, activation
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, x):
+        return self.activation(self.linear(x))
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('activation, reference', ACTIVATIONS,
+                         ids=lambda a: type(a).__name__)
+def test_fully_connected_matches_torch(activation, reference, dtype, rng):
+    layer = FullyConnected((5, 7), (3, 7), activation=activation, dtype=dtype, seed=0)
+    compare_layer(layer, Activated(torch.nn.Linear(7, 5), reference), rng)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('batch', [1, 4])
+def test_fully_connected_softmax_matches_torch(batch, dtype, rng):
+    layer = FullyConnectedSoftmax((6, 9), (batch, 9), dtype=dtype, seed=0)
+    module = Activated(torch.nn.Linear(9, 6), lambda z: torch.softmax(z, 1))
+    compare_layer(layer, module, rng)
+
+
+@pytest.mark.parametrize('size', [(2, 3, 4, 5), (1, 2, 7, 3)])
+def test_flat_is_torch_flatten(size, rng):
+    compare_layer(Flat(size, dtype=np.float64), lambda x: torch.flatten(x, 1), rng)
+
+
+def test_weight_size_must_match_input_features():
+    with pytest.raises(ShapeError, match=r'`fc`.*needs 8 input features.*has 7'):
+        FullyConnected((3, 8), (1, 7))

@@ -1,0 +1,77 @@
+"""Losses against torch: value and gradient, stability for huge logits, soft targets,
+and the mean taken over a smaller last batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from devito_ml import FullyConnected, Net
+from devito_ml.loss import MSE, CrossEntropy
+from reference import DTYPES, assert_close
+
+
+def linear_net(loss, dtype, batch=4, classes=5):
+    return Net([FullyConnected((classes, 3), (batch, 3))], dtype=dtype, loss=loss,
+               seed=0)
+
+
+def torch_linear(net):
+    layer = net.layers[0]
+    linear = torch.nn.Linear(3, layer.weight_size[0]).to(
+        torch.float64 if net.dtype == np.float64 else torch.float32)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(layer.kernel.data.copy()))
+        linear.bias.copy_(torch.from_numpy(layer.bias.data.copy()))
+    return linear
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('batch', [4, 2])
+@pytest.mark.parametrize('scale', [1.0, 1e4])
+def test_cross_entropy_matches_torch(scale, batch, dtype, rng):
+    net = linear_net(CrossEntropy(), dtype)
+    x = (scale * rng.standard_normal((batch, 3))).astype(dtype)
+    labels = rng.integers(0, 5, batch)
+    net.forward(x)
+    loss = net.backward(labels)
+    linear = torch_linear(net)
+    reference = torch.nn.functional.cross_entropy(linear(torch.from_numpy(x)),
+                                                  torch.from_numpy(labels))
+    reference.backward()
+    assert np.isfinite(loss)
+    assert_close(loss, reference.item(), dtype, 'loss')
+    assert_close(net.gradients()['fc1_W'], linear.weight.grad.numpy(), dtype, 'dW')
+
+
+def test_cross_entropy_accepts_probabilities(rng):
+    net = linear_net('cross_entropy', np.float64)
+    x = rng.standard_normal((4, 3))
+    targets = rng.dirichlet(np.ones(5), 4)
+    net.forward(x)
+    loss = net.backward(targets)
+    linear = torch_linear(net)
+    reference = torch.nn.functional.cross_entropy(linear(torch.from_numpy(x)),
+                                                  torch.from_numpy(targets))
+    assert_close(loss, reference.item(), np.float64, 'loss')
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_mse_matches_torch(dtype, rng):
+    net = linear_net(MSE(), dtype)
+    x = rng.standard_normal((3, 3)).astype(dtype)
+    targets = rng.standard_normal((3, 5)).astype(dtype)
+    net.forward(x)
+    loss = net.backward(targets)
+    linear = torch_linear(net)
+    reference = torch.nn.functional.mse_loss(linear(torch.from_numpy(x)),
+                                             torch.from_numpy(targets))
+    reference.backward()
+    assert_close(loss, reference.item(), dtype, 'loss')
+    assert_close(net.gradients()['fc1_b'], linear.bias.grad.numpy(), dtype, 'db')
+
+
+def test_bad_labels_are_refused():
+    net = linear_net('cross_entropy', np.float64)
+    net.forward(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r'labels in \[0, 5\)'):
+        net.backward(np.array([0, 1, 2, 5]))
