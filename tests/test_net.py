@@ -1,0 +1,163 @@
+"""Whole networks against torch: the tutorial's net, LeNet-5 with padding and two
+padded convolutions in a row; smaller last batch, prepared arguments, errors and the
+names in the generated C."""
+
+import numpy as np
+import pytest
+import torch
+from sympy import Max
+
+from devito_ml import (Conv, Flat, FullyConnected, FullyConnectedSoftmax, MaxPooling,
+                       Net, ReLU, ShapeError, Subsampling)
+from devito_ml.models import lenet5
+from reference import DTYPES, assert_close, torch_dtype
+
+
+def torch_twin(net):
+    """A torch.nn.Sequential with the same layers and parameters as ``net``."""
+    modules = []
+    for layer in net.layers:
+        if isinstance(layer, Conv):
+            module = torch.nn.Conv2d(layer.input_size[1], layer.kernel_size[0],
+                                     layer.kernel_size[1:], stride=layer.stride,
+                                     padding=layer.padding, dilation=layer.dilation)
+        elif isinstance(layer, (MaxPooling, Subsampling)):
+            module = torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        elif isinstance(layer, Flat):
+            module = torch.nn.Flatten()
+        else:
+            module = torch.nn.Linear(layer.weight_size[1], layer.weight_size[0])
+        module = module.to(torch_dtype(net.dtype))
+        if hasattr(module, 'weight'):
+            with torch.no_grad():
+                module.weight.copy_(torch.from_numpy(layer.kernel.data.copy()))
+                module.bias.copy_(torch.from_numpy(layer.bias.data.copy()))
+        modules.append(module)
+        if isinstance(getattr(layer, 'activation', None), ReLU):
+            modules.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*modules)
+
+
+def compare_net(net, rng, batch=None):
+    """Forward, loss and every parameter gradient of ``net`` against its twin."""
+    dtype = net.dtype.type
+    batch = batch or net.input_size[0]
+    x = rng.random((batch,) + net.input_size[1:]).astype(dtype)
+    labels = rng.integers(0, net.output_size[1], batch)
+    output = net.forward(x)
+    loss = net.backward(labels)
+    twin = torch_twin(net)
+    reference = twin(torch.from_numpy(x))
+    if isinstance(net.layers[-1], FullyConnectedSoftmax):
+        reference_loss = torch.nn.functional.cross_entropy(reference,
+                                                           torch.from_numpy(labels))
+        reference = torch.softmax(reference, 1)
+    else:
+        reference_loss = torch.nn.functional.cross_entropy(reference,
+                                                           torch.from_numpy(labels))
+    reference_loss.backward()
+    assert_close(output, reference.detach().numpy(), dtype, 'output')
+    assert_close(loss, reference_loss.item(), dtype, 'loss')
+    gradients = net.gradients()
+    parametrised = [m for m in twin if hasattr(m, 'weight')]
+    layers = [layer for layer in net.layers if layer.parameters()]
+    for layer, module in zip(layers, parametrised, strict=True):
+        assert_close(gradients[layer.kernel.name], module.weight.grad.numpy(), dtype,
+                     layer.kernel.name)
+        assert_close(gradients[layer.bias.name], module.bias.grad.numpy(), dtype,
+                     layer.bias.name)
+
+
+def tutorial_layers(batch=1):
+    """The network of the tutorial (seed 003), batch-first."""
+    return [Subsampling((2, 2), (batch, 2, 4, 4), function=lambda l: Max(*l)),
+            Conv((2, 2, 2), (batch, 2, 3, 3), activation=ReLU()),
+            Flat((batch, 2, 2, 2)),
+            FullyConnectedSoftmax((3, 8), (batch, 8))]
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('batch', [1, 3])
+def test_tutorial_net_matches_torch(batch, dtype, rng):
+    compare_net(Net(tutorial_layers(batch), dtype=dtype, seed=0), rng)
+
+
+@pytest.fixture(scope='module')
+def lenet_nets():
+    """LeNet-5 on 8x8 digits (conv2 padded) in both dtypes, compiled once."""
+    return {dtype: lenet5(batch_size=6, image_size=(8, 8), dtype=dtype)
+            for dtype in DTYPES}
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('batch', [6, 1, 4])
+def test_lenet5_with_padding_matches_torch(lenet_nets, batch, dtype, rng):
+    compare_net(lenet_nets[dtype], rng, batch=batch)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_two_padded_convolutions_in_a_row(dtype, rng):
+    layers = [Conv((4, 3, 3), (2, 2, 7, 6), padding=1, activation=ReLU()),
+              Conv((5, 5, 3), (2, 4, 7, 6), padding=(2, 1), stride=(2, 1),
+                   activation=ReLU()),
+              Conv((3, 3, 3), (2, 5, 4, 6), padding=2, dilation=2),
+              Flat((2, 3, 4, 6)), FullyConnected((4, 72), (2, 72))]
+    net = Net(layers, dtype=dtype, seed=1)
+    assert net.forward_code.count('conv2_out') > 0
+    compare_net(net, rng)
+
+
+def test_prepared_arguments_follow_batch_and_parameter_changes(lenet_nets, rng):
+    net = lenet_nets[np.float64]
+    x = rng.random((6, 1, 8, 8))
+    first = net.forward(x)
+    net.forward_operator.apply(6)
+    assert np.array_equal(net.layers[-1].result.data, first)
+    assert np.array_equal(net.forward(x[:2]), first[:2])
+    state = net.state_dict()
+    changed = {name: value * 0.5 for name, value in state.items()}
+    net.load_state_dict(changed)
+    halved = net.forward(x)
+    net.forward_operator.apply(6)
+    assert np.array_equal(net.layers[-1].result.data, halved)
+    assert not np.allclose(halved, first)
+    net.load_state_dict(state)
+    assert np.array_equal(net.forward(x), first)
+
+
+def test_generated_code_carries_network_names(lenet_nets, tmp_path):
+    net = lenet_nets[np.float32]
+    code = net.forward_code
+    for name in ('conv1_W', 'conv2_out', 'pool1_out', 'fc3_b', 'int lenet5_forward'):
+        assert name in code
+    assert 'fc1_dW' in net.backward_code and 'conv1_dW' in net.backward_code
+    assert 'float (*restrict conv1_W)' in code and 'double (*restrict' not in code
+    paths = net.write_code(tmp_path)
+    assert [p.split('/')[-1] for p in paths] == ['lenet5_forward.c', 'lenet5_backward.c']
+    assert open(paths[1]).read() == net.backward_code
+
+
+def test_layers_are_numbered_per_family():
+    net = Net(tutorial_layers())
+    assert [layer.name for layer in net.layers] == ['pool1', 'conv1', 'flat1', 'fc1']
+
+
+def test_layers_that_do_not_chain_are_named_with_both_shapes():
+    with pytest.raises(ShapeError, match=r"Conv `conv`.*\(2, 3, 8, 8\).*"
+                                         r"MaxPooling `pool`.*\(2, 3, 4, 4\)"):
+        Net([MaxPooling(2, (2, 3, 8, 8)), Conv((3, 3, 3), (2, 3, 8, 8))])
+
+
+@pytest.mark.parametrize('x, error, message', [
+    (np.zeros((2, 1, 8, 7), np.float32), ShapeError, r'\(b,\) \+ \(1, 8, 8\)'),
+    (np.zeros((7, 1, 8, 8), np.float32), ShapeError, r'1 <= b <= 6'),
+    (np.zeros((2, 1, 8, 8), np.float64), TypeError, 'dtype float32, got float64'),
+])
+def test_bad_inputs_are_refused_before_any_c_runs(lenet_nets, x, error, message):
+    with pytest.raises(error, match=message):
+        lenet_nets[np.float32].forward(x)
+
+
+def test_duplicate_names_are_refused():
+    with pytest.raises(ValueError, match='unique'):
+        Net([Flat((1, 1, 2, 2), name='a'), FullyConnected((2, 4), (1, 4), name='a')])
