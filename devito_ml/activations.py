@@ -3,8 +3,9 @@
 A layer applies ``activation.forward(z)`` to its pre-activation ``z`` and stores only
 the result ``y``; the backward pass needs ``dy/dz`` written in terms of ``y``, which
 every activation here provides (``derivative_from_output``). A plain sympy lambda, as
-in the tutorial, is accepted for the forward pass; its backward pass is refused with
-a clear error, since its derivative cannot be recovered from the output alone.
+in the tutorial, is accepted: when it is one of the activations below
+(``lambda x: Max(0, x)`` is ReLU) it becomes that activation, otherwise it runs
+forward only and its backward pass is refused with a clear error.
 """
 
 import sympy
@@ -126,6 +127,19 @@ def as_activation(activation):
     if isinstance(activation, type) and issubclass(activation, Activation):
         return activation()
     if callable(activation):
-        return ForwardOnly(activation)
+        return _recognise(activation)
     raise TypeError(f"`activation` must be an Activation or a callable, got "
                     f"{activation!r}")
+
+
+def _recognise(function):
+    """The named activation a sympy callable computes, else ForwardOnly."""
+    z = sympy.Symbol('z', real=True)
+    try:
+        value = sympy.sympify(function(z))
+    except Exception:  # not symbolic: keep it as the user wrote it
+        return ForwardOnly(function)
+    for candidate in (Identity(), ReLU(), Sigmoid(), Tanh()):
+        if value == candidate.forward(z):
+            return candidate
+    return ForwardOnly(function)

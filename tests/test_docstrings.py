@@ -1,0 +1,16 @@
+"""The Examples in the docstrings run, as in Devito's own test suite."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ['devito_ml.symbolics', 'devito_ml.layers.conv', 'devito_ml.layers.pooling',
+           'devito_ml.layers.dense', 'devito_ml.layers.reshape', 'devito_ml.net',
+           'devito_ml.models.lenet', 'devito_ml.data.digits']
+
+
+@pytest.mark.parametrize('name', MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
