@@ -116,30 +116,41 @@ class Layer:
     def tensor(self, role, dims, shape, halo=None):
         return tensor(f"{self.name}_{role}", dims, shape, self.dtype, halo)
 
-    def _io_dims(self, prefix, size):
-        """Loop Dimensions over a tensor of ``size``: batch, then known extents."""
+    def _io_dims(self, prefix, size, plain=False):
+        """Loop Dimensions over a tensor of ``size``: batch, then one per axis.
+
+        Output Dimensions are plain and store the outputs: writes along a Function's
+        own Dimensions are what lets Devito prove the loops parallel and vectorise
+        them. Input Dimensions have default extents: the input may be another
+        layer's Function, stored on that layer's Dimensions.
+        """
         roles = ('c', 'h', 'w') if len(size) == 4 else ('f',)
-        return (self.batch_dim,) + tuple(self.dim(prefix + r, e)
+        make = (lambda role, extent: Dimension(f"{self.name}_{role}")) if plain \
+            else self.dim
+        return (self.batch_dim,) + tuple(make(prefix + r, e)
                                          for r, e in zip(roles, size[1:]))
 
     def _storage_dims(self, role, size):
-        """Dimensions a tensor is stored on, never iterated by a loop.
+        """Dimensions an input tensor is stored on, never iterated by this layer.
 
-        Devito derives a loop's bounds from every access to a Function along that
-        loop's Dimension; when the next layer reads this layer's output through
-        index expressions of its own loops (``oh*s + ky - p``), those would count as
-        offsets and shrink this layer's loops. Every layer therefore iterates its
-        own loop Dimensions and indexes tensors explicitly.
+        Devito unfolds an access ``f[d + 1]`` along a default-extent Dimension ``d``
+        into its whole extent; storing inputs on Dimensions no loop iterates keeps
+        such accesses out of every loop bound.
         """
         roles = ('c', 'h', 'w') if len(size) == 4 else ('f',)
         return (self.batch_dim,) + tuple(Dimension(f"{self.name}_{role}_{r}")
                                          for r in roles)
 
+    @property
+    def input_gradient_dims(self):
+        """Loop Dimensions of the input gradient: those it is stored on."""
+        return self.input_gradients.dimensions
+
     def _allocate(self):
         self.in_dims = self._io_dims('i', self.input_size)
-        self.out_dims = self._io_dims('o', self.output_size)
+        self.out_dims = self._io_dims('o', self.output_size, plain=True)
         in_storage = self._storage_dims('in', self.input_size)
-        self.out_storage = self._storage_dims('out', self.output_size)
+        self.out_storage = self.out_dims
         self.input = self.tensor('in', in_storage, self.input_size, self.input_halo)
         fill_halo(self.input, self.input_fill)
         self.input_gradients = self.tensor('din', in_storage, self.input_size)

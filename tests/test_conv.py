@@ -65,6 +65,17 @@ def test_smaller_batch_reuses_operator(rng):
     assert layer.forward_operator is operator
 
 
+def test_innermost_loops_are_vectorised():
+    layer = Conv((4, 3, 3), (2, 3, 8, 8), padding=1, generate_code=True)
+    forward = layer.forward_operator.code
+    accumulate = forward.index('conv_out[n][conv_oc][conv_oh][conv_ow] += ')
+    assert 'omp simd' in forward[forward.rindex('for (int conv_kx', 0, accumulate):
+                                 accumulate]
+    backward = layer.backward_operator.code
+    gather = backward.index('conv_din[n][conv_in_c][conv_in_h][conv_in_w] += ')
+    assert 'omp simd' in backward[backward.rindex('for (int conv_kx', 0, gather):gather]
+
+
 def test_weight_gradient_has_no_atomics():
     layer = Conv((4, 3, 3), (2, 3, 8, 8), stride=2, padding=1, generate_code=True)
     assert 'atomic' not in layer.backward_operator.code

@@ -166,7 +166,8 @@ class Conv(Layer):
 
     def _backward_equations(self):
         n, k, y, x = self.out_dims
-        _, c, h, w = self.in_dims
+        c = self.in_dims[1]
+        _, ci, h, w = self.input_gradient_dims
         ky, kx = self.ky, self.kx
         (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
         dz = self.pre_activation_gradients
@@ -185,8 +186,8 @@ class Conv(Layer):
                 Inc(self.kernel_gradients[k, c, ky, kx], dz[m, k, y, x] * self._tap(m),
                     implicit_dims=IgnoreDimSort((k, c, ky, kx, m, y, x))),
                 Eq(stuffed[n, k, y * sy, x * sx], dz[n, k, y, x]),
-                Eq(self.input_gradients[n, c, h, w], 0),
-                Inc(self.input_gradients[n, c, h, w],
-                    self.kernel[k, c, ky, kx]
+                Eq(self.input_gradients[n, ci, h, w], 0),
+                Inc(self.input_gradients[n, ci, h, w],
+                    self.kernel[k, ci, ky, kx]
                     * stuffed[n, k, h + py - ky * dy, w + px - kx * dx])]
         return eqs

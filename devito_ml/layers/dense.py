@@ -122,6 +122,7 @@ class FullyConnected(Layer):
 
     def _backward_equations(self):
         n, o, i, m = self.batch_dim, self.o, self.i, self.reduction_batch_dim
+        f = self.input_gradient_dims[1]
         dz = self.pre_activation_gradients
         eqs = self._pre_activation_gradient_equations()
         if self.has_bias:
@@ -132,8 +133,8 @@ class FullyConnected(Layer):
             Eq(self.kernel_gradients[o, i], 0),
             Inc(self.kernel_gradients[o, i], dz[m, o] * self.input[m, i],
                 implicit_dims=IgnoreDimSort((o, m, i))),
-            Eq(self.input_gradients[n, i], 0),
-            Inc(self.input_gradients[n, i], self.kernel[o, i] * dz[n, o])]
+            Eq(self.input_gradients[n, f], 0),
+            Inc(self.input_gradients[n, f], self.kernel[o, f] * dz[n, o])]
 
 
 def softmax_equations(logits, probabilities, row_max, row_sum, n, passes):

@@ -99,23 +99,23 @@ class Pooling(Layer):
 
     def _backward_equations(self):
         n, c, y, x = self.out_dims
-        _, _, h, w = self.in_dims
+        _, ci, h, w = self.input_gradient_dims
         ky, kx = self.ky, self.kx
         (sy, sx), (py, px) = self.stride, self.padding
         r, q = self.kernel_size
         stuffed = self.stuffed_gradients
-        gathered = stuffed[n, c, h + py - ky, w + px - kx]
+        gathered = stuffed[n, ci, h + py - ky, w + px - kx]
         eqs = [Eq(stuffed[n, c, y * sy, x * sx], self.result_gradients[n, c, y, x])]
         if self.reduction == 'max':
             arg, tap_index = self.argmax[n, c, y, x], ky * q + kx
             first = Select(CondEq(self._tap(), self.result[n, c, y, x]), tap_index, r * q)
             eqs += [Eq(arg, r * q), Eq(arg, Min(arg, first)),
                     Eq(self.stuffed_argmax[n, c, y * sy, x * sx], arg)]
-            routed = self.stuffed_argmax[n, c, h + py - ky, w + px - kx]
+            routed = self.stuffed_argmax[n, ci, h + py - ky, w + px - kx]
             contribution = Select(CondEq(routed, tap_index), gathered, 0)
         else:
             contribution = gathered / (r * q)
-        din = self.input_gradients[n, c, h, w]
+        din = self.input_gradients[n, ci, h, w]
         return eqs + [Eq(din, 0), Inc(din, contribution)]
 
 

@@ -42,6 +42,7 @@ class Flat(Layer):
         return [Eq(self.result[n, self._feature()], self.input[self.in_dims])]
 
     def _backward_equations(self):
-        n = self.batch_dim
-        return [Eq(self.input_gradients[self.in_dims],
-                   self.result_gradients[n, self._feature()])]
+        n, c, y, x = self.input_gradient_dims
+        _, _, h, w = self.input_size
+        return [Eq(self.input_gradients[n, c, y, x],
+                   self.result_gradients[n, c * h * w + y * w + x])]
