@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from devito_ml import FullyConnected, Net
+from devito_ml import Conv, FullyConnected, Net
 from devito_ml.loss import MSE, CrossEntropy
 from reference import DTYPES, assert_close
 
@@ -75,3 +75,25 @@ def test_bad_labels_are_refused():
     net.forward(np.zeros((4, 3)))
     with pytest.raises(ValueError, match=r'labels in \[0, 5\)'):
         net.backward(np.array([0, 1, 2, 5]))
+
+
+def test_mse_on_a_feature_map_matches_torch(rng):
+    net = Net([Conv((3, 3, 3), (2, 2, 5, 4), padding=1)], dtype=np.float64, loss='mse',
+              seed=0)
+    x, targets = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 3, 5, 4))
+    net.forward(x)
+    loss = net.backward(targets)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(net.layers[0].kernel.data.copy()))
+        conv.bias.copy_(torch.from_numpy(net.layers[0].bias.data.copy()))
+    reference = torch.nn.functional.mse_loss(conv(torch.from_numpy(x)),
+                                             torch.from_numpy(targets))
+    reference.backward()
+    assert_close(loss, reference.item(), np.float64, 'loss')
+    assert_close(net.gradients()['conv1_W'], conv.weight.grad.numpy(), np.float64, 'dW')
+
+
+def test_cross_entropy_needs_a_two_dimensional_output():
+    with pytest.raises(ValueError, match=r'\(batch, classes\)'):
+        Net([Conv((3, 3, 3), (2, 2, 5, 4))], loss='cross_entropy')

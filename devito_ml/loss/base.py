@@ -8,7 +8,7 @@ __all__ = ['Loss']
 
 
 class Loss:
-    """Base of losses on a ``(batch, classes)`` output.
+    """Base of losses on a ``(batch, ...)`` output.
 
     ``equations(output, gradient)`` returns equations that write the mean loss
     over the active batch into ``value`` and dL/doutput into ``gradient``. A loss
@@ -23,9 +23,10 @@ class Loss:
         self.output_size = tuple(output_size)
         self.dtype = dtype
         self.n = Dimension('n')
-        self.k = tap_dimension(f"{self.name}_k", output_size[1])
-        self.targets = tensor(f"{self.name}_targets", (self.n, self.k), output_size,
-                              dtype)
+        self.dims = (self.n,) + tuple(tap_dimension(f"{self.name}_{axis}", extent)
+                                      for axis, extent in zip('kyx', output_size[1:]))
+        self.k = self.dims[1]
+        self.targets = tensor(f"{self.name}_targets", self.dims, output_size, dtype)
         self.value = tensor(f"{self.name}_value", (tap_dimension(f"{self.name}_v", 1),),
                             (1,), dtype)
         self._allocate()

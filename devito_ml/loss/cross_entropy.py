@@ -31,6 +31,10 @@ class CrossEntropy(Loss):
     name = 'cross_entropy'
 
     def _allocate(self):
+        if len(self.output_size) != 2:
+            raise ShapeError(f"cross_entropy: the network output must be (batch, "
+                             f"classes), got {self.output_size}; end the net with a "
+                             "FullyConnected layer or use mse")
         batch = self.output_size[:1]
         self.row_max = tensor(f"{self.name}_max", (self.n,), batch, self.dtype)
         self.row_sum = tensor(f"{self.name}_sum", (self.n,), batch, self.dtype)

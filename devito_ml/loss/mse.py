@@ -1,5 +1,6 @@
 """Mean squared error."""
 
+import numpy as np
 from devito import Eq, Inc
 
 from devito_ml.loss.base import Loss
@@ -15,16 +16,18 @@ class MSE(Loss):
     -----
     .. math:: L = \frac{1}{NK}\sum_{n,k}(y_{nk} - t_{nk})^2,\qquad
               \frac{\partial L}{\partial y_{nk}} = \frac{2}{NK}(y_{nk} - t_{nk})
+
+    where ``k`` runs over every non-batch element (``K`` of them).
     """
 
     name = 'mse'
 
     def equations(self, output, gradient):
-        n, k, t = self.n, self.k, self.targets
-        count = self.batch_size() * self.output_size[1]
-        error = output[n, k] - t[n, k]
+        dims, t = self.dims, self.targets
+        count = self.batch_size() * int(np.prod(self.output_size[1:]))
+        error = output[dims] - t[dims]
         value = self.value[0]
-        return [Eq(gradient[n, k], 2 * error / count),
+        return [Eq(gradient[dims], 2 * error / count),
                 Eq(value, 0), Inc(value, error * error / count)]
 
     def set_targets(self, targets, batch):
