@@ -6,8 +6,11 @@ same thread count for both. A ratio above 1 means devito_ml is slower.
     python benchmarks/bench_layers.py [--threads 2] [--repeats 10] [--quick]
 """
 
-import argparse
 import os
+
+os.environ.setdefault("DEVITO_LOGGING", "WARNING")  # before Devito is imported
+
+import argparse  # noqa: E402
 import time
 
 import numpy as np
