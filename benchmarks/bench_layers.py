@@ -73,12 +73,14 @@ def cases(quick):
     yield ('conv 16->32 3x3 stride 2 pad 1',
            single_layer_net(Conv((32, 3, 3), (n, 16, 28, 28), stride=2, padding=1)),
            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), (n, 16, 28, 28))
-    yield ('maxpool 2x2 on 64x32x28x28', single_layer_net(MaxPooling(2, (64, 32, 28, 28))),
+    yield ('maxpool 2x2 on 64x32x28x28',
+           single_layer_net(MaxPooling(2, (64, 32, 28, 28))),
            torch.nn.MaxPool2d(2), (64, 32, 28, 28))
     yield ('maxpool 3x3 s2 pad1 on 64x32x28x28',
            single_layer_net(MaxPooling(3, (64, 32, 28, 28), stride=2, padding=1)),
            torch.nn.MaxPool2d(3, 2, 1), (64, 32, 28, 28))
-    yield ('avgpool 2x2 on 64x32x28x28', single_layer_net(AvgPooling(2, (64, 32, 28, 28))),
+    yield ('avgpool 2x2 on 64x32x28x28',
+           single_layer_net(AvgPooling(2, (64, 32, 28, 28))),
            torch.nn.AvgPool2d(2), (64, 32, 28, 28))
     yield ('fully connected 800->500', single_layer_net(
         FullyConnected((500, 800), (64, 800), activation=ReLU())),
@@ -140,7 +142,8 @@ def main():
             ours = devito_timings(net, x, labels, args.repeats)
             theirs = torch_timings(module, x, labels, args.repeats)
         print(f"{name:38s} {ours[0] * 1e3:9.3f} {theirs[0] * 1e3:8.3f} "
-              f"{ours[0] / theirs[0]:6.2f}   {ours[1] * 1e3:10.3f} {theirs[1] * 1e3:8.3f} "
+              f"{ours[0] / theirs[0]:6.2f}   {ours[1] * 1e3:10.3f} "
+              f"{theirs[1] * 1e3:8.3f} "
               f"{ours[1] / theirs[1]:6.2f}")
     hot_path(args.repeats)
 

@@ -230,7 +230,7 @@ class Net:
                                  f"{data.shape}, got {np.shape(state[name])}")
             data[:] = state[name]
 
-    # -- generated code -------------------------------------------------------------------
+    # -- generated code ---------------------------------------------------------------
 
     @property
     def forward_code(self):
@@ -255,6 +255,7 @@ class Net:
         return paths
 
     def __repr__(self):
-        lines = [f"Net({self.name!r}, dtype={self.dtype}, loss={type(self.loss).__name__})"]
+        loss = type(self.loss).__name__
+        lines = [f"Net({self.name!r}, dtype={self.dtype}, loss={loss})"]
         lines += [f"  {layer!r}" for layer in self.layers]
         return '\n'.join(lines)

@@ -70,7 +70,7 @@ def compare_net(net, rng, batch=None):
 
 def tutorial_layers(batch=1):
     """The network of the tutorial (seed 003), batch-first."""
-    return [Subsampling((2, 2), (batch, 2, 4, 4), function=lambda l: Max(*l)),
+    return [Subsampling((2, 2), (batch, 2, 4, 4), function=lambda window: Max(*window)),
             Conv((2, 2, 2), (batch, 2, 3, 3), activation=ReLU()),
             Flat((batch, 2, 2, 2)),
             FullyConnectedSoftmax((3, 8), (batch, 8))]

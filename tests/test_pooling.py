@@ -37,21 +37,23 @@ def test_max_pooling_routes_ties_to_first_maximum():
 
 
 def test_subsampling_with_max_is_max_pooling(rng):
-    layer = Subsampling((2, 2), (1, 2, 4, 4), function=lambda l: Max(*l),
+    layer = Subsampling((2, 2), (1, 2, 4, 4), function=lambda window: Max(*window),
                         dtype=np.float64)
     assert layer.reduction == 'max'
     compare_layer(layer, lambda x: torch.nn.functional.max_pool2d(x, 2, 1), rng)
 
 
 def test_subsampling_with_mean_is_avg_pooling(rng):
-    layer = Subsampling((2, 3), (2, 1, 5, 6), function=lambda l: sum(l) / len(l),
+    layer = Subsampling((2, 3), (2, 1, 5, 6),
+                        function=lambda window: sum(window) / len(window),
                         stride=(1, 2), dtype=np.float64)
     compare_layer(layer, lambda x: torch.nn.functional.avg_pool2d(x, (2, 3), (1, 2)),
                   rng)
 
 
 def test_subsampling_with_other_function_runs_forward_only():
-    layer = Subsampling((2, 2), (1, 1, 3, 3), function=lambda l: sum(t * t for t in l),
+    layer = Subsampling((2, 2), (1, 1, 3, 3),
+                        function=lambda window: sum(t * t for t in window),
                         dtype=np.float64)
     x = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
     expected = [[0 + 1 + 9 + 16, 1 + 4 + 16 + 25], [9 + 16 + 36 + 49, 16 + 25 + 49 + 64]]
