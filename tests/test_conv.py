@@ -18,6 +18,7 @@ CASES = [
     ((1, 2, 11, 10), (4, 3, 3), 3, 2, 1),
     ((2, 2, 9, 9), (3, 3, 3), 2, 1, 2),
     ((2, 1, 12, 10), (2, 3, 2), (1, 3), 2, (2, 1)),
+    ((1, 2, 10, 9), (2, 8, 7), 1, 1, 1),    # above MAX_UNROLLED_TAPS: tap loops
 ]
 
 
@@ -65,21 +66,33 @@ def test_smaller_batch_reuses_operator(rng):
     assert layer.forward_operator is operator
 
 
+def pragma_of_innermost_loop(code, statement):
+    """The line just above the innermost ``for`` that encloses ``statement``."""
+    lines = code[:code.index(statement)].splitlines()
+    loop = max(i for i, line in enumerate(lines) if line.strip().startswith('for ('))
+    return lines[loop - 1].strip()
+
+
 def test_innermost_loops_are_vectorised():
     layer = Conv((4, 3, 3), (2, 3, 8, 8), padding=1, generate_code=True)
-    forward = layer.forward_operator.code
-    accumulate = forward.index('conv_out[n][conv_oc][conv_oh][conv_ow] += ')
-    assert 'omp simd' in forward[forward.rindex('for (int conv_kx', 0, accumulate):
-                                 accumulate]
+    forward, backward = layer.forward_operator.code, layer.backward_operator.code
+    assert pragma_of_innermost_loop(
+        forward, 'conv_out[n][conv_oc][conv_oh][conv_ow] += ').startswith('#pragma omp simd')
+    assert pragma_of_innermost_loop(
+        backward, 'conv_din[n][conv_in_c][conv_in_h][conv_in_w] += ').startswith(
+            '#pragma omp simd')
+
+
+def test_weight_gradient_accumulates_in_registers():
+    layer = Conv((4, 3, 3), (2, 3, 8, 8), padding=1, generate_code=True)
     backward = layer.backward_operator.code
-    gather = backward.index('conv_din[n][conv_in_c][conv_in_h][conv_in_w] += ')
-    assert 'omp simd' in backward[backward.rindex('for (int conv_kx', 0, gather):gather]
+    assert 'float conv_dW11 = 0;' in backward
+    assert 'conv_dW[conv_oc][conv_ic][1][1] = conv_dW11;' in backward
 
 
 def test_weight_gradient_has_no_atomics():
     layer = Conv((4, 3, 3), (2, 3, 8, 8), stride=2, padding=1, generate_code=True)
     assert 'atomic' not in layer.backward_operator.code
-    assert 'conv_dW[conv_oc][conv_ic][conv_ky][conv_kx]' in layer.backward_operator.code
 
 
 @pytest.mark.parametrize('arguments, message', [
