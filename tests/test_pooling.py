@@ -10,7 +10,8 @@ from devito_ml import AvgPooling, LayerArgumentError, MaxPooling, Subsampling
 from reference import DTYPES, assert_close, compare_layer
 
 CASES = [((2, 3, 8, 8), 2, None, 0), ((1, 2, 7, 9), 3, 1, 1), ((3, 2, 9, 8), 3, 2, 1),
-         ((2, 2, 10, 7), 2, 3, 0), ((2, 1, 9, 9), (3, 2), (2, 1), (1, 1))]
+         ((2, 2, 10, 7), 2, 3, 0), ((2, 1, 9, 9), (3, 2), (2, 1), (1, 1)),
+         ((1, 2, 10, 9), (8, 7), 1, (1, 3))]    # above MAX_UNROLLED_TAPS: tap loops
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)

@@ -7,12 +7,10 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import Layer
-from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
+from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
 from devito_ml.validation import ShapeError, as_pair, check_positive_ints
 
 __all__ = ['Conv']
-
-MAX_UNROLLED_TAPS = 49
 
 
 def output_extent(size, kernel, stride, padding, dilation):
@@ -160,16 +158,8 @@ class Conv(Layer):
         return self.input[n, c, y * sy + ky * dy - py, x * sx + kx * dx - px]
 
     def _taps(self):
-        """Kernel taps to unroll into one statement, or the tap loops themselves.
-
-        Measured here (32x32->64, 3x3, 28x28, 2 threads): unrolling the taps into
-        one statement makes each output element one load, R*Q multiply-adds and one
-        store per input channel, instead of a load and a store per tap.
-        """
         _, r, q = self.kernel_size
-        if r * q <= MAX_UNROLLED_TAPS:
-            return [(i, j) for i in range(r) for j in range(q)]
-        return [(self.ky, self.kx)]
+        return kernel_taps(r, q, self.ky, self.kx)
 
     def _forward_equations(self):
         n, k, y, x = self.out_dims

@@ -7,7 +7,8 @@ from sympy import Max, Min
 
 from devito_ml.layer import Layer
 from devito_ml.layers.conv import output_extent
-from devito_ml.symbolics import CondEq, Halo, Select, stuffed_extent, stuffed_halo
+from devito_ml.symbolics import (CondEq, Halo, Select, kernel_taps, stuffed_extent,
+                                 stuffed_halo)
 from devito_ml.validation import LayerArgumentError, ShapeError, as_pair
 
 __all__ = ['MaxPooling', 'AvgPooling', 'Subsampling']
@@ -84,39 +85,65 @@ class Pooling(Layer):
             self.stuffed_argmax = self.tensor('argmax_stuffed', dims, (n, c) + stuffed,
                                               halo)
 
-    def _tap(self):
-        n, c, _, _ = self.out_dims
-        _, _, y, x = self.out_dims
+    def _tap(self, ky=None, kx=None):
+        n, c, y, x = self.out_dims
+        ky = self.ky if ky is None else ky
+        kx = self.kx if kx is None else kx
         (sy, sx), (py, px) = self.stride, self.padding
-        return self.input[n, c, y * sy + self.ky - py, x * sx + self.kx - px]
+        return self.input[n, c, y * sy + ky - py, x * sx + kx - px]
+
+    def _taps(self):
+        return kernel_taps(*self.kernel_size, self.ky, self.kx)
 
     def _forward_equations(self):
         out = self.result[self.out_dims]
+        taps = [self._tap(i, j) for i, j in self._taps()]
         if self.reduction == 'max':
-            return [Eq(out, -sympy.oo), Eq(out, Max(out, self._tap()))]
-        return [Eq(out, 0), Inc(out, self._tap()),
-                Eq(out, out / (self.kernel_size[0] * self.kernel_size[1]))]
+            if len(taps) > 1:
+                return [Eq(out, Max(*taps))]
+            return [Eq(out, -sympy.oo), Eq(out, Max(out, taps[0]))]
+        area = self.kernel_size[0] * self.kernel_size[1]
+        if len(taps) > 1:
+            return [Eq(out, sympy.Add(*taps) / area)]
+        return [Eq(out, 0), Inc(out, taps[0]), Eq(out, out / area)]
+
+    def _first_maximum(self, arg):
+        """Equations of ``arg``: the row-major index of the first tap at the max."""
+        n, c, y, x = self.out_dims
+        r, q = self.kernel_size
+        out = self.result[n, c, y, x]
+        taps = self._taps()
+        if len(taps) == 1:
+            index = self.ky * q + self.kx
+            first = Select(CondEq(self._tap(), out), index, r * q)
+            return [Eq(arg, r * q), Eq(arg, Min(arg, first))]
+        first = sympy.Integer(r * q)
+        for i, j in reversed(taps):
+            first = Select(CondEq(self._tap(i, j), out), i * q + j, first)
+        return [Eq(arg, first)]
 
     def _backward_equations(self):
         n, c, y, x = self.out_dims
         _, ci, h, w = self.input_gradient_dims
-        ky, kx = self.ky, self.kx
         (sy, sx), (py, px) = self.stride, self.padding
         r, q = self.kernel_size
         stuffed = self.stuffed_gradients
-        gathered = stuffed[n, ci, h + py - ky, w + px - kx]
         eqs = [Eq(stuffed[n, c, y * sy, x * sx], self.result_gradients[n, c, y, x])]
         if self.reduction == 'max':
-            arg, tap_index = self.argmax[n, c, y, x], ky * q + kx
-            first = Select(CondEq(self._tap(), self.result[n, c, y, x]), tap_index, r * q)
-            eqs += [Eq(arg, r * q), Eq(arg, Min(arg, first)),
-                    Eq(self.stuffed_argmax[n, c, y * sy, x * sx], arg)]
-            routed = self.stuffed_argmax[n, ci, h + py - ky, w + px - kx]
-            contribution = Select(CondEq(routed, tap_index), gathered, 0)
+            arg = self.argmax[n, c, y, x]
+            eqs += self._first_maximum(arg)
+            eqs.append(Eq(self.stuffed_argmax[n, c, y * sy, x * sx], arg))
+
+            def contribution(i, j):
+                routed = self.stuffed_argmax[n, ci, h + py - i, w + px - j]
+                return Select(CondEq(routed, i * q + j),
+                              stuffed[n, ci, h + py - i, w + px - j], 0)
         else:
-            contribution = gathered / (r * q)
+            def contribution(i, j):
+                return stuffed[n, ci, h + py - i, w + px - j] / (r * q)
         din = self.input_gradients[n, ci, h, w]
-        return eqs + [Eq(din, 0), Inc(din, contribution)]
+        total = sympy.Add(*[contribution(i, j) for i, j in self._taps()])
+        return eqs + [Eq(din, 0), Inc(din, total)]
 
 
 class MaxPooling(Pooling):
