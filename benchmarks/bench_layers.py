@@ -1,7 +1,9 @@
 """Time devito_ml against PyTorch on this machine, in one run, and print ratios.
 
 For each case: forward, and forward + backward (every gradient), in float32, with the
-same thread count for both. A ratio above 1 means devito_ml is slower.
+same thread count for both. Single layers run their own operators against torch's
+backward from the same upstream gradient; whole nets include the cross entropy. A
+ratio above 1 means devito_ml is slower.
 
     python benchmarks/bench_layers.py [--threads 2] [--repeats 10] [--quick]
 """
@@ -30,21 +32,27 @@ def best_time(function, repeats):
     return min(times)
 
 
-def devito_timings(net, x, labels, repeats):
-    """Forward, and forward + backward, through the prepared operators."""
+def net_timings(net, x, labels, repeats):
+    """Forward, and forward + backward (loss included), through prepared operators."""
     net.forward(x)
     net.backward(labels)
-    batch = x.shape[0]
-    forward = net.forward_operator
-    backward = net.backward_operator
-    forward_time = best_time(lambda: forward.run(batch), repeats)
-    both = best_time(lambda: (forward.run(batch), backward.run(batch)), repeats)
-    return forward_time, both
+    batch, forward, backward = x.shape[0], net.forward_operator, net.backward_operator
+    return (best_time(lambda: forward.run(batch), repeats),
+            best_time(lambda: (forward.run(batch), backward.run(batch)), repeats))
 
 
-def torch_timings(module, x, labels, repeats):
+def layer_timings(layer, x, upstream, repeats):
+    """Forward, and forward + backward, of a layer's own operators (no loss)."""
+    layer.forward(x)
+    layer.backward(upstream)
+    batch, forward, backward = x.shape[0], layer.forward_operator, layer.backward_operator
+    return (best_time(lambda: forward.run(batch), repeats),
+            best_time(lambda: (forward.run(batch), backward.run(batch)), repeats))
+
+
+def torch_timings(module, x, repeats, upstream=None, labels=None):
+    """Forward, and forward + backward: from ``upstream`` or a cross entropy."""
     x = torch.from_numpy(x)
-    labels = torch.from_numpy(labels)
 
     def forward():
         with torch.no_grad():
@@ -53,40 +61,38 @@ def torch_timings(module, x, labels, repeats):
     def forward_backward():
         module.zero_grad(set_to_none=False)
         x.requires_grad_(True)
-        torch.nn.functional.cross_entropy(module(x).flatten(1), labels).backward()
+        y = module(x)
+        if upstream is None:
+            torch.nn.functional.cross_entropy(y, torch.from_numpy(labels)).backward()
+        else:
+            y.backward(torch.from_numpy(upstream))
     return best_time(forward, repeats), best_time(forward_backward, repeats)
 
 
-def single_layer_net(layer):
-    return Net([layer], dtype=np.float32, loss='mse', seed=0)
-
-
 def cases(quick):
-    """(name, devito_ml Net, torch module, input shape)."""
+    """(name, devito_ml Layer or Net, torch module or None, input shape)."""
     n = 8 if quick else 32
-    yield ('conv 32->64 3x3 pad1 28x28',
-           single_layer_net(Conv((64, 3, 3), (n, 32, 28, 28), padding=1)),
+    yield ('conv 32->64 3x3 pad1 28x28', Conv((64, 3, 3), (n, 32, 28, 28), padding=1),
            torch.nn.Conv2d(32, 64, 3, padding=1), (n, 32, 28, 28))
-    yield ('conv 6->16 5x5 14x14 (LeNet conv2)',
-           single_layer_net(Conv((16, 5, 5), (64, 6, 14, 14))),
+    yield ('conv 6->16 5x5 14x14 (LeNet conv2)', Conv((16, 5, 5), (64, 6, 14, 14)),
            torch.nn.Conv2d(6, 16, 5), (64, 6, 14, 14))
     yield ('conv 16->32 3x3 stride 2 pad 1',
-           single_layer_net(Conv((32, 3, 3), (n, 16, 28, 28), stride=2, padding=1)),
+           Conv((32, 3, 3), (n, 16, 28, 28), stride=2, padding=1),
            torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), (n, 16, 28, 28))
-    yield ('maxpool 2x2 on 64x32x28x28',
-           single_layer_net(MaxPooling(2, (64, 32, 28, 28))),
+    yield ('maxpool 2x2 on 64x32x28x28', MaxPooling(2, (64, 32, 28, 28)),
            torch.nn.MaxPool2d(2), (64, 32, 28, 28))
     yield ('maxpool 3x3 s2 pad1 on 64x32x28x28',
-           single_layer_net(MaxPooling(3, (64, 32, 28, 28), stride=2, padding=1)),
+           MaxPooling(3, (64, 32, 28, 28), stride=2, padding=1),
            torch.nn.MaxPool2d(3, 2, 1), (64, 32, 28, 28))
-    yield ('avgpool 2x2 on 64x32x28x28',
-           single_layer_net(AvgPooling(2, (64, 32, 28, 28))),
+    yield ('avgpool 2x2 on 64x32x28x28', AvgPooling(2, (64, 32, 28, 28)),
            torch.nn.AvgPool2d(2), (64, 32, 28, 28))
-    yield ('fully connected 800->500', single_layer_net(
-        FullyConnected((500, 800), (64, 800), activation=ReLU())),
-        torch.nn.Sequential(torch.nn.Linear(800, 500), torch.nn.ReLU()), (64, 800))
-    yield ('LeNet-5 28x28 batch 64', lenet5(64, (28, 28)), None, (64, 1, 28, 28))
-    yield ('LeNet-5 8x8 digits batch 64', lenet5(64, (8, 8)), None, (64, 1, 8, 8))
+    yield ('fully connected 800->500 relu',
+           FullyConnected((500, 800), (64, 800), activation=ReLU()),
+           torch.nn.Sequential(torch.nn.Linear(800, 500), torch.nn.ReLU()), (64, 800))
+    yield ('LeNet-5 28x28 batch 64 (with loss)', lenet5(64, (28, 28)), None,
+           (64, 1, 28, 28))
+    yield ('LeNet-5 8x8 digits batch 64 (with loss)', lenet5(64, (8, 8)), None,
+           (64, 1, 8, 8))
 
 
 def torch_lenet(net):
@@ -122,44 +128,23 @@ def main():
     rng = np.random.default_rng(0)
     print(f"threads {args.threads}, float32, best of {args.repeats}; "
           f"ratio = devito_ml time / torch {torch.__version__} time")
-    print(f"{'case':38s} {'fwd ms':>9s} {'torch':>8s} {'ratio':>6s}   "
+    print(f"{'case':40s} {'fwd ms':>9s} {'torch':>8s} {'ratio':>6s}   "
           f"{'fwd+bwd ms':>10s} {'torch':>8s} {'ratio':>6s}")
-    for name, net, module, shape in cases(args.quick):
-        module = module if module is not None else torch_lenet(net)
+    for name, model, module, shape in cases(args.quick):
         x = rng.random(shape, dtype=np.float32)
-        classes = net.output_size[1]
-        labels = rng.integers(0, classes, shape[0])
-        if net.loss.name == 'mse':
-            targets = rng.random(net.output_size, dtype=np.float32)
-            net.forward(x)
-            net.backward(targets)
-            ours = (best_time(lambda: net.forward_operator.run(shape[0]), args.repeats),
-                    best_time(lambda: (net.forward_operator.run(shape[0]),
-                                       net.backward_operator.run(shape[0])),
-                              args.repeats))
-            theirs = torch_mse_timings(module, x, targets, args.repeats)
+        if isinstance(model, Net):
+            labels = rng.integers(0, model.output_size[1], shape[0])
+            ours = net_timings(model, x, labels, args.repeats)
+            theirs = torch_timings(torch_lenet(model), x, args.repeats, labels=labels)
         else:
-            ours = devito_timings(net, x, labels, args.repeats)
-            theirs = torch_timings(module, x, labels, args.repeats)
-        print(f"{name:38s} {ours[0] * 1e3:9.3f} {theirs[0] * 1e3:8.3f} "
+            model.compile()
+            upstream = rng.standard_normal(model.output_size, dtype=np.float32)
+            ours = layer_timings(model, x, upstream, args.repeats)
+            theirs = torch_timings(module, x, args.repeats, upstream=upstream)
+        print(f"{name:40s} {ours[0] * 1e3:9.3f} {theirs[0] * 1e3:8.3f} "
               f"{ours[0] / theirs[0]:6.2f}   {ours[1] * 1e3:10.3f} "
-              f"{theirs[1] * 1e3:8.3f} "
-              f"{ours[1] / theirs[1]:6.2f}")
+              f"{theirs[1] * 1e3:8.3f} {ours[1] / theirs[1]:6.2f}")
     hot_path(args.repeats)
-
-
-def torch_mse_timings(module, x, targets, repeats):
-    x, targets = torch.from_numpy(x), torch.from_numpy(targets)
-
-    def forward():
-        with torch.no_grad():
-            module(x)
-
-    def forward_backward():
-        module.zero_grad(set_to_none=False)
-        x.requires_grad_(True)
-        torch.nn.functional.mse_loss(module(x), targets).backward()
-    return best_time(forward, repeats), best_time(forward_backward, repeats)
 
 
 if __name__ == '__main__':
