@@ -71,7 +71,9 @@ class Net:
             for layer in self.layers:
                 layer.reset_parameters(rng)
         self.loss.bind(self.output_size, self.dtype)
-        self._forward_operator = self._backward_operator = None
+        self._losses = {self.loss.name: self.loss}
+        self._forward_operator = None
+        self._backward_operators = {}
         self._batch = None
 
     # -- construction ------------------------------------------------------------------
@@ -111,11 +113,14 @@ class Net:
     def output_size(self):
         return self.layers[-1].output_size
 
-    @property
-    def _fused_softmax(self):
-        """Cross entropy on a softmax layer reads its logits instead."""
-        return isinstance(self.layers[-1], FullyConnectedSoftmax) and \
-            isinstance(self.loss, CrossEntropy)
+    def _bound_loss(self, loss=None):
+        """The net's loss, or ``loss`` bound to this net's output (cached by name)."""
+        if loss is None:
+            return self.loss
+        loss = get_loss(loss)
+        if loss.name not in self._losses:
+            self._losses[loss.name] = loss.bind(self.output_size, self.dtype)
+        return self._losses[loss.name]
 
     def forward_equations(self):
         """Equations of the whole forward pass, in layer order."""
@@ -124,15 +129,23 @@ class Net:
             eqs += layer.equations(before.result)
         return eqs
 
-    def backward_equations(self):
-        """Loss value and gradient, then every layer's adjoint in reverse order."""
+    def backward_equations(self, loss=None):
+        """Loss value and gradient, then every layer's adjoint in reverse order.
+
+        Cross entropy after a :class:`FullyConnectedSoftmax` reads its logits and
+        writes their gradient directly (exact even where a probability underflows).
+        """
+        loss = self._bound_loss(loss)
         last = self.layers[-1]
-        if self._fused_softmax:
-            eqs = self.loss.equations(last.logits, last.logits_gradients)
+        if isinstance(last, FullyConnectedSoftmax) and isinstance(loss, CrossEntropy):
+            eqs = loss.equations(last.logits, last.logits_gradients)
             eqs += last.backprop_equations(self._input_gradients_of(-1),
                                            from_logits=True)
+        elif isinstance(last, FullyConnectedSoftmax):
+            eqs = loss.equations(last.result, last.result_gradients)
+            eqs += last.backprop_equations(self._input_gradients_of(-1))
         else:
-            eqs = self.loss.equations(last.result, last.result_gradients)
+            eqs = loss.equations(last.result, last.result_gradients)
             eqs += last.backprop_equations(self._input_gradients_of(-1))
         for index in range(len(self.layers) - 2, -1, -1):
             eqs += self.layers[index].backprop_equations(self._input_gradients_of(index))
@@ -151,10 +164,16 @@ class Net:
 
     @property
     def backward_operator(self):
-        if self._backward_operator is None:
-            self._backward_operator = CompiledOperator(self.backward_equations(),
-                                                       name=f"{self.name}_backward")
-        return self._backward_operator
+        """The backward operator of the net's own loss."""
+        return self.backward_operator_for()
+
+    def backward_operator_for(self, loss=None):
+        """The backward operator of ``loss`` (default: the net's), built once."""
+        loss = self._bound_loss(loss)
+        if loss.name not in self._backward_operators:
+            self._backward_operators[loss.name] = CompiledOperator(
+                self.backward_equations(loss), name=f"{self.name}_backward")
+        return self._backward_operators[loss.name]
 
     # -- running -----------------------------------------------------------------------
 
@@ -173,7 +192,7 @@ class Net:
 
     __call__ = forward
 
-    def backward(self, targets):
+    def backward(self, targets, loss=None):
         """Compute the loss of the last forward batch and every gradient.
 
         Parameters
@@ -181,6 +200,9 @@ class Net:
         targets : numpy array
             For cross entropy, class labels ``(b,)`` or probabilities; for mse,
             an array shaped like the output.
+        loss : Loss or str, optional
+            Another loss than the net's; its backward operator is built on first
+            use and kept.
 
         Returns
         -------
@@ -189,9 +211,10 @@ class Net:
         """
         if self._batch is None:
             raise RuntimeError("Net.backward: run `forward` on a batch first")
-        self.loss.set_targets(targets, self._batch)
-        self.backward_operator.run(self._batch)
-        return float(self.loss.value.data[0])
+        loss = self._bound_loss(loss)
+        loss.set_targets(targets, self._batch)
+        self.backward_operator_for(loss).run(self._batch)
+        return float(loss.value.data[0])
 
     def train(self, mode=True):
         """Set training mode (used by layers that differ between modes)."""

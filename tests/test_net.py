@@ -161,3 +161,13 @@ def test_bad_inputs_are_refused_before_any_c_runs(lenet_nets, x, error, message)
 def test_duplicate_names_are_refused():
     with pytest.raises(ValueError, match='unique'):
         Net([Flat((1, 1, 2, 2), name='a'), FullyConnected((2, 4), (1, 4), name='a')])
+
+
+def test_backward_takes_another_loss(rng):
+    net = Net([Flat((3, 1, 2, 2)), FullyConnected((4, 4), (3, 4))], dtype=np.float64,
+              seed=0)
+    x, targets = rng.standard_normal((3, 1, 2, 2)), rng.standard_normal((3, 4))
+    output = net.forward(x)
+    loss = net.backward(targets, loss='mse')
+    assert abs(loss - np.mean((output - targets) ** 2)) < 1e-12
+    assert net.backward(np.array([0, 1, 3])) > 0    # the net's own cross entropy
