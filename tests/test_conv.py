@@ -86,8 +86,8 @@ def test_innermost_loops_are_vectorised():
 def test_weight_gradient_accumulates_in_registers():
     layer = Conv((4, 3, 3), (2, 3, 8, 8), padding=1, generate_code=True)
     backward = layer.backward_operator.code
-    assert 'float conv_dW11 = 0;' in backward
-    assert 'conv_dW[conv_oc][conv_ic][1][1] = conv_dW11;' in backward
+    assert 'float conv_dW_1_1 = 0;' in backward
+    assert 'conv_dW[conv_oc][conv_ic][1][1] = conv_dW_1_1;' in backward
 
 
 def test_weight_gradient_has_no_atomics():

@@ -190,7 +190,7 @@ class Conv(Layer):
                         implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx, m, y, x)))]
         eqs = []
         for i, j in taps:
-            total = Scalar(name=f"{self.name}_dW{i}{j}", dtype=self.dtype.type)
+            total = Scalar(name=f"{self.name}_dW_{i}_{j}", dtype=self.dtype.type)
             eqs += [Eq(total, 0, implicit_dims=(k, c)),
                     Eq(total, total + dz[m, k, y, x] * self._tap(m, i, j),
                        implicit_dims=IgnoreDimSort((k, c, m, y, x))),
