@@ -214,7 +214,7 @@ class Net:
         loss = self._bound_loss(loss)
         loss.set_targets(targets, self._batch)
         self.backward_operator_for(loss).run(self._batch)
-        return float(loss.value.data[0])
+        return loss.value(self._batch)
 
     def train(self, mode=True):
         """Set training mode (used by layers that differ between modes)."""

@@ -1,5 +1,6 @@
 """The Loss base class: the Functions a loss owns, named after it."""
 
+import numpy as np
 from devito import Dimension
 
 from devito_ml.symbolics import tap_dimension, tensor
@@ -10,10 +11,12 @@ __all__ = ['Loss']
 class Loss:
     """Base of losses on a ``(batch, ...)`` output.
 
-    ``equations(output, gradient)`` returns equations that write the mean loss
-    over the active batch into ``value`` and dL/doutput into ``gradient``. A loss
-    allocates ``targets`` (one row per sample) and ``value`` when bound to an
-    output shape with :meth:`bind`.
+    ``equations(output, gradient)`` returns equations that write each sample's
+    loss into ``per_sample`` and dL/doutput (of the batch mean) into ``gradient``.
+    :meth:`value` sums the per-sample losses in a fixed order, so the same inputs
+    give the same loss bit for bit (an ``Inc`` over the batch becomes an
+    ``omp atomic`` whose order varies). A loss allocates ``targets`` and
+    ``per_sample`` when bound to an output shape with :meth:`bind`.
     """
 
     name = 'loss'
@@ -27,13 +30,17 @@ class Loss:
                                       for axis, extent in zip('kyx', output_size[1:]))
         self.k = self.dims[1]
         self.targets = tensor(f"{self.name}_targets", self.dims, output_size, dtype)
-        self.value = tensor(f"{self.name}_value", (tap_dimension(f"{self.name}_v", 1),),
-                            (1,), dtype)
+        self.per_sample = tensor(f"{self.name}_per_sample", (self.n,),
+                                 output_size[:1], dtype)
         self._allocate()
         return self
 
     def _allocate(self):
         """Internal buffers of a loss."""
+
+    def value(self, batch):
+        """The mean loss over the first ``batch`` samples."""
+        return float(np.sum(self.per_sample.data[:batch]) / batch)
 
     def batch_size(self):
         """Number of active samples, as a symbol of the batch bound."""

@@ -48,13 +48,12 @@ class CrossEntropy(Loss):
                   for role in ('kmax', 'ksum')] + [k]
         k_dot = tap_dimension(f"{self.name}_kdot", classes)
         batch = self.batch_size()
-        value = self.value[0]
+        loss = self.per_sample[n]
         return softmax_equations(output, self.probabilities, self.row_max,
                                  self.row_sum, n, passes) + [
             Eq(gradient[n, k], (self.probabilities[n, k] - t[n, k]) / batch),
-            Eq(value, 0),
-            Inc(value, (self.row_max[n] + sympy.log(self.row_sum[n])) / batch),
-            Inc(value, -t[n, k_dot] * output[n, k_dot] / batch)]
+            Eq(loss, self.row_max[n] + sympy.log(self.row_sum[n])),
+            Inc(loss, -t[n, k_dot] * output[n, k_dot])]
 
     def set_targets(self, targets, batch):
         """Class labels ``(b,)`` (ints) or target probabilities ``(b, classes)``."""
@@ -76,16 +75,16 @@ class CrossEntropy(Loss):
                              f"{targets.shape}")
 
 
-def cross_entropy(output, targets, gradient, value):
-    """Equations for the mean cross entropy of ``output`` logits (functional form).
+def cross_entropy(output, targets, gradient, per_sample):
+    """Equations for the cross entropy of ``output`` logits (functional form).
 
     Parameters
     ----------
     output, targets, gradient : Function
-        ``(batch, classes)``: logits, target probabilities, dL/dlogits.
-    value : Function
-        ``(1,)``, receives the loss.
+        ``(batch, classes)``: logits, target probabilities, dL/dlogits of the mean.
+    per_sample : Function
+        ``(batch,)``, receives each sample's loss.
     """
     loss = CrossEntropy().bind(output.shape, output.dtype)
-    loss.targets, loss.value = targets, value
+    loss.targets, loss.per_sample = targets, per_sample
     return loss.equations(output, gradient)

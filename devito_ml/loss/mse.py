@@ -24,19 +24,23 @@ class MSE(Loss):
 
     def equations(self, output, gradient):
         dims, t = self.dims, self.targets
-        count = self.batch_size() * int(np.prod(self.output_size[1:]))
+        elements = int(np.prod(self.output_size[1:]))
+        count = self.batch_size() * elements
         error = output[dims] - t[dims]
-        value = self.value[0]
+        loss = self.per_sample[self.n]
         return [Eq(gradient[dims], 2 * error / count),
-                Eq(value, 0), Inc(value, error * error / count)]
+                Eq(loss, 0), Inc(loss, error * error / elements)]
 
     def set_targets(self, targets, batch):
         check_size(None, 'targets', (batch,) + self.output_size[1:], targets.shape)
         self.targets.data[:batch] = targets
 
 
-def mse(output, targets, gradient, value):
-    """Equations for the mean squared error of ``output`` (functional form)."""
+def mse(output, targets, gradient, per_sample):
+    """Equations for the squared error of ``output`` (functional form).
+
+    ``per_sample`` receives each sample's mean squared error.
+    """
     loss = MSE().bind(output.shape, output.dtype)
-    loss.targets, loss.value = targets, value
+    loss.targets, loss.per_sample = targets, per_sample
     return loss.equations(output, gradient)
