@@ -26,6 +26,7 @@ class CompiledOperator:
         self.operator = Operator(equations, name=name, language='openmp')
         self.name = name
         self._arguments = {}
+        self._scalars = {}
 
     @property
     def code(self):
@@ -41,10 +42,24 @@ class CompiledOperator:
         if batch not in self._arguments:
             bounds = {f"{d.name}_M": batch - 1 for d in self.operator.dimensions
                       if is_batch_dimension(d)}
-            arguments = self.operator.arguments(**bounds)
+            arguments = self.operator.arguments(**bounds,
+                                                **self._scalars)
             values = [arguments[p.name] for p in self.operator.parameters]
             self._arguments[batch] = (arguments, values)
         return self._arguments[batch][1]
+
+    def set_scalars(self, values):
+        """Set run-time scalars (Devito Constants) by name in every prepared list.
+
+        Names this operator does not take are ignored, so one optimizer can push its
+        hyperparameters to every operator it is part of.
+        """
+        positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
+        self._scalars = {**self._scalars,
+                         **{k: v for k, v in values.items() if k in positions}}
+        for _, prepared in self._arguments.values():
+            for name, value in self._scalars.items():
+                prepared[positions[name]] = value
 
     def run(self, batch):
         """Run the operator on the first ``batch`` entries of the batch dimension."""

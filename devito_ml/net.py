@@ -74,6 +74,8 @@ class Net:
         self._losses = {self.loss.name: self.loss}
         self._forward_operator = None
         self._backward_operators = {}
+        self._evaluation_operators = {}
+        self._train_operators = {}
         self._batch = None
 
     # -- construction ------------------------------------------------------------------
@@ -137,15 +139,11 @@ class Net:
         """
         loss = self._bound_loss(loss)
         last = self.layers[-1]
-        if isinstance(last, FullyConnectedSoftmax) and isinstance(loss, CrossEntropy):
-            eqs = loss.equations(last.logits, last.logits_gradients)
+        eqs = self._loss_equations(loss)
+        if isinstance(last, FullyConnectedSoftmax):
             eqs += last.backprop_equations(self._input_gradients_of(-1),
-                                           from_logits=True)
-        elif isinstance(last, FullyConnectedSoftmax):
-            eqs = loss.equations(last.result, last.result_gradients)
-            eqs += last.backprop_equations(self._input_gradients_of(-1))
+                                           from_logits=isinstance(loss, CrossEntropy))
         else:
-            eqs = loss.equations(last.result, last.result_gradients)
             eqs += last.backprop_equations(self._input_gradients_of(-1))
         for index in range(len(self.layers) - 2, -1, -1):
             eqs += self.layers[index].backprop_equations(self._input_gradients_of(index))
@@ -172,8 +170,42 @@ class Net:
         loss = self._bound_loss(loss)
         if loss.name not in self._backward_operators:
             self._backward_operators[loss.name] = CompiledOperator(
-                self.backward_equations(loss), name=f"{self.name}_backward")
+                self.backward_equations(loss), name=self._operator_name('backward', loss))
         return self._backward_operators[loss.name]
+
+    def evaluation_operator(self, loss=None):
+        """Forward pass and loss value, without any parameter gradient."""
+        loss = self._bound_loss(loss)
+        if loss.name not in self._evaluation_operators:
+            self._evaluation_operators[loss.name] = CompiledOperator(
+                self.forward_equations() + self._loss_equations(loss),
+                name=self._operator_name('evaluate', loss))
+        return self._evaluation_operators[loss.name]
+
+    def train_operator(self, optimizer, loss=None):
+        """Forward, backward and ``optimizer``'s update fused in one operator."""
+        loss = self._bound_loss(loss)
+        key = (id(optimizer), loss.name)
+        if key not in self._train_operators:
+            if optimizer.net is not self:
+                raise ValueError(f"Net `{self.name}`: the optimizer was built for "
+                                 f"another net, `{optimizer.net.name}`")
+            self._train_operators[key] = optimizer.attach(CompiledOperator(
+                self.forward_equations() + self.backward_equations(loss)
+                + optimizer.equations(),
+                name=self._operator_name(f"train_{optimizer.name}", loss)))
+        return self._train_operators[key]
+
+    def _operator_name(self, kind, loss):
+        """``<net>_<kind>``, with the loss appended when it is not the net's own."""
+        suffix = '' if loss is self.loss else f"_{loss.name}"
+        return f"{self.name}_{kind}{suffix}"
+
+    def _loss_equations(self, loss):
+        last = self.layers[-1]
+        if isinstance(last, FullyConnectedSoftmax) and isinstance(loss, CrossEntropy):
+            return loss.equations(last.logits, last.logits_gradients)
+        return loss.equations(last.result, last.result_gradients)
 
     # -- running -----------------------------------------------------------------------
 
@@ -183,11 +215,8 @@ class Net:
         ``x`` may hold fewer samples than the allocated batch; the same operator
         runs on the first ``len(x)`` entries.
         """
-        check_array(None, 'Net.forward: x', x, self.input_size, self.dtype)
-        batch = x.shape[0]
-        self.layers[0].input.data[:batch] = x
+        batch = self._load_batch(x)
         self.forward_operator.run(batch)
-        self._batch = batch
         return self.layers[-1].result.data[:batch].copy()
 
     __call__ = forward
@@ -215,6 +244,43 @@ class Net:
         loss.set_targets(targets, self._batch)
         self.backward_operator_for(loss).run(self._batch)
         return loss.value(self._batch)
+
+    def _load_batch(self, x):
+        check_array(None, 'Net: x', x, self.input_size, self.dtype)
+        batch = x.shape[0]
+        self.layers[0].input.data[:batch] = x
+        self._batch = batch
+        return batch
+
+    def evaluate(self, x, targets, loss=None):
+        """Loss and output on a batch, computing no gradient.
+
+        Returns
+        -------
+        (float, ndarray)
+        """
+        loss = self._bound_loss(loss)
+        batch = self._load_batch(x)
+        loss.set_targets(targets, batch)
+        self.evaluation_operator(loss).run(batch)
+        return loss.value(batch), self.layers[-1].result.data[:batch].copy()
+
+    def train_step(self, x, targets, optimizer, loss=None):
+        """One training step in one operator: forward, backward, update.
+
+        Returns
+        -------
+        (float, ndarray)
+            The batch's loss and output, both from before the update.
+        """
+        loss = self._bound_loss(loss)
+        operator = self.train_operator(optimizer, loss)
+        batch = self._load_batch(x)
+        loss.set_targets(targets, batch)
+        optimizer.prepare_step()
+        operator.run(batch)
+        optimizer.finish_step()
+        return loss.value(batch), self.layers[-1].result.data[:batch].copy()
 
     def train(self, mode=True):
         """Set training mode (used by layers that differ between modes)."""
@@ -266,12 +332,19 @@ class Net:
         return self.backward_operator.code
 
     def write_code(self, directory):
-        """Write ``<name>_forward.c`` and ``<name>_backward.c``; return their paths."""
+        """Write the C of every operator built so far (at least forward and backward).
+
+        Files are named after the operators: ``<name>_forward.c``,
+        ``<name>_backward.c``, ``<name>_train_sgd.c``... Returns their paths.
+        """
         os.makedirs(directory, exist_ok=True)
         paths = []
-        for kind, code in (('forward', self.forward_code),
-                           ('backward', self.backward_code)):
-            path = os.path.join(directory, f"{self.name}_{kind}.c")
+        operators = [self.forward_operator, self.backward_operator,
+                     *self._evaluation_operators.values(),
+                     *self._train_operators.values()]
+        for operator in operators:
+            code = operator.code
+            path = os.path.join(directory, f"{operator.name}.c")
             with open(path, 'w') as handle:
                 handle.write(code)
             paths.append(path)

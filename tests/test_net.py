@@ -10,32 +10,7 @@ from sympy import Max
 from devito_ml import (Conv, Flat, FullyConnected, FullyConnectedSoftmax, MaxPooling,
                        Net, ReLU, ShapeError, Subsampling)
 from devito_ml.models import lenet5
-from reference import DTYPES, assert_close, torch_dtype
-
-
-def torch_twin(net):
-    """A torch.nn.Sequential with the same layers and parameters as ``net``."""
-    modules = []
-    for layer in net.layers:
-        if isinstance(layer, Conv):
-            module = torch.nn.Conv2d(layer.input_size[1], layer.kernel_size[0],
-                                     layer.kernel_size[1:], stride=layer.stride,
-                                     padding=layer.padding, dilation=layer.dilation)
-        elif isinstance(layer, (MaxPooling, Subsampling)):
-            module = torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, Flat):
-            module = torch.nn.Flatten()
-        else:
-            module = torch.nn.Linear(layer.weight_size[1], layer.weight_size[0])
-        module = module.to(torch_dtype(net.dtype))
-        if hasattr(module, 'weight'):
-            with torch.no_grad():
-                module.weight.copy_(torch.from_numpy(layer.kernel.data.copy()))
-                module.bias.copy_(torch.from_numpy(layer.bias.data.copy()))
-        modules.append(module)
-        if isinstance(getattr(layer, 'activation', None), ReLU):
-            modules.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*modules)
+from reference import DTYPES, assert_close, torch_twin
 
 
 def compare_net(net, rng, batch=None):
