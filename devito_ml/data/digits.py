@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-__all__ = ['load_digits']
+__all__ = ['load_digits', 'digits_split']
 
 _PATH = os.path.join(os.path.dirname(__file__), 'digits.npz')
 
@@ -27,3 +27,23 @@ def load_digits(dtype=np.float32):
         images = archive['images'].astype(dtype)[:, None] / 16
         labels = archive['labels'].astype(np.int64)
     return images, labels
+
+
+def digits_split(test_fraction=0.2, seed=0, dtype=np.float32):
+    """The digits split into train and test sets by a seeded permutation.
+
+    Returns
+    -------
+    (train_images, train_labels), (test_images, test_labels)
+
+    Examples
+    --------
+    >>> (train, _), (test, _) = digits_split()
+    >>> len(train), len(test)
+    (1438, 359)
+    """
+    images, labels = load_digits(dtype)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    cut = len(labels) - int(round(test_fraction * len(labels)))
+    train, test = order[:cut], order[cut:]
+    return (images[train], labels[train]), (images[test], labels[test])
