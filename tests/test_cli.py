@@ -1,21 +1,53 @@
-"""The README's main job: `devito-ml codegen` writes the generated C."""
+"""The `devito-ml` command: train (the README's main job, shortened) and codegen."""
 
+import json
 import subprocess
 import sys
 
 
+def devito_ml(*arguments, timeout=900):
+    return subprocess.run([sys.executable, '-m', 'devito_ml.cli', *arguments],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_writes_checkpoint_history_plot_and_code(tmp_path):
+    run = devito_ml('train', '--model', 'lenet', '--dataset', 'digits', '--epochs', '2',
+                    '--out', str(tmp_path), '--no-progress')
+    assert run.returncode == 0, run.stderr
+    assert 'test acc' in run.stdout and 'test accuracy' in run.stdout
+    history = json.loads((tmp_path / 'history.json').read_text())['epochs']
+    assert [entry['epoch'] for entry in history] == [1, 2]
+    assert (tmp_path / 'history.png').read_bytes()[:4] == b'\x89PNG'
+    assert (tmp_path / 'checkpoint.npz').exists()
+    code = sorted(p.name for p in (tmp_path / 'code').iterdir())
+    assert code == ['lenet5_backward.c', 'lenet5_evaluate.c', 'lenet5_forward.c',
+                    'lenet5_train_adam.c']
+
+
 def test_codegen_writes_the_generated_c(tmp_path):
-    run = subprocess.run([sys.executable, '-m', 'devito_ml.cli', 'codegen', '--out',
-                          str(tmp_path), '--batch-size', '8'],
-                         capture_output=True, text=True, timeout=600)
+    run = devito_ml('codegen', '--out', str(tmp_path), '--batch-size', '8')
     assert run.returncode == 0, run.stderr
     assert 'd loss / d conv1_W' in run.stdout
-    assert (tmp_path / 'lenet5_forward.c').read_text().count('lenet5_forward') >= 1
     assert 'conv1_dW' in (tmp_path / 'lenet5_backward.c').read_text()
+    assert 'lenet5_train_adam' in (tmp_path / 'lenet5_train_adam.c').read_text()
 
 
-def test_bad_arguments_give_one_line_and_no_traceback():
-    run = subprocess.run([sys.executable, '-m', 'devito_ml.cli', 'codegen',
-                          '--batch-size', '0'], capture_output=True, text=True)
-    assert run.returncode != 0
-    assert 'Traceback' not in run.stderr and '--batch-size must be positive' in run.stderr
+def test_help_for_each_command():
+    for command in ('train', 'codegen'):
+        run = devito_ml(command, '--help')
+        assert run.returncode == 0 and '--out' in run.stdout
+
+
+def test_bad_arguments_give_one_line_and_no_traceback(tmp_path):
+    for arguments, message in ((('codegen', '--batch-size', '0'), '--batch-size'),
+                               (('train', '--epochs', '0'), '--epochs'),
+                               (('train', '--model', 'vgg'), 'invalid choice'),
+                               (('train', '--dataset', 'mnist', '--out', str(tmp_path)),
+                                '--data-dir'),
+                               (('train', '--dataset', 'mnist', '--data-dir',
+                                 str(tmp_path), '--out', str(tmp_path)),
+                                'train-images-idx3-ubyte')):
+        run = devito_ml(*arguments)
+        assert run.returncode != 0
+        assert 'Traceback' not in run.stderr and message in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()[-1]) > 0

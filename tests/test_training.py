@@ -1,0 +1,79 @@
+"""Training end to end: determinism, resuming bit for bit, atomic checkpoints."""
+
+import os
+
+import numpy as np
+import pytest
+
+import devito_ml.training as training
+from devito_ml.data import digits_split
+from devito_ml.models import lenet5
+from devito_ml.optim import SGD, Adam
+from devito_ml.training import History, evaluate, fit, load_checkpoint
+
+
+@pytest.fixture(scope='module')
+def data():
+    (x, y), (tx, ty) = digits_split(dtype=np.float64)
+    return (x[:200], y[:200]), (tx[:90], ty[:90])
+
+
+@pytest.fixture(scope='module')
+def net():
+    """One float64 LeNet-5 (batch 32; 200 samples end on a batch of 8), reused."""
+    return lenet5(32, (8, 8), dtype=np.float64, seed=0)
+
+
+def fresh(net, seed=0):
+    net.load_state_dict(lenet5(32, (8, 8), dtype=np.float64, seed=seed).state_dict())
+    return net
+
+
+def test_same_seed_same_losses(net, data):
+    runs = [fit(fresh(net), SGD(net, lr=0.05, momentum=0.9), *data, epochs=2, seed=4,
+                progress=False, log=None) for _ in range(2)]
+    assert runs[0].epochs[-1]['train_loss'] == runs[1].epochs[-1]['train_loss']
+    assert runs[0]['test_loss'] == runs[1]['test_loss']
+
+
+def test_resuming_continues_bit_for_bit(net, data, tmp_path):
+    straight = fit(fresh(net), Adam(net, lr=2e-3), *data, epochs=3, seed=1,
+                   progress=False, log=None)
+    final = net.state_dict()
+    path = str(tmp_path / 'run.npz')
+    fit(fresh(net), Adam(net, lr=2e-3), *data, epochs=2, seed=1, checkpoint=path,
+        progress=False, log=None)
+    fresh(net, seed=99)                       # whatever the net held before
+    resumed = fit(net, Adam(net, lr=2e-3), *data, epochs=3, seed=1, checkpoint=path,
+                  resume=True, progress=False, log=None)
+    for key in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy'):
+        assert resumed[key] == straight[key], key
+    for name, value in net.state_dict().items():
+        assert np.array_equal(value, final[name]), name
+
+
+def test_a_crash_while_saving_leaves_the_old_checkpoint(net, data, tmp_path,
+                                                        monkeypatch):
+    path = str(tmp_path / 'run.npz')
+    optimizer = SGD(fresh(net), lr=0.05)
+    fit(net, optimizer, *data, epochs=1, checkpoint=path, progress=False, log=None)
+    before = open(path, 'rb').read()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt('power cut')
+    monkeypatch.setattr(training.np, 'savez', crash)
+    with pytest.raises(KeyboardInterrupt):
+        training.save_checkpoint(path, net, optimizer, 2, History())
+    assert open(path, 'rb').read() == before
+    assert os.listdir(tmp_path) == ['run.npz']
+    epoch, history = load_checkpoint(path, net, optimizer)
+    assert epoch == 1 and len(history.epochs) == 1
+
+
+def test_evaluation_computes_no_gradient(net, data):
+    fresh(net)
+    gradients = {name: value.copy() for name, value in net.gradients().items()}
+    loss, accuracy = evaluate(net, *data[1])
+    assert loss > 0 and 0 <= accuracy <= 1
+    for name, value in net.gradients().items():
+        assert np.array_equal(value, gradients[name]), name
