@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ['devito_ml.symbolics', 'devito_ml.layers.conv', 'devito_ml.layers.pooling',
            'devito_ml.layers.dense', 'devito_ml.layers.reshape', 'devito_ml.net',
-           'devito_ml.models.lenet', 'devito_ml.data.digits']
+           'devito_ml.models.lenet', 'devito_ml.data.digits', 'devito_ml.data.batches',
+           'devito_ml.optim.sgd', 'devito_ml.optim.adam', 'devito_ml.interop.torch']
 
 
 @pytest.mark.parametrize('name', MODULES)

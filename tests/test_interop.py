@@ -1,0 +1,27 @@
+"""Parameters shared with a torch optimizer: same memory, same trajectory."""
+
+import numpy as np
+import torch
+
+from devito_ml.interop import torch_parameters
+from devito_ml.models import lenet5
+from devito_ml.optim import SGD
+
+
+def test_torch_optimizer_on_shared_parameters_matches_devito_sgd():
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((4, 1, 8, 8)), rng.integers(0, 10, 4)) for _ in range(3)]
+    ours = lenet5(4, (8, 8), dtype=np.float64, seed=1)
+    theirs = lenet5(4, (8, 8), dtype=np.float64, seed=1)
+    optimizer = SGD(ours, lr=0.05, momentum=0.9)
+    shared = torch_parameters(theirs)
+    torch_optimizer = torch.optim.SGD(shared.values(), lr=0.05, momentum=0.9)
+    for x, labels in batches:
+        ours.train_step(x, labels, optimizer)
+        theirs.forward(x)
+        theirs.backward(labels)
+        torch_optimizer.step()
+    for name, value in ours.parameters().items():
+        assert np.allclose(theirs.parameters()[name], value, rtol=1e-12, atol=1e-15)
+    data = theirs.parameters()['conv1_W']
+    assert shared['conv1_W'].data_ptr() == data.ctypes.data
