@@ -113,8 +113,14 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
     if resume and checkpoint and os.path.exists(checkpoint):
         start, history = load_checkpoint(checkpoint, net, optimizer)
     batches = Batches(*train, batch_size=net.input_size[0], seed=seed)
-    if log and start < epochs:
-        log(History().table())
+    if start < epochs:
+        began = time.perf_counter()
+        net.train_operator(optimizer, loss)          # built once, before the clock runs
+        if test:
+            net.evaluation_operator(loss)
+        if log:
+            log(f"operators built in {time.perf_counter() - began:.1f} s")
+            log(History().table())
     for epoch in range(start, epochs):
         began = time.perf_counter()
         if lr_schedule is not None:
