@@ -25,7 +25,8 @@ from devito_ml.training import cosine_schedule, evaluate, fit  # noqa: E402
 
 def torch_lenet(net):
     """torch.nn twin of a devito_ml LeNet-5, with its weights."""
-    modules = [torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    modules = [torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(),
+               torch.nn.MaxPool2d(2),
                torch.nn.Conv2d(6, 16, 5, padding=net.layers[2].padding), torch.nn.ReLU(),
                torch.nn.MaxPool2d(2), torch.nn.Flatten(),
                torch.nn.Linear(net.layers[5].weight_size[1], 120), torch.nn.ReLU(),
@@ -88,7 +89,8 @@ def main():
     print(f"devito_ml: {trained - compiled:6.2f} s training + {compiled - start:5.1f} s "
           f"building operators, test accuracy {ours:.4f}")
     print(f"PyTorch  : {torch_time:6.2f} s training, test accuracy {theirs:.4f}")
-    print(f"ratio (training only) devito_ml / torch = {(trained - compiled) / torch_time:.2f}")
+    ratio = (trained - compiled) / torch_time
+    print(f"ratio (training only) devito_ml / torch = {ratio:.2f}")
 
 
 if __name__ == '__main__':

@@ -22,7 +22,8 @@ def _data(args):
     if args.dataset == 'digits':
         return digits_split(seed=args.seed, dtype=args.dtype)
     if not args.data_dir:
-        raise CommandError("--dataset mnist needs --data-dir, the folder of the IDX files")
+        raise CommandError("--dataset mnist needs --data-dir, the folder of the IDX "
+                           "files")
     return (load_mnist(args.data_dir, 'train', args.dtype),
             load_mnist(args.data_dir, 'test', args.dtype))
 
@@ -63,7 +64,8 @@ def _train(args):
     paths = net.write_code(os.path.join(args.out, 'code'))
     final = history.epochs[-1] if history.epochs else None
     if final:
-        print(f"test accuracy {final['test_accuracy']:.4f} after {final['epoch']} epochs, "
+        print(f"test accuracy {final['test_accuracy']:.4f} after {final['epoch']} "
+              "epochs, "
               f"{time.perf_counter() - start:.1f} s in all (compilation included)")
     print(f"wrote {args.out}/checkpoint.npz, history.json, history.png and the C of "
           f"{len(paths)} operators in {args.out}/code/")

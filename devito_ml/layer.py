@@ -8,7 +8,7 @@ from devito_ml.compiled import BATCH, CompiledOperator
 from devito_ml.symbolics import Halo, tap_dimension, tensor
 from devito_ml.validation import check_array, check_dtype, check_size
 
-__all__ = ['Layer']
+__all__ = ['Layer', 'WeightedLayer']
 
 
 
@@ -262,6 +262,33 @@ class Layer:
         self.result_gradients.data[:batch] = result_gradients
         self.backward_operator.run(batch)
         return self.input_gradients.data[:batch].copy()
+
+
+class WeightedLayer(Layer):
+    """A layer with a weight ``kernel`` and an optional ``bias`` (``has_bias``).
+
+    Subclasses allocate ``kernel``, ``bias`` and their gradients and say how many
+    inputs feed one output (``fan_in``).
+    """
+
+    @property
+    def fan_in(self):
+        raise NotImplementedError
+
+    def reset_parameters(self, rng):
+        """Draw parameters as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        bound = 1 / np.sqrt(self.fan_in)
+        self.kernel.data[:] = rng.uniform(-bound, bound, self.kernel.shape)
+        self.bias.data[:] = rng.uniform(-bound, bound, self.bias.shape) \
+            if self.has_bias else 0
+
+    def parameters(self):
+        return {'W': self.kernel, 'b': self.bias} if self.has_bias else \
+            {'W': self.kernel}
+
+    def gradients(self):
+        return {'W': self.kernel_gradients, 'b': self.bias_gradients} \
+            if self.has_bias else {'W': self.kernel_gradients}
 
 
 def fill_halo(function, value):

@@ -48,7 +48,9 @@ class History:
 
 def _row(entry):
     def number(value, width, digits):
-        return f"{value:{width}.{digits}f}" if value is not None else ' ' * (width - 1) + '-'
+        if value is None:
+            return ' ' * (width - 1) + '-'
+        return f"{value:{width}.{digits}f}"
     return (f"{entry['epoch']:5d} {number(entry['train_loss'], 11, 4)} "
             f"{number(entry['train_accuracy'], 10, 4)} "
             f"{number(entry['test_loss'], 10, 4)} {number(entry['test_accuracy'], 9, 4)} "

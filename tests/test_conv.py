@@ -77,7 +77,8 @@ def test_innermost_loops_are_vectorised():
     layer = Conv((4, 3, 3), (2, 3, 8, 8), padding=1, generate_code=True)
     forward, backward = layer.forward_operator.code, layer.backward_operator.code
     assert pragma_of_innermost_loop(
-        forward, 'conv_out[n][conv_oc][conv_oh][conv_ow] += ').startswith('#pragma omp simd')
+        forward, 'conv_out[n][conv_oc][conv_oh][conv_ow] += ').startswith(
+            '#pragma omp simd')
     assert pragma_of_innermost_loop(
         backward, 'conv_din[n][conv_in_c][conv_in_h][conv_in_w] += ').startswith(
             '#pragma omp simd')

@@ -53,7 +53,8 @@ def read_idx(path):
     if len(raw) != expected:
         raise IDXFormatError(f"read_idx: `{path}` holds {len(raw)} bytes, its header "
                              f"{shape} announces {expected}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder('='))
+    array = np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder('='))
 
 
 def load_mnist(directory, kind='train', dtype=np.float32):

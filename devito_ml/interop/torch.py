@@ -28,7 +28,8 @@ def torch_parameters(net):
     >>> _ = net.backward(np.array([0, 1, 0, 1]))
     >>> before = net.parameters()['fc1_b'].copy()
     >>> optimizer.step()
-    >>> bool(np.allclose(net.parameters()['fc1_b'], before - 0.1 * net.gradients()['fc1_b']))
+    >>> after = before - 0.1 * net.gradients()['fc1_b']
+    >>> bool(np.allclose(net.parameters()['fc1_b'], after))
     True
     """
     import numpy as np

@@ -6,19 +6,15 @@ from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
-from devito_ml.layer import Layer
+from devito_ml.layer import WeightedLayer
+from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
-from devito_ml.validation import ShapeError, as_pair, check_positive_ints
+from devito_ml.validation import as_pair, check_positive_ints
 
 __all__ = ['Conv']
 
 
-def output_extent(size, kernel, stride, padding, dilation):
-    """``floor((size + 2*padding - dilation*(kernel - 1) - 1)/stride) + 1``."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-class Conv(Layer):
+class Conv(WeightedLayer):
     r"""2D convolution of an NCHW input with ``out_channels`` kernels.
 
     Parameters
@@ -90,20 +86,12 @@ class Conv(Layer):
 
     @property
     def output_size(self):
-        n, _, h, w = self.input_size
-        k, r, q = self.kernel_size
-        extents = [output_extent(size, kern, s, p, d) for size, kern, s, p, d in
-                   zip((h, w), (r, q), self.stride, self.padding, self.dilation)]
-        if min(extents) < 1:
-            raise ShapeError(
-                f"Conv `{self.name}`: kernel {(r, q)} with dilation {self.dilation} "
-                f"does not fit input {(h, w)} padded by {self.padding}")
-        return (n, k) + tuple(extents)
+        _, r, q = self.kernel_size
+        return window_output_size(self, self.kernel_size[0], (r, q), self.dilation)
 
     @property
     def input_halo(self):
-        ph, pw = self.padding
-        return Halo((0, 0), (0, 0), (ph, ph), (pw, pw))
+        return padding_halo(self.padding)
 
     def _create_functions(self):
         _, c, h, w = self.input_size
@@ -131,21 +119,10 @@ class Conv(Layer):
              self.dim('sx', stuffed[1])),
             (self.input_size[0], k) + stuffed, Halo((0, 0), (0, 0), *halos))
 
-    def reset_parameters(self, rng):
-        _, c, _, _ = self.input_size
+    @property
+    def fan_in(self):
         _, r, q = self.kernel_size
-        bound = 1 / np.sqrt(c * r * q)
-        self.kernel.data[:] = rng.uniform(-bound, bound, self.kernel.shape)
-        self.bias.data[:] = rng.uniform(-bound, bound, self.bias.shape) \
-            if self.has_bias else 0
-
-    def parameters(self):
-        return {'W': self.kernel, 'b': self.bias} if self.has_bias else \
-            {'W': self.kernel}
-
-    def gradients(self):
-        return {'W': self.kernel_gradients, 'b': self.bias_gradients} \
-            if self.has_bias else {'W': self.kernel_gradients}
+        return self.input_size[1] * r * q
 
     def _tap(self, n=None, ky=None, kx=None):
         """The input value under kernel tap (ky, kx) of output (y, x) of sample n."""
@@ -199,9 +176,7 @@ class Conv(Layer):
 
     def _backward_equations(self):
         n, k, y, x = self.out_dims
-        c = self.in_dims[1]
         _, ci, h, w = self.input_gradient_dims
-        ky, kx = self.ky, self.kx
         (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
         dz = self.pre_activation_gradients
         eqs = []

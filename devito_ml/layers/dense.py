@@ -8,13 +8,13 @@ from devito.types.utils import IgnoreDimSort
 from sympy import Max
 
 from devito_ml.activations import as_activation
-from devito_ml.layer import Layer
+from devito_ml.layer import WeightedLayer
 from devito_ml.validation import ShapeError, check_positive_ints
 
 __all__ = ['FullyConnected', 'FullyConnectedSoftmax', 'softmax_equations']
 
 
-class FullyConnected(Layer):
+class FullyConnected(WeightedLayer):
     r"""``y = f(x W^T + b)`` on ``(batch, features)`` inputs, as ``torch.nn.Linear``.
 
     Parameters
@@ -86,19 +86,9 @@ class FullyConnected(Layer):
             self.pre_activation_gradients = self.tensor('dz', self.out_storage,
                                                         self.output_size)
 
-    def reset_parameters(self, rng):
-        bound = 1 / np.sqrt(self.weight_size[1])
-        self.kernel.data[:] = rng.uniform(-bound, bound, self.weight_size)
-        self.bias.data[:] = rng.uniform(-bound, bound, self.weight_size[0]) \
-            if self.has_bias else 0
-
-    def parameters(self):
-        return {'W': self.kernel, 'b': self.bias} if self.has_bias else \
-            {'W': self.kernel}
-
-    def gradients(self):
-        return {'W': self.kernel_gradients, 'b': self.bias_gradients} \
-            if self.has_bias else {'W': self.kernel_gradients}
+    @property
+    def fan_in(self):
+        return self.weight_size[1]
 
     def _affine_equations(self, z):
         """``z = x W^T + b`` into the Function ``z``.

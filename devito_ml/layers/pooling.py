@@ -6,10 +6,10 @@ from devito import Eq, Inc
 from sympy import Max, Min
 
 from devito_ml.layer import Layer
-from devito_ml.layers.conv import output_extent
+from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import (CondEq, Halo, Select, kernel_taps, stuffed_extent,
                                  stuffed_halo)
-from devito_ml.validation import LayerArgumentError, ShapeError, as_pair
+from devito_ml.validation import LayerArgumentError, as_pair
 
 __all__ = ['MaxPooling', 'AvgPooling', 'Subsampling']
 
@@ -54,19 +54,11 @@ class Pooling(Layer):
 
     @property
     def output_size(self):
-        n, c, h, w = self.input_size
-        extents = [output_extent(size, k, s, p, 1) for size, k, s, p in
-                   zip((h, w), self.kernel_size, self.stride, self.padding)]
-        if min(extents) < 1:
-            raise ShapeError(f"{type(self).__name__} `{self.name}`: kernel "
-                             f"{self.kernel_size} does not fit input {(h, w)} padded "
-                             f"by {self.padding}")
-        return (n, c) + tuple(extents)
+        return window_output_size(self, self.input_size[1], self.kernel_size)
 
     @property
     def input_halo(self):
-        ph, pw = self.padding
-        return Halo((0, 0), (0, 0), (ph, ph), (pw, pw))
+        return padding_halo(self.padding)
 
     def _create_functions(self):
         _, c, h, w = self.input_size

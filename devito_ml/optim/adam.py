@@ -59,7 +59,8 @@ class Adam(Optimizer):
         super().__init__(net, lr)
 
     def _allocate_state(self):
-        self.exp_avg = {p.name: self.state_buffer(p, 'exp_avg') for p, _ in self.parameters}
+        self.exp_avg = {p.name: self.state_buffer(p, 'exp_avg')
+                        for p, _ in self.parameters}
         self.exp_avg_sq = {p.name: self.state_buffer(p, 'exp_avg_sq')
                            for p, _ in self.parameters}
 

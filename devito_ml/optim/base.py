@@ -73,7 +73,7 @@ class Optimizer:
         """State Functions by name."""
         return {}
 
-    # -- running ----------------------------------------------------------------------------
+    # -- running ----------------------------------------------------------------------
 
     def attach(self, operator):
         """Keep ``operator`` (which holds these equations) in sync with the Constants."""
@@ -103,11 +103,12 @@ class Optimizer:
         self._update_operator.run(self.net.input_size[0])
         self.finish_step()
 
-    # -- state ----------------------------------------------------------------------------
+    # -- state ------------------------------------------------------------------------
 
     def state_dict(self):
         """Copies of the state buffers, the step count and the hyperparameters."""
-        state = {f"state/{name}": f.data.copy() for name, f in self.state_buffers().items()}
+        state = {f"state/{name}": f.data.copy()
+                 for name, f in self.state_buffers().items()}
         state['step_count'] = np.array(self.step_count)
         state.update({f"hyper/{name}": np.array(getattr(self, name))
                       for name in type(self).hyperparameters})
