@@ -1,17 +1,18 @@
 """2D convolution (cross-correlation), forward and backward side by side."""
 
 import numpy as np
-from devito import Eq, Inc
-from devito.types import Scalar
+from devito import Dimension, Eq, Inc
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
-from devito_ml.layers.window import padding_halo, window_output_size
+from devito_ml.layers.window import window_output_size
 from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
 from devito_ml.validation import as_pair, check_positive_ints
 
 __all__ = ['Conv']
+
+CHANNELS_LAST_MIN_CHANNELS = 16
 
 
 class Conv(WeightedLayer):
@@ -89,10 +90,6 @@ class Conv(WeightedLayer):
         _, r, q = self.kernel_size
         return window_output_size(self, self.kernel_size[0], (r, q), self.dilation)
 
-    @property
-    def input_halo(self):
-        return padding_halo(self.padding)
-
     def _create_functions(self):
         _, c, h, w = self.input_size
         _, k, oh, ow = self.output_size
@@ -109,15 +106,7 @@ class Conv(WeightedLayer):
         else:
             self.pre_activation_gradients = self.tensor('dz', self.out_storage,
                                                         self.output_size)
-        halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d in
-                 zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
-                     self.dilation)]
-        stuffed = (stuffed_extent(oh, self.stride[0]), stuffed_extent(ow, self.stride[1]))
-        self.stuffed_gradients = self.tensor(
-            'dz_stuffed',
-            (self.batch_dim, self.k, self.dim('sy', stuffed[0]),
-             self.dim('sx', stuffed[1])),
-            (self.input_size[0], k) + stuffed, Halo((0, 0), (0, 0), *halos))
+        self._create_channels_last()
 
     @property
     def fan_in(self):
@@ -138,46 +127,149 @@ class Conv(WeightedLayer):
         _, r, q = self.kernel_size
         return kernel_taps(r, q, self.ky, self.kx)
 
-    def _forward_equations(self):
-        n, k, y, x = self.out_dims
-        c = self.in_dims[1]
-        out = self.result[n, k, y, x]
-        taps = sum(self.kernel[k, c, i, j] * self._tap(ky=i, kx=j)
-                   for i, j in self._taps())
-        eqs = [Eq(out, self.bias[k] if self.has_bias else 0), Inc(out, taps)]
-        if not self.activation.is_identity:
-            eqs.append(Eq(out, self.activation.forward(out)))
-        return eqs
+    def _create_channels_last(self):
+        """Channels-last copies of the input (padded), kernel and output.
 
-    def _weight_gradient_equations(self, dz):
-        """dW[k, c, i, j] = sum over (batch, y, x) of dz * tap, one accumulator a tap.
-
-        The accumulators are Scalars, private to each (k, c) iteration: gcc keeps
-        them in registers and vectorises the x loop, which a reduction into
-        ``dW[k][c][i][j]`` in memory prevents (measured: 2.6 -> 9.8 GFLOP/s for
-        one Inc per tap, more with the Scalars).
+        The forward loop nest runs over them with the output channels innermost:
+        measured on 32->64 channels, 3x3, 28x28, batch 32, 2 threads, 64 GFLOP/s
+        against 26 for the best NCHW nest; the copies in and out are O(activations).
+        They live on Dimensions of their own, since Devito imposes one loop order
+        per operator and NCHW tensors order channels before rows.
         """
-        k, c, m = self.k, self.in_dims[1], self.reduction_batch_dim
-        _, _, y, x = self.out_dims
+        n, c, h, w = self.input_size
+        _, k, oh, ow = self.output_size
+        _, r, q = self.kernel_size
+        plain = lambda role: Dimension(f"{self.name}_{role}")  # noqa: E731
+        self.cl_in_dims = (self.batch_dim, plain('xh'), plain('xw'), plain('xc'))
+        self.cl_out_dims = (self.batch_dim, plain('yh'), plain('yw'), plain('yk'))
+        (ph, pw) = self.padding
+        self.input_cl = self.tensor('in_cl', self.cl_in_dims, (n, h, w, c),
+                                    Halo((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        self.result_cl = self.tensor('out_cl', self.cl_out_dims, (n, oh, ow, k))
+        kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], self.cl_out_dims[3])
+        self.kernel_cl = self.tensor('W_cl', kernel_cl_dims, (r, q, c, k))
+        self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims, (r, q, c, k))
+        # the kernel with input channels innermost, for the input gradient
+        self.kernel_cl_t = self.tensor('Wt_cl', (self.ky, self.kx, plain('tk'),
+                                                 plain('tc')), (r, q, k, c))
+        # dz channels last, on rows and columns of its own: the weight gradient loops
+        # over them inside the input channels, while the forward pass (same operator
+        # when training) orders output rows before input channels.
+        self.dz_cl = self.tensor('dz_cl', (self.batch_dim, plain('gh'), plain('gw'),
+                                           self.cl_out_dims[3]), (n, oh, ow, k))
+        self.input_gradients_cl = self.tensor('din_cl', self.cl_in_dims, (n, h, w, c))
+        halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d in
+                 zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
+                     self.dilation)]
+        stuffed = (stuffed_extent(oh, self.stride[0]), stuffed_extent(ow, self.stride[1]))
+        sy, sx, sk = plain('sy'), plain('sx'), plain('sk')
+        if self.input_gradient_channels_last:
+            dims, shape = (self.batch_dim, sy, sx, sk), (n,) + stuffed + (k,)
+            halo = Halo((0, 0), *halos, (0, 0))
+        else:
+            dims, shape = (self.batch_dim, sk, sy, sx), (n, k) + stuffed
+            halo = Halo((0, 0), (0, 0), *halos)
+        self.stuffed_gradients = self.tensor('dz_stuffed', dims, shape, halo)
+
+    @property
+    def input_gradient_channels_last(self):
+        return self.input_size[1] >= CHANNELS_LAST_MIN_CHANNELS
+
+    def _stuffed(self, n, h, w, k):
+        """The stuffed dz at (sample, row, column, channel), in its layout."""
+        if self.input_gradient_channels_last:
+            return self.stuffed_gradients[n, h, w, k]
+        return self.stuffed_gradients[n, k, h, w]
+
+    def _forward_equations(self):
+        n, xh, xw, xc = self.cl_in_dims
+        _, yh, yw, yk = self.cl_out_dims
+        _, k, y, x = self.out_dims
+        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+        taps = sum(self.kernel_cl[i, j, xc, yk]
+                   * self.input_cl[n, yh * sy + i * dy - py, yw * sx + j * dx - px, xc]
+                   for i, j in self._taps())
+        out_cl = self.result_cl[n, yh, yw, yk]
+        value = self.result_cl[n, y, x, k] + (self.bias[k] if self.has_bias else 0)
+        # Transposing copies name their loop order: they relate the same Dimensions
+        # in two orders, which Devito's dimension sort would find cyclic.
+        return [Eq(self.input_cl[n, xh, xw, xc], self.input[n, xc, xh, xw],
+                   implicit_dims=IgnoreDimSort((n, xh, xw, xc))),
+                Eq(self.kernel_cl[self.ky, self.kx, xc, yk],
+                   self.kernel[yk, xc, self.ky, self.kx],
+                   implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, yk))),
+                Eq(out_cl, 0), Inc(out_cl, taps),
+                Eq(self.result[n, k, y, x], self.activation.forward(value),
+                   implicit_dims=IgnoreDimSort((n, k, y, x)))]
+
+    def _weight_gradient_equations(self):
+        r"""dW[k, c, i, j] = sum over (batch, y, x) of dz * input, channels last.
+
+        Parallel over input channels, the batch and output positions inside, and
+        one accumulation a tap vectorised over output channels: each thread owns its
+        rows of ``dW_cl`` (no atomics). Measured as above: 17.6 GFLOP/s with register
+        accumulators in NCHW.
+        """
+        xc = self.cl_in_dims[3]
+        _, yh, yw, yk = self.dz_cl.dimensions
+        m = self.reduction_batch_dim
+        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+        dw = self.kernel_gradients_cl
+        eqs = [Eq(dw[self.ky, self.kx, xc, yk], 0)]
         taps = self._taps()
-        if taps == [(self.ky, self.kx)]:
-            return [Eq(self.kernel_gradients[k, c, self.ky, self.kx], 0),
-                    Inc(self.kernel_gradients[k, c, self.ky, self.kx],
-                        dz[m, k, y, x] * self._tap(m),
-                        implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx, m, y, x)))]
-        eqs = []
+        order = (xc, m, yh, yw, yk) if taps != [(self.ky, self.kx)] else \
+            (self.ky, self.kx, xc, m, yh, yw, yk)
         for i, j in taps:
-            total = Scalar(name=f"{self.name}_dW_{i}_{j}", dtype=self.dtype.type)
-            eqs += [Eq(total, 0, implicit_dims=(k, c)),
-                    Eq(total, total + dz[m, k, y, x] * self._tap(m, i, j),
-                       implicit_dims=IgnoreDimSort((k, c, m, y, x))),
-                    Eq(self.kernel_gradients[k, c, i, j], total, implicit_dims=(k, c))]
+            read = self.input_cl[m, yh * sy + i * dy - py, yw * sx + j * dx - px, xc]
+            eqs.append(Inc(dw[i, j, xc, yk], read * self.dz_cl[m, yh, yw, yk],
+                           implicit_dims=IgnoreDimSort(order)))
+        k, c = self.k, self.in_dims[1]
+        eqs.append(Eq(self.kernel_gradients[k, c, self.ky, self.kx],
+                      dw[self.ky, self.kx, c, k],
+                      implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx))))
         return eqs
+
+    def _input_gradient_equations(self):
+        """dx as a gather from a stuffed, padded dz.
+
+        Channels last (input channels innermost) when there are at least
+        ``CHANNELS_LAST_MIN_CHANNELS`` input channels, else NCHW with image columns
+        innermost. Measured, 2 threads: 32->64 3x3 28x28 batch 32, 49 -> 20 ms
+        channels last; 6->16 5x5 14x14 batch 64, 10.1 ms channels last against
+        ~2.5 ms NCHW, since 6 channels do not fill a vector.
+        """
+        if not self.input_gradient_channels_last:
+            return self._input_gradient_equations_nchw()
+        n, xh, xw, xc = self.cl_in_dims
+        _, ci, h, w = self.input_gradient_dims
+        (py, px), (dy, dx) = self.padding, self.dilation
+        _, _, tk, tc = self.kernel_cl_t.dimensions
+        ky, kx = self.ky, self.kx
+        stuffed, din_cl = self.stuffed_gradients, self.input_gradients_cl
+        total = sum(self.kernel_cl_t[i, j, tk, xc]
+                    * stuffed[n, xh + py - i * dy, xw + px - j * dx, tk]
+                    for i, j in self._taps())
+        return [Eq(self.kernel_cl_t[ky, kx, tk, tc], self.kernel[tk, tc, ky, kx],
+                   implicit_dims=IgnoreDimSort((ky, kx, tk, tc))),
+                Eq(din_cl[n, xh, xw, xc], 0),
+                Inc(din_cl[n, xh, xw, xc], total),
+                Eq(self.input_gradients[n, ci, h, w], din_cl[n, h, w, ci],
+                   implicit_dims=IgnoreDimSort((n, ci, h, w)))]
+
+    def _input_gradient_equations_nchw(self):
+        n, k = self.batch_dim, self.k
+        _, ci, h, w = self.input_gradient_dims
+        (py, px), (dy, dx) = self.padding, self.dilation
+        total = sum(self.kernel[k, ci, i, j]
+                    * self._stuffed(n, h + py - i * dy, w + px - j * dx, k)
+                    for i, j in self._taps())
+        return [Eq(self.input_gradients[n, ci, h, w], 0),
+                Inc(self.input_gradients[n, ci, h, w], total)]
 
     def _backward_equations(self):
         n, k, y, x = self.out_dims
-        _, ci, h, w = self.input_gradient_dims
-        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+        _, yh, yw, yk = self.cl_out_dims
+        (sy, sx) = self.stride
         dz = self.pre_activation_gradients
         eqs = []
         if dz is not self.result_gradients:
@@ -189,13 +281,13 @@ class Conv(WeightedLayer):
             eqs += [Eq(self.bias_gradients[k], 0),
                     Inc(self.bias_gradients[k], dz[m, k, y, x],
                         implicit_dims=IgnoreDimSort((k, m, y, x)))]
-        stuffed = self.stuffed_gradients
-        eqs += self._weight_gradient_equations(dz)
-        eqs += [
-                Eq(stuffed[n, k, y * sy, x * sx], dz[n, k, y, x]),
-                Eq(self.input_gradients[n, ci, h, w], 0),
-                Inc(self.input_gradients[n, ci, h, w],
-                    sum(self.kernel[k, ci, i, j]
-                        * stuffed[n, k, h + py - i * dy, w + px - j * dx]
-                        for i, j in self._taps()))]
-        return eqs
+        _, gh, gw, _ = self.dz_cl.dimensions
+        eqs.append(Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
+                      implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
+        if self.input_gradient_channels_last:
+            eqs.append(Eq(self._stuffed(n, gh * sy, gw * sx, yk),
+                          self.dz_cl[n, gh, gw, yk]))
+        else:
+            eqs.append(Eq(self._stuffed(n, y * sy, x * sx, k), dz[n, k, y, x]))
+        return eqs + self._weight_gradient_equations() + \
+            self._input_gradient_equations()
