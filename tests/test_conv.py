@@ -23,6 +23,10 @@ CASES = [
     ((2, 16, 7, 6), (4, 3, 3), 2, 1, 2),
     ((1, 17, 6, 7), (3, 3, 2), 1, (2, 1), 1),
     ((1, 16, 10, 9), (2, 8, 7), (2, 1), 1, 1),
+    # >= 16 output channels: forward and weight gradient run channels last
+    ((2, 3, 7, 6), (16, 3, 3), 2, 1, 2),
+    ((1, 16, 6, 7), (17, 3, 2), 1, (2, 1), 1),
+    ((1, 2, 10, 9), (16, 8, 7), (2, 1), 1, 1),
 ]
 
 
@@ -77,18 +81,29 @@ def pragma_of_innermost_loop(code, statement):
     return lines[loop - 1].strip()
 
 
-@pytest.mark.parametrize('channels, din', [
-    (3, 'conv_din[n][conv_in_c][conv_in_h][conv_in_w] += '),
-    (16, 'conv_din_cl[n][conv_xh][conv_xw][conv_xc] += ')])
-def test_innermost_loops_are_vectorised(channels, din):
-    layer = Conv((4, 3, 3), (2, channels, 8, 8), padding=1, generate_code=True)
-    forward, backward = layer.forward_operator.code, layer.backward_operator.code
-    simd = '#pragma omp simd'
-    assert pragma_of_innermost_loop(
-        forward, 'conv_out_cl[n][conv_yh][conv_yw][conv_yk] += ').startswith(simd)
-    assert pragma_of_innermost_loop(backward, din).startswith(simd)
-    assert pragma_of_innermost_loop(
-        backward, 'conv_dW_cl[1][1][conv_xc][conv_yk] += ').startswith(simd)
+NESTS = {  # (input channels, output channels) -> statements whose loop must be simd
+    (3, 4): ['conv_out[n][conv_oc][conv_oh][conv_ow] += ',
+             'conv_din[n][conv_in_c][conv_in_h][conv_in_w] += '],
+    (16, 16): ['conv_out_cl[n][conv_yh][conv_yw][conv_yk] += ',
+               'conv_din_cl[n][conv_xh][conv_xw][conv_xc] += ',
+               'conv_dW_cl[1][1][conv_xc][conv_yk] += '],
+}
+
+
+@pytest.mark.parametrize('channels, out_channels', sorted(NESTS))
+def test_innermost_loops_are_vectorised(channels, out_channels):
+    layer = Conv((out_channels, 3, 3), (2, channels, 8, 8), padding=1,
+                 generate_code=True)
+    code = layer.forward_operator.code + layer.backward_operator.code
+    for statement in NESTS[channels, out_channels]:
+        assert pragma_of_innermost_loop(code, statement).startswith('#pragma omp simd')
+
+
+def test_few_output_channels_accumulate_weight_gradients_in_registers():
+    layer = Conv((4, 3, 3), (2, 3, 8, 8), padding=1, generate_code=True)
+    backward = layer.backward_operator.code
+    assert 'float conv_dW_1_1 = 0;' in backward
+    assert 'conv_dW[conv_oc][conv_ic][1][1] = conv_dW_1_1;' in backward
 
 
 def test_weight_gradient_has_no_atomics():

@@ -2,11 +2,12 @@
 
 import numpy as np
 from devito import Dimension, Eq, Inc
+from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
-from devito_ml.layers.window import window_output_size
+from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
 from devito_ml.validation import as_pair, check_positive_ints
 
@@ -181,7 +182,23 @@ class Conv(WeightedLayer):
             return self.stuffed_gradients[n, h, w, k]
         return self.stuffed_gradients[n, k, h, w]
 
+    @property
+    def channels_last(self):
+        """Forward and weight gradient channels last: with >= 16 output channels.
+
+        Output channels are the vector lanes there; measured on LeNet-5's first
+        convolution (1 -> 6 channels, 28x28, batch 64), the NCHW nest was faster.
+        """
+        return self.kernel_size[0] >= CHANNELS_LAST_MIN_CHANNELS
+
+    @property
+    def input_halo(self):
+        """The NCHW nests read the input padded in place; channels last, a copy."""
+        return Halo.none(4) if self.channels_last else padding_halo(self.padding)
+
     def _forward_equations(self):
+        if not self.channels_last:
+            return self._forward_equations_nchw()
         n, xh, xw, xc = self.cl_in_dims
         _, yh, yw, yk = self.cl_out_dims
         _, k, y, x = self.out_dims
@@ -202,14 +219,50 @@ class Conv(WeightedLayer):
                 Eq(self.result[n, k, y, x], self.activation.forward(value),
                    implicit_dims=IgnoreDimSort((n, k, y, x)))]
 
+    def _forward_equations_nchw(self):
+        n, k, y, x = self.out_dims
+        c = self.in_dims[1]
+        out = self.result[n, k, y, x]
+        taps = sum(self.kernel[k, c, i, j] * self._tap(ky=i, kx=j)
+                   for i, j in self._taps())
+        eqs = [Eq(out, self.bias[k] if self.has_bias else 0), Inc(out, taps)]
+        if not self.activation.is_identity:
+            eqs.append(Eq(out, self.activation.forward(out)))
+        return eqs
+
+    def _weight_gradient_equations_nchw(self):
+        """dW with one register accumulator a tap, parallel over (k, c).
+
+        gcc keeps the Scalars, private to each (k, c) iteration, in registers and
+        vectorises the x loop (2.6 -> 17.6 GFLOP/s against an Inc into memory).
+        """
+        k, c, m = self.k, self.in_dims[1], self.reduction_batch_dim
+        _, _, y, x = self.out_dims
+        dz = self.pre_activation_gradients
+        taps = self._taps()
+        if taps == [(self.ky, self.kx)]:
+            return [Eq(self.kernel_gradients[k, c, self.ky, self.kx], 0),
+                    Inc(self.kernel_gradients[k, c, self.ky, self.kx],
+                        dz[m, k, y, x] * self._tap(m),
+                        implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx, m, y, x)))]
+        eqs = []
+        for i, j in taps:
+            total = Scalar(name=f"{self.name}_dW_{i}_{j}", dtype=self.dtype.type)
+            eqs += [Eq(total, 0, implicit_dims=(k, c)),
+                    Eq(total, total + dz[m, k, y, x] * self._tap(m, i, j),
+                       implicit_dims=IgnoreDimSort((k, c, m, y, x))),
+                    Eq(self.kernel_gradients[k, c, i, j], total, implicit_dims=(k, c))]
+        return eqs
+
     def _weight_gradient_equations(self):
         r"""dW[k, c, i, j] = sum over (batch, y, x) of dz * input, channels last.
 
         Parallel over input channels, the batch and output positions inside, and
         one accumulation a tap vectorised over output channels: each thread owns its
-        rows of ``dW_cl`` (no atomics). Measured as above: 17.6 GFLOP/s with register
-        accumulators in NCHW.
+        rows of ``dW_cl`` (no atomics).
         """
+        if not self.channels_last:
+            return self._weight_gradient_equations_nchw()
         xc = self.cl_in_dims[3]
         _, yh, yw, yk = self.dz_cl.dimensions
         m = self.reduction_batch_dim
@@ -282,8 +335,9 @@ class Conv(WeightedLayer):
                     Inc(self.bias_gradients[k], dz[m, k, y, x],
                         implicit_dims=IgnoreDimSort((k, m, y, x)))]
         _, gh, gw, _ = self.dz_cl.dimensions
-        eqs.append(Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
-                      implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
+        if self.channels_last or self.input_gradient_channels_last:
+            eqs.append(Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
+                          implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
         if self.input_gradient_channels_last:
             eqs.append(Eq(self._stuffed(n, gh * sy, gw * sx, yk),
                           self.dz_cl[n, gh, gw, yk]))
