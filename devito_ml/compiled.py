@@ -34,10 +34,6 @@ class CompiledOperator:
         """The generated C, as a string."""
         return str(self.operator)
 
-    def invalidate(self):
-        """Forget prepared arguments (call when a Function's data is re-allocated)."""
-        self._arguments.clear()
-
     def prepare(self, batch):
         """Derive (or reuse) the argument list for ``batch`` active samples."""
         if batch not in self._arguments:

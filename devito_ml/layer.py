@@ -6,7 +6,8 @@ from devito import Dimension, Eq
 
 from devito_ml.compiled import BATCH, CompiledOperator
 from devito_ml.symbolics import Halo, tap_dimension, tensor
-from devito_ml.validation import check_array, check_dtype, check_size
+from devito_ml.validation import (check_array, check_dtype, check_positive_ints,
+                                  check_size)
 
 __all__ = ['Layer', 'WeightedLayer']
 
@@ -69,7 +70,6 @@ class Layer:
     """Value of the padding: 0, or -inf for max pooling."""
 
     def _check_input_size(self, input_size):
-        from devito_ml.validation import check_positive_ints
         return check_positive_ints(self, 'input_size', input_size, self.input_ndim)
 
     def _create_functions(self):

@@ -14,10 +14,10 @@ Everything here is pinned to Devito 4.8 behaviour, measured with the version in
 
 import numpy as np
 import sympy
-from devito import DefaultDimension, Dimension, Function
+from devito import DefaultDimension, Function
 from devito.symbolics import CondEq, InlineIf
 
-__all__ = ['Select', 'CondEq', 'tensor', 'dimension', 'tap_dimension',
+__all__ = ['Select', 'CondEq', 'tensor', 'tap_dimension',
            'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps', 'MAX_UNROLLED_TAPS']
 
 MAX_UNROLLED_TAPS = 49
@@ -37,11 +37,6 @@ class Select(InlineIf):
     def __new__(cls, cond, true_expr, false_expr, evaluate=None, **kwargs):
         return super().__new__(cls, cond, sympy.sympify(true_expr),
                                sympy.sympify(false_expr), **kwargs)
-
-
-def dimension(name):
-    """A loop Dimension named after what it indexes (``conv1_k``)."""
-    return Dimension(name=name)
 
 
 def tap_dimension(name, extent):
