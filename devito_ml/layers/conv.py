@@ -58,7 +58,9 @@ class Conv(WeightedLayer):
 
     where :math:`\tilde{dz}` is ``dz`` with ``s - 1`` zeros between entries and a
     zero halo: the input gradient is a gather, with no atomics. The weight gradient
-    loops over its own indices outermost (parallel), the batch inside.
+    is parallel over its own channels, the batch inside. Inside, each pass runs
+    channels last (channels innermost) when its vector channels number at least 16,
+    else NCHW (image columns innermost); the public tensors are NCHW either way.
 
     Examples
     --------
