@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from devito_ml import AvgPooling, Conv, FullyConnected, MaxPooling, Net, ReLU
+from devito_ml.interop import to_torch
 from devito_ml.models import lenet5
 
 
@@ -32,20 +33,8 @@ def best_time(function, repeats):
     return min(times)
 
 
-def net_timings(net, x, labels, repeats):
-    """Forward, and forward + backward (loss included), through prepared operators."""
-    net.forward(x)
-    net.backward(labels)
-    batch, forward, backward = x.shape[0], net.forward_operator, net.backward_operator
-    return (best_time(lambda: forward.run(batch), repeats),
-            best_time(lambda: (forward.run(batch), backward.run(batch)), repeats))
-
-
-def layer_timings(layer, x, upstream, repeats):
-    """Forward, and forward + backward, of a layer's own operators (no loss)."""
-    layer.forward(x)
-    layer.backward(upstream)
-    batch, forward, backward = x.shape[0], layer.forward_operator, layer.backward_operator
+def operator_timings(forward, backward, batch, repeats):
+    """Forward, and forward + backward, through already-prepared operators."""
     return (best_time(lambda: forward.run(batch), repeats),
             best_time(lambda: (forward.run(batch), backward.run(batch)), repeats))
 
@@ -95,17 +84,6 @@ def cases(quick):
            (64, 1, 8, 8))
 
 
-def torch_lenet(net):
-    """A torch.nn twin of a devito_ml LeNet-5 (same shapes; weights do not matter)."""
-    conv1, _, conv2, _, _, fc1, fc2, fc3 = net.layers
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(6, 16, 5, padding=conv2.padding), torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(fc1.weight_size[1], 120), torch.nn.ReLU(),
-        torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10))
-
-
 def hot_path(repeats):
     """Prepared arguments against Operator.apply on a small LeNet-5 batch."""
     net = lenet5(8, (8, 8))
@@ -132,15 +110,18 @@ def main():
           f"{'fwd+bwd ms':>10s} {'torch':>8s} {'ratio':>6s}")
     for name, model, module, shape in cases(args.quick):
         x = rng.random(shape, dtype=np.float32)
-        if isinstance(model, Net):
+        if isinstance(model, Net):      # a whole net, its cross entropy included
             labels = rng.integers(0, model.output_size[1], shape[0])
-            ours = net_timings(model, x, labels, args.repeats)
-            theirs = torch_timings(torch_lenet(model), x, args.repeats, labels=labels)
-        else:
-            model.compile()
+            model.forward(x)
+            model.backward(labels)
+            theirs = torch_timings(to_torch(model), x, args.repeats, labels=labels)
+        else:                           # a layer's own operators, no loss
             upstream = rng.standard_normal(model.output_size, dtype=np.float32)
-            ours = layer_timings(model, x, upstream, args.repeats)
+            model.forward(x)
+            model.backward(upstream)
             theirs = torch_timings(module, x, args.repeats, upstream=upstream)
+        ours = operator_timings(model.forward_operator, model.backward_operator,
+                                shape[0], args.repeats)
         print(f"{name:40s} {ours[0] * 1e3:9.3f} {theirs[0] * 1e3:8.3f} "
               f"{ours[0] / theirs[0]:6.2f}   {ours[1] * 1e3:10.3f} "
               f"{theirs[1] * 1e3:8.3f} {ours[1] / theirs[1]:6.2f}")

@@ -18,25 +18,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from devito_ml.data import Batches, digits_split  # noqa: E402
+from devito_ml.interop import to_torch  # noqa: E402
 from devito_ml.models import lenet5  # noqa: E402
 from devito_ml.optim import Adam  # noqa: E402
 from devito_ml.training import cosine_schedule, evaluate, fit  # noqa: E402
-
-
-def torch_lenet(net):
-    """torch.nn twin of a devito_ml LeNet-5, with its weights."""
-    modules = [torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(),
-               torch.nn.MaxPool2d(2),
-               torch.nn.Conv2d(6, 16, 5, padding=net.layers[2].padding), torch.nn.ReLU(),
-               torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-               torch.nn.Linear(net.layers[5].weight_size[1], 120), torch.nn.ReLU(),
-               torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10)]
-    layers = [layer for layer in net.layers if layer.parameters()]
-    with torch.no_grad():
-        for module, layer in zip([m for m in modules if hasattr(m, 'weight')], layers):
-            module.weight.copy_(torch.from_numpy(layer.kernel.data.copy()))
-            module.bias.copy_(torch.from_numpy(layer.bias.data.copy()))
-    return torch.nn.Sequential(*modules)
 
 
 def train_torch(model, train, test, epochs, batch_size, lr, seed):
@@ -69,7 +54,7 @@ def main():
 
     start = time.perf_counter()
     net = lenet5(args.batch_size, (8, 8), seed=0)
-    model = torch_lenet(net)
+    model = to_torch(net)
     optimizer = Adam(net, lr=args.lr)
     net.train_operator(optimizer)
     net.evaluation_operator()

@@ -26,6 +26,7 @@ class CompiledOperator:
         self.operator = Operator(equations, name=name, language='openmp')
         self.operator.cfunction    # compile now, not inside the first timed call
         self.name = name
+        self._positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
         self._arguments = {}
         self._scalars = {}
 
@@ -51,12 +52,10 @@ class CompiledOperator:
         Names this operator does not take are ignored, so one optimizer can push its
         hyperparameters to every operator it is part of.
         """
-        positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
-        self._scalars = {**self._scalars,
-                         **{k: v for k, v in values.items() if k in positions}}
+        self._scalars.update((k, v) for k, v in values.items() if k in self._positions)
         for _, prepared in self._arguments.values():
             for name, value in self._scalars.items():
-                prepared[positions[name]] = value
+                prepared[self._positions[name]] = value
 
     def run(self, batch):
         """Run the operator on the first ``batch`` entries of the batch dimension."""

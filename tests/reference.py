@@ -8,7 +8,6 @@ reference: float64 within 1e-10, float32 within 1e-4.
 import numpy as np
 import torch
 
-from devito_ml import Conv, Flat, MaxPooling, ReLU, Subsampling
 
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
 DTYPES = [np.float64, np.float32]
@@ -67,28 +66,3 @@ def compare_layer(layer, module, rng, batch=None):
         if getattr(module, 'bias', None) is not None:
             assert_close(layer.bias_gradients.data, module.bias.grad.numpy(), dtype,
                          f"{layer.name} bias gradient")
-
-
-def torch_twin(net):
-    """A torch.nn.Sequential with the same layers and parameters as ``net``."""
-    modules = []
-    for layer in net.layers:
-        if isinstance(layer, Conv):
-            module = torch.nn.Conv2d(layer.input_size[1], layer.kernel_size[0],
-                                     layer.kernel_size[1:], stride=layer.stride,
-                                     padding=layer.padding, dilation=layer.dilation)
-        elif isinstance(layer, (MaxPooling, Subsampling)):
-            module = torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, Flat):
-            module = torch.nn.Flatten()
-        else:
-            module = torch.nn.Linear(layer.weight_size[1], layer.weight_size[0])
-        module = module.to(torch_dtype(net.dtype))
-        if hasattr(module, 'weight'):
-            with torch.no_grad():
-                module.weight.copy_(torch.from_numpy(layer.kernel.data.copy()))
-                module.bias.copy_(torch.from_numpy(layer.bias.data.copy()))
-        modules.append(module)
-        if isinstance(getattr(layer, 'activation', None), ReLU):
-            modules.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*modules)

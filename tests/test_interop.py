@@ -25,3 +25,18 @@ def test_torch_optimizer_on_shared_parameters_matches_devito_sgd():
         assert np.allclose(theirs.parameters()[name], value, rtol=1e-12, atol=1e-15)
     data = theirs.parameters()['conv1_W']
     assert shared['conv1_W'].data_ptr() == data.ctypes.data
+
+
+def test_to_torch_copies_every_layer_kind_and_activation():
+    from devito_ml import (AvgPooling, Conv, Flat, FullyConnected, LeakyReLU,
+                           MaxPooling, Net, Sigmoid, Tanh)
+    from devito_ml.interop import to_torch
+    net = Net([Conv((3, 3, 3), (2, 1, 6, 6), padding=1, bias=False, activation=Tanh()),
+               AvgPooling(2, (2, 3, 6, 6)), MaxPooling(3, (2, 3, 3, 3), 1, 1),
+               Flat((2, 3, 3, 3)),
+               FullyConnected((5, 27), (2, 27), activation=LeakyReLU(0.2)),
+               FullyConnected((4, 5), (2, 5), activation=Sigmoid())],
+              dtype=np.float64, loss='mse', seed=0)
+    x = np.random.default_rng(0).random((2, 1, 6, 6))
+    expected = to_torch(net)(torch.from_numpy(x)).detach().numpy()
+    assert np.allclose(net.forward(x), expected, rtol=1e-12, atol=1e-14)

@@ -10,7 +10,8 @@ from sympy import Max
 from devito_ml import (Conv, Flat, FullyConnected, FullyConnectedSoftmax, MaxPooling,
                        Net, ReLU, ShapeError, Subsampling)
 from devito_ml.models import lenet5
-from reference import DTYPES, assert_close, torch_twin
+from devito_ml.interop import to_torch
+from reference import DTYPES, assert_close
 
 
 def compare_net(net, rng, batch=None):
@@ -21,7 +22,7 @@ def compare_net(net, rng, batch=None):
     labels = rng.integers(0, net.output_size[1], batch)
     output = net.forward(x)
     loss = net.backward(labels)
-    twin = torch_twin(net)
+    twin = to_torch(net)
     reference = twin(torch.from_numpy(x))
     if isinstance(net.layers[-1], FullyConnectedSoftmax):
         reference_loss = torch.nn.functional.cross_entropy(reference,

@@ -7,7 +7,8 @@ import torch
 
 from devito_ml.models import lenet5
 from devito_ml.optim import SGD, Adam, AdamW
-from reference import TOLERANCE, assert_close, relative_error, torch_twin
+from devito_ml.interop import to_torch
+from reference import TOLERANCE, assert_close, relative_error
 
 STEPS, BATCH = 20, 8
 
@@ -35,7 +36,7 @@ def torch_optimizer(kind, parameters, settings):
 
 def run_torch(net, dtype, kind, settings, batches):
     """The torch twin of ``net`` trained on ``batches``; its losses and parameters."""
-    twin = torch_twin(net).to(torch.float64 if dtype == np.float64 else torch.float32)
+    twin = to_torch(net).to(torch.float64 if dtype == np.float64 else torch.float32)
     optimizer = torch_optimizer(kind, twin.parameters(), settings)
     losses = []
     for x, labels in batches:
