@@ -2,15 +2,21 @@
 C/OpenMP code, built by Devito from the equations each layer emits."""
 
 from devito_ml.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from devito_ml.graph import Input
 from devito_ml.layer import Layer
 from devito_ml.layers.conv import Conv
+from devito_ml.layers.dropout import Dropout
 from devito_ml.layers.dense import FullyConnected, FullyConnectedSoftmax
-from devito_ml.layers.pooling import AvgPooling, MaxPooling, Subsampling
+from devito_ml.layers.pooling import (AvgPooling, GlobalAvgPooling, MaxPooling,
+                                      Subsampling)
+from devito_ml.layers.merge import Add, Concat
+from devito_ml.layers.normalization import BatchNorm
 from devito_ml.layers.reshape import Flat
 from devito_ml.net import Net
 from devito_ml.validation import LayerArgumentError, ShapeError
 
-__all__ = ['Layer', 'Conv', 'MaxPooling', 'AvgPooling', 'Subsampling', 'Flat',
+__all__ = ['Layer', 'Input', 'Conv', 'MaxPooling', 'AvgPooling', 'GlobalAvgPooling',
+           'Subsampling', 'Flat', 'BatchNorm', 'Dropout', 'Add', 'Concat',
            'FullyConnected', 'FullyConnectedSoftmax', 'Net',
            'Identity', 'ReLU', 'LeakyReLU', 'Sigmoid', 'Tanh',
            'LayerArgumentError', 'ShapeError']

@@ -72,3 +72,46 @@ class CompiledOperator:
 def is_batch_dimension(dimension):
     """The batch ``n`` and its per-layer aliases ``<layer>_n``."""
     return dimension.name == BATCH or dimension.name.endswith('_' + BATCH)
+
+
+class OperatorChain:
+    """Several compiled operators run one after the other, as one.
+
+    A deep network is compiled in parts (a few layers each): one Devito operator
+    over a whole ResNet takes minutes to lower and compile, and its C function
+    would take more arguments than ctypes can pass (1024). Each part reads what
+    the parts before it wrote; calling a part costs a few microseconds.
+
+    Parameters
+    ----------
+    parts : list of CompiledOperator
+    name : str
+    """
+
+    def __init__(self, parts, name):
+        self.parts, self.name = list(parts), name
+
+    @property
+    def code(self):
+        """The generated C of every part, in the order they run."""
+        return '\n'.join(part.code for part in self.parts)
+
+    @property
+    def operator(self):
+        """The Devito operator, when there is one part."""
+        if len(self.parts) != 1:
+            raise AttributeError(f"`{self.name}` is {len(self.parts)} operators: see "
+                                 "`parts`")
+        return self.parts[0].operator
+
+    def set_scalars(self, values):
+        for part in self.parts:
+            part.set_scalars(values)
+
+    def run(self, batch):
+        for part in self.parts:
+            part.run(batch)
+
+    def apply(self, batch):
+        for part in self.parts:
+            part.apply(batch)

@@ -1,24 +1,52 @@
-"""The Layer base class: shape checks, Function allocation, chaining, and the
-standalone operators of ``generate_code=True``."""
+"""The Layer base class: hyperparameters, shape inference, Function allocation (once,
+for one owner), chaining, and the standalone operators of ``generate_code=True``."""
 
 import numpy as np
 from devito import Dimension, Eq
 
 from devito_ml.compiled import BATCH, CompiledOperator
 from devito_ml.symbolics import Halo, tap_dimension, tensor
-from devito_ml.validation import (check_array, check_dtype, check_positive_ints,
-                                  check_size)
+from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
+                                  check_dtype, check_float_dtype, check_name,
+                                  check_positive_ints, check_size)
 
-__all__ = ['Layer', 'WeightedLayer']
+__all__ = ['Layer', 'WeightedLayer', 'Node', 'UnboundLayerError', 'STANDALONE']
 
+STANDALONE = 'standalone'
+"""Owner of a layer whose Functions were created for its own use (tutorial style)."""
+
+
+class UnboundLayerError(AttributeError):
+    """A layer's Functions were asked for before its input size was known."""
+
+
+class Node:
+    """One use of a layer in a network graph: the layer and the nodes feeding it.
+
+    Calling a layer on nodes (``Conv((16, 3, 3))(x)``) makes a Node; :class:`Net`
+    builds from the output node. ``layer`` is None for the network's input.
+    """
+
+    def __init__(self, layer, inputs, shape=None):
+        self.layer, self.inputs, self.shape = layer, tuple(inputs), shape
+
+    def __repr__(self):
+        return f"Node({self.layer if self.layer is not None else 'input'})"
 
 
 class Layer:
     """Base of every layer.
 
-    A layer owns Devito Functions for its input, output, parameters and their
-    gradients; their shapes are fixed at construction. Subclasses define
-    ``_create_functions``, ``_forward_equations`` and ``_backward_equations``.
+    A layer holds its hyperparameters from construction. Its Devito Functions (input,
+    output, parameters, gradients) are created once, when its input size is known:
+    by the :class:`~devito_ml.Net` it is put in (which infers the size from what
+    feeds the layer and gives it its name and dtype), or, for a layer built alone
+    with an ``input_size`` (the tutorial style), the first time one of them is used.
+    A layer's Functions belong to one owner: putting a layer whose Functions exist
+    into a net, or one layer into two nets, is an error.
+
+    Subclasses define ``output_size``, ``_create_functions``,
+    ``_forward_equations(training)`` and ``_backward_equations(training)``.
 
     Attributes
     ----------
@@ -32,18 +60,22 @@ class Layer:
 
     family = 'layer'
     input_ndim = 4
+    """Rank of the input, batch included (an int, or a tuple of accepted ranks)."""
 
-    def __init__(self, input_size, name=None, dtype=np.float32, generate_code=False):
-        self.name = name or self.family
+    def __init__(self, input_size=None, name=None, dtype=None, generate_code=False,
+                 seed=None):
         self.named = name is not None
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{type(self).__name__} `{self.name}`: `dtype` must be "
-                            f"float32 or float64, got {self.dtype}")
-        self.input_size = self._check_input_size(input_size)
-        self.result_halo = Halo.none(len(self.output_size))
-        self.result_fill = 0.0
-        self._allocate()
+        self.name = check_name(self, 'name', name) if self.named else self.family
+        self.dtype = None if dtype is None else check_float_dtype(self, 'dtype', dtype)
+        self.input_size = None if input_size is None else \
+            self._check_input_size(input_size)
+        if self.input_size is not None:
+            self.output_size     # a window that does not fit is refused here
+        self.seed = seed
+        self.owner = None
+        self.allocated = False
+        self.node = None
+        self.path = None      # the matching module's path in a torch model, if any
         self.forward_operator = self.backward_operator = None
         if generate_code:
             self.compile()
@@ -52,8 +84,42 @@ class Layer:
         return self.name
 
     def __repr__(self):
-        return (f"{type(self).__name__}(name={self.name!r}, "
-                f"input_size={self.input_size}, output_size={self.output_size})")
+        sizes = f"input_size={self.input_size}, output_size={self.output_size}" \
+            if self.input_size is not None else 'input_size=None'
+        return f"{type(self).__name__}(name={self.name!r}, {sizes})"
+
+    def __getattr__(self, attribute):
+        """Create the Functions on first use, for a standalone layer with a size."""
+        state = self.__dict__
+        if attribute.startswith('_') or state.get('allocated', True):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute "
+                                 f"{attribute!r}")
+        if state.get('input_size') is None:
+            raise UnboundLayerError(
+                f"{type(self).__name__} `{state.get('name')}` has no `{attribute}` yet: "
+                "its Functions are created when it is put in a Net (or give it an "
+                "`input_size` to use it alone)")
+        self.allocate()
+        return getattr(self, attribute)
+
+    def __call__(self, *nodes):
+        """Use this layer on ``nodes`` of a network graph; return its output node."""
+        if self.node is not None:
+            raise LayerArgumentError(
+                f"{type(self).__name__} `{self.name}` is already used in a graph; a "
+                "layer is used once (build another layer for another use)")
+        if not nodes or not all(isinstance(node, Node) for node in nodes):
+            raise TypeError(f"{type(self).__name__} `{self.name}`: call it on the "
+                            f"nodes feeding it (from `Input` or other layers), got "
+                            f"{nodes!r}")
+        self._check_arity(len(nodes))
+        self.node = Node(self, nodes)
+        return self.node
+
+    def _check_arity(self, count):
+        if count != 1:
+            raise LayerArgumentError(f"{type(self).__name__} `{self.name}` takes one "
+                                     f"input, got {count}")
 
     # -- what subclasses describe ------------------------------------------------
 
@@ -64,21 +130,26 @@ class Layer:
     @property
     def input_halo(self):
         """Halo (zero padding) this layer reads around its input."""
-        return Halo.none(self.input_ndim)
+        return Halo.none(len(self.input_size))
 
     input_fill = 0.0
     """Value of the padding: 0, or -inf for max pooling."""
 
     def _check_input_size(self, input_size):
-        return check_positive_ints(self, 'input_size', input_size, self.input_ndim)
+        ranks = (self.input_ndim,) if isinstance(self.input_ndim, int) \
+            else self.input_ndim
+        size = tuple(input_size) if np.iterable(input_size) else input_size
+        length = len(size) if isinstance(size, tuple) and len(size) in ranks \
+            else ranks[0]
+        return check_positive_ints(self, 'input_size', input_size, length)
 
     def _create_functions(self):
         """Create parameters and internal buffers (beyond input/result)."""
 
-    def _forward_equations(self):
+    def _forward_equations(self, training):
         raise NotImplementedError
 
-    def _backward_equations(self):
+    def _backward_equations(self, training):
         raise NotImplementedError
 
     def parameters(self):
@@ -89,10 +160,105 @@ class Layer:
         """Parameter gradients by role, e.g. ``{'W': kernel_gradients}``."""
         return {}
 
+    def buffers(self):
+        """State that is not learnt but saved (running statistics), by role."""
+        return {}
+
     def reset_parameters(self, rng):
         """Draw parameters as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
 
+    def before_step(self, batch, training):
+        """Called by the net before each run of a forward pass (Dropout draws)."""
+
+    draws_per_step = False
+
+    # -- shapes inside a graph ----------------------------------------------------
+
+    @property
+    def input_sizes(self):
+        return (self.input_size,)
+
+    @property
+    def input_halos(self):
+        return (self.input_halo,)
+
+    @property
+    def input_fills(self):
+        return (self.input_fill,)
+
+    def infer(self, sizes):
+        """Set the input size from what feeds the layer; return the output size.
+
+        A size given at construction must agree (ShapeError otherwise).
+        """
+        self._check_arity(len(sizes))
+        size = self._check_input_size(sizes[0])
+        if self.input_size is not None and self.input_size != size:
+            raise ShapeError(f"{type(self).__name__} `{self.name}` takes input_size "
+                             f"{self.input_size}, but is fed {size}")
+        self.input_size = size
+        return self.output_size
+
     # -- allocation ---------------------------------------------------------------
+
+    def allocate(self, dtype=None, name=None, inputs=None, input_gradients=None,
+                 result_halo=None, result_fill=0.0, owner=STANDALONE):
+        """Create every Function of the layer, once.
+
+        Parameters
+        ----------
+        dtype : numpy dtype, optional
+            Must agree with a dtype given at construction.
+        name : str, optional
+            Prefix of every Function and loop.
+        inputs : list of Function or None
+            Per input, a Function to read in place (another layer's ``result``,
+            with the halo this layer reads), or None for a Function of its own.
+        input_gradients : list of Function or None
+            Per input, where to write dL/dinput, or None for a Function of its own.
+        result_halo, result_fill
+            Halo of ``result`` and the value in it (what the consumers read).
+        owner : Net or ``'standalone'``
+        """
+        if self.allocated:
+            raise LayerArgumentError(self._owned_message())
+        if self.input_size is None:
+            raise UnboundLayerError(f"{type(self).__name__} `{self.name}` cannot create "
+                                    "its Functions before its input size is known")
+        if dtype is not None:
+            dtype = check_float_dtype(self, 'dtype', dtype)
+            if self.dtype is not None and self.dtype != dtype:
+                raise TypeError(f"{type(self).__name__} `{self.name}` was built with "
+                                f"dtype {self.dtype}, the net it is put in is {dtype}: "
+                                "leave the layer's dtype out, or make them agree")
+            self.dtype = dtype
+        self.dtype = self.dtype or np.dtype(np.float32)
+        self.name = name or self.name
+        self.result_halo = Halo(*result_halo) if result_halo is not None else \
+            Halo.none(len(self.output_size))
+        self.result_fill = float(result_fill)
+        self.owner = owner
+        self.allocated = True
+        try:
+            arity = len(self.input_sizes)
+            self._allocate(list(inputs or [None] * arity),
+                           list(input_gradients or [None] * arity))
+        except BaseException:
+            self.allocated, self.owner = False, None
+            raise
+        self.reset_parameters(np.random.default_rng(self.seed))
+        self._reset_buffers()
+
+    def _reset_buffers(self):
+        """Initial values of buffers (running statistics)."""
+
+    def _owned_message(self):
+        owner = self.owner
+        where = "was used alone (its Functions exist: `forward`, `equations` or a " \
+                "Function such as `kernel` was used)" if owner == STANDALONE else \
+                f"belongs to Net `{getattr(owner, 'name', owner)}`"
+        return (f"{type(self).__name__} `{self.name}` {where}; a layer's Functions "
+                "belong to one owner: build a new layer for another net")
 
     def dim(self, role, extent):
         """A loop Dimension of this layer: ``<name>_<role>`` with a known extent."""
@@ -113,8 +279,12 @@ class Layer:
         """
         return tap_dimension(f"{self.name}_{BATCH}", self.input_size[0])
 
-    def tensor(self, role, dims, shape, halo=None):
-        return tensor(f"{self.name}_{role}", dims, shape, self.dtype, halo)
+    def tensor(self, role, dims, shape, halo=None, dtype=None):
+        return tensor(f"{self.name}_{role}", dims, shape, dtype or self.dtype, halo)
+
+    @staticmethod
+    def _roles(size):
+        return ('c', 'h', 'w') if len(size) == 4 else ('f',)
 
     def _io_dims(self, prefix, size, plain=False):
         """Loop Dimensions over a tensor of ``size``: batch, then one per axis.
@@ -124,11 +294,10 @@ class Layer:
         them. Input Dimensions have default extents: the input may be another
         layer's Function, stored on that layer's Dimensions.
         """
-        roles = ('c', 'h', 'w') if len(size) == 4 else ('f',)
         make = (lambda role, extent: Dimension(f"{self.name}_{role}")) if plain \
             else self.dim
         return (self.batch_dim,) + tuple(make(prefix + r, e)
-                                         for r, e in zip(roles, size[1:]))
+                                         for r, e in zip(self._roles(size), size[1:]))
 
     def _storage_dims(self, role, size):
         """Dimensions an input tensor is stored on, never iterated by this layer.
@@ -137,60 +306,47 @@ class Layer:
         into its whole extent; storing inputs on Dimensions no loop iterates keeps
         such accesses out of every loop bound.
         """
-        roles = ('c', 'h', 'w') if len(size) == 4 else ('f',)
         return (self.batch_dim,) + tuple(Dimension(f"{self.name}_{role}_{r}")
-                                         for r in roles)
+                                         for r in self._roles(size))
 
     @property
     def input_gradient_dims(self):
         """Loop Dimensions of the input gradient: those it is stored on."""
         return self.input_gradients.dimensions
 
-    def _allocate(self):
+    def _allocate(self, inputs, input_gradients):
         self.in_dims = self._io_dims('i', self.input_size)
         self.out_dims = self._io_dims('o', self.output_size, plain=True)
         in_storage = self._storage_dims('in', self.input_size)
         self.out_storage = self.out_dims
-        self.input = self.tensor('in', in_storage, self.input_size, self.input_halo)
-        fill_halo(self.input, self.input_fill)
-        self.input_gradients = self.tensor('din', in_storage, self.input_size)
+        self.input = inputs[0]
+        if self.input is None:
+            self.input = self.tensor('in', in_storage, self.input_size, self.input_halo)
+            fill_halo(self.input, self.input_fill)
+        self.input_gradients = input_gradients[0]
+        if self.input_gradients is None:
+            self.input_gradients = self.tensor('din', in_storage, self.input_size)
         self.result = self.tensor('out', self.out_storage, self.output_size,
                                   self.result_halo)
         fill_halo(self.result, self.result_fill)
         self.result_gradients = self.tensor('dout', self.out_storage, self.output_size)
         self._create_functions()
 
-    def configure(self, name=None, dtype=None, result_halo=None, result_fill=None):
-        """Re-allocate under a new name, dtype or result halo, keeping parameters.
-
-        Used by :class:`Net`; operators built before are no longer valid.
-        """
-        saved = {role: f.data.copy() for role, f in self.parameters().items()}
-        if name is not None:
-            self.name = name
-        if dtype is not None:
-            self.dtype = np.dtype(dtype)
-        if result_halo is not None:
-            self.result_halo = Halo(*result_halo)
-        if result_fill is not None:
-            self.result_fill = float(result_fill)
-        self._allocate()
-        for role, f in self.parameters().items():
-            f.data[:] = saved[role]
-        self.forward_operator = self.backward_operator = None
-
     # -- equations -------------------------------------------------------------------
 
-    def equations(self, input=None):
+    def equations(self, input=None, training=True):
         """Forward equations.
 
         Parameters
         ----------
         input : Function, optional
             Read from this Function (e.g. the previous layer's ``result``) instead
-            of this layer's own ``input``. When its halo is the padding this layer
-            needs, it is read in place; otherwise it is first copied into
-            ``input``, whose halo holds the padding.
+            of this layer's own ``input``. A layer used alone whose input halo is
+            the padding it needs reads it in place (the tutorial's chaining);
+            otherwise it is first copied into ``input``, whose halo holds the
+            padding.
+        training : bool
+            Training behaviour (batch statistics, dropout) or evaluation.
 
         Returns
         -------
@@ -199,15 +355,15 @@ class Layer:
         eqs = []
         if input is not None and input is not self.input:
             self._check_function('input', input, self.input_size)
-            if tuple(input.halo) == tuple(self.input_halo):
+            if self.owner == STANDALONE and \
+                    tuple(input.halo) == tuple(self.input_halo):
                 fill_halo(input, self.input_fill)
                 self.input = input
             else:
-                eqs.append(Eq(self.input[self.in_dims],
-                              input[self.in_dims]))
-        return eqs + self._forward_equations()
+                eqs.append(Eq(self.input[self.in_dims], input[self.in_dims]))
+        return eqs + self._forward_equations(training)
 
-    def backprop_equations(self, input_gradients=None):
+    def backprop_equations(self, input_gradients=None, training=True):
         """Backward equations: parameter gradients and ``input_gradients``.
 
         They read ``result_gradients`` (dL/dresult) and the forward values, and
@@ -216,12 +372,31 @@ class Layer:
         Parameters
         ----------
         input_gradients : Function, optional
-            Write dL/dinput there (e.g. the previous layer's ``result_gradients``).
+            Write dL/dinput there (e.g. the previous layer's ``result_gradients``);
+            for a layer used alone.
+        training : bool
+            As in :meth:`equations`.
         """
         if input_gradients is not None and input_gradients is not self.input_gradients:
+            if self.owner != STANDALONE:
+                raise LayerArgumentError(
+                    f"{type(self).__name__} `{self.name}`: inside a net, the net "
+                    "wires `input_gradients`")
             self._check_function('input_gradients', input_gradients, self.input_size)
             self.input_gradients = input_gradients
-        return self._backward_equations()
+        return self._backward_equations(training)
+
+    def input_gradients_of(self, index):
+        """The Function this layer writes dL/d(input ``index``) into."""
+        return self.input_gradients
+
+    def net_equations(self, sources, training):
+        """Forward equations inside a net, reading each input from ``sources``."""
+        return self.equations(sources[0], training)
+
+    def net_backprop_equations(self, training):
+        """Backward equations inside a net (targets were wired at allocation)."""
+        return self._backward_equations(training)
 
     def _check_function(self, argument, function, size):
         check_size(self, argument, size, function.shape)
@@ -229,12 +404,12 @@ class Layer:
 
     # -- standalone use (generate_code=True) ------------------------------------------
 
-    def compile(self):
+    def compile(self, training=True):
         """Build this layer's own forward and backward operators."""
-        self.forward_operator = CompiledOperator(self.equations(),
+        self.forward_operator = CompiledOperator(self.equations(training=training),
                                                  name=f"{self.name}_forward")
         try:
-            backward = self.backprop_equations()
+            backward = self.backprop_equations(training=training)
         except NotImplementedError:
             backward = None
         self.backward_operator = backward and CompiledOperator(
@@ -247,6 +422,7 @@ class Layer:
         check_array(self, 'x', x, self.input_size, self.dtype)
         batch = x.shape[0]
         self.input.data[:batch] = x
+        self.before_step(batch, True)
         self.forward_operator.run(batch)
         return self.result.data[:batch].copy()
 

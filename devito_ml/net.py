@@ -1,50 +1,70 @@
-"""Net: wires layers, builds the forward and backward operators, runs them."""
+"""Net: a graph of layers; builds the forward, backward, evaluation and train-step
+operators, and runs them."""
 
 import os
 from collections import Counter
 
 import numpy as np
+from devito import Dimension, Eq
 
-from devito_ml.compiled import CompiledOperator
-from devito_ml.layer import Layer
+from devito_ml.compiled import BATCH, CompiledOperator, OperatorChain
+from devito_ml.graph import covers, sequence, shared_halo, topological_order
+from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
 from devito_ml.loss import CrossEntropy, get_loss
-from devito_ml.validation import LayerArgumentError, ShapeError, check_array
+from devito_ml.symbolics import tensor
+from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
+                                  check_float_dtype, check_name, check_positive_ints)
 
-__all__ = ['Net']
+__all__ = ['Net', 'LAYERS_PER_OPERATOR']
+
+LAYERS_PER_OPERATOR = 8
 
 
 class Net:
-    """A sequence of layers compiled into one forward and one backward operator.
+    """A graph of layers compiled into forward, backward and train-step operators.
 
     Parameters
     ----------
-    layers : sequence of Layer
-        Each layer's ``input_size`` must equal the previous ``output_size``.
+    layers : sequence of Layer, or Node
+        A chain of layers, or the output node of a graph built by calling layers on
+        nodes (``Add()(conv(x), x)``, from :func:`~devito_ml.Input`). Inside a net,
+        each layer infers its input size from what feeds it.
     dtype : numpy dtype
-        float32 (default) or float64, for every Function of the net.
+        float32 (default) or float64, for every Function of the net. A layer built
+        with another dtype is refused.
     loss : Loss or str
         ``'cross_entropy'`` (default, on logits) or ``'mse'``.
     name : str
         Prefix of the generated C functions (``net_forward``, ``net_backward``).
     seed : int, optional
         When given, re-draws every parameter from this seed.
+    batch_size : int, optional
+        Samples per batch (smaller batches run on the same operators). Default:
+        the batch of the first layer's ``input_size``.
+    input_shape : tuple of int, optional
+        One sample's shape for a chain, ``(channels, rows, cols)`` or
+        ``(features,)``. Default: from the first layer's ``input_size``.
+    layers_per_operator : int
+        Deep nets are compiled in parts of this many layers, run in sequence (one
+        operator per pass would take minutes to lower and compile, and more C
+        arguments than ctypes passes); the parts are named ``<net>_forward_1``...
 
     Notes
     -----
-    Each link is one pair of Functions: a layer's ``result`` is the next layer's
-    input, allocated with the halo (padding) the next layer reads, and the next
-    layer writes its input gradient into the layer's ``result_gradients``. No copy
-    is made between layers. Layers without a name are numbered per family
-    (``conv1``, ``conv2``, ``pool1``...), and their Functions and loops carry these
-    names in the generated C.
+    Each link is one pair of Functions: a layer's ``result`` is read in place by
+    the layers it feeds, allocated with the halo (padding) they read, and the
+    gradient with respect to it is written by its consumer, or summed from each
+    consumer's own gradient buffer when it feeds several. Layers without a name are
+    numbered per family (``conv1``, ``conv2``, ``pool1``...), and their Functions
+    and loops carry these names in the generated C. A layer belongs to one net.
 
     Examples
     --------
     >>> import numpy as np
     >>> from devito_ml import Net, Conv, Flat, FullyConnected, ReLU
-    >>> net = Net([Conv((4, 3, 3), (2, 1, 6, 6), padding=1, activation=ReLU()),
-    ...            Flat((2, 4, 6, 6)), FullyConnected((3, 144), (2, 144))])
+    >>> net = Net([Conv((4, 3, 3), padding=1, activation=ReLU()), Flat(),
+    ...            FullyConnected(3)], batch_size=2, input_shape=(1, 6, 6))
     >>> net.forward(np.ones((2, 1, 6, 6), np.float32)).shape
     (2, 3)
     >>> loss = net.backward(np.array([0, 2]))
@@ -53,26 +73,31 @@ class Net:
     """
 
     def __init__(self, layers, dtype=np.float32, loss='cross_entropy', name='net',
-                 seed=None):
-        self.layers = list(layers)
-        if not self.layers or not all(isinstance(i, Layer) for i in self.layers):
-            raise TypeError(f"Net: `layers` must be a non-empty sequence of Layers, got "
-                            f"{layers!r}")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"Net: `dtype` must be float32 or float64, got {self.dtype}")
-        self.name = name
+                 seed=None, batch_size=None, input_shape=None,
+                 layers_per_operator=LAYERS_PER_OPERATOR):
+        self.dtype = check_float_dtype(None, 'Net: dtype', dtype)
+        self.name = check_name(None, 'name', name)
         self.loss = get_loss(loss)
         self.training = True
-        self._check_chain()
-        self._configure_layers()
+        output = self._describe(layers, batch_size, input_shape)
+        self._input_node, self.nodes = topological_order(output)
+        self.layers = [node.layer for node in self.nodes]
+        self.layers_per_operator = check_positive_ints(
+            None, 'Net: layers_per_operator', (layers_per_operator,), 1)[0]
+        self._check_owners()
+        self._infer_sizes()
+        self._name_layers()
+        self._allocate()
         if seed is not None:
             rng = np.random.default_rng(seed)
             for layer in self.layers:
                 layer.reset_parameters(rng)
         self.loss.bind(self.output_size, self.dtype)
         self._losses = {self.loss.name: self.loss}
-        self._forward_operator = None
+        self._stepped = [layer for layer in self.layers if layer.draws_per_step]
+        self._mode_dependent = any(getattr(layer, 'mode_dependent', False)
+                                   for layer in self.layers)
+        self._forward_operators = {}
         self._backward_operators = {}
         self._evaluation_operators = {}
         self._train_operators = {}
@@ -80,15 +105,64 @@ class Net:
 
     # -- construction ------------------------------------------------------------------
 
-    def _check_chain(self):
-        for before, after in zip(self.layers, self.layers[1:]):
-            if tuple(after.input_size) != tuple(before.output_size):
-                raise ShapeError(
-                    f"Net: {type(after).__name__} `{after.name}` takes input_size "
-                    f"{after.input_size}, but {type(before).__name__} `{before.name}` "
-                    f"before it gives output_size {before.output_size}")
+    def _describe(self, layers, batch_size, input_shape):
+        """The output node: the graph given, or the chain of ``layers``."""
+        if isinstance(layers, Node):
+            if batch_size is None:
+                raise LayerArgumentError("Net: give `batch_size` with a graph")
+            self.batch_size = check_positive_ints(None, 'Net: batch_size',
+                                                  (batch_size,), 1)[0]
+            return layers
+        layers = list(layers) if isinstance(layers, (list, tuple)) else None
+        if not layers or not all(isinstance(i, Layer) for i in layers):
+            raise TypeError("Net: `layers` must be a non-empty sequence of Layers or "
+                            "the output node of a graph")
+        first = layers[0].input_size
+        if input_shape is None and first is None:
+            raise LayerArgumentError(
+                f"Net: give `input_shape` (one sample's shape), or an `input_size` "
+                f"to the first layer, {type(layers[0]).__name__} `{layers[0].name}`")
+        batch = batch_size if batch_size is not None else first and first[0]
+        if batch is None:
+            raise LayerArgumentError("Net: give `batch_size`")
+        self.batch_size = check_positive_ints(None, 'Net: batch_size', (batch,), 1)[0]
+        if first is not None and first[0] != self.batch_size:
+            raise ShapeError(f"Net: `batch_size` is {self.batch_size}, but the first "
+                             f"layer's input_size {first} has batch {first[0]}")
+        shape = tuple(input_shape) if input_shape is not None else first[1:]
+        used = [layer for layer in layers if layer.node is not None]
+        if used:
+            raise LayerArgumentError(f"Net: {type(used[0]).__name__} `{used[0].name}` "
+                                     "is already used in a graph or another net")
+        return sequence(layers, shape)
 
-    def _configure_layers(self):
+    def _check_owners(self):
+        for layer in self.layers:
+            if layer.allocated or layer.owner is not None:
+                raise LayerArgumentError(f"Net `{self.name}`: " + layer._owned_message())
+            if layer.dtype is not None and layer.dtype != self.dtype:
+                raise TypeError(f"Net `{self.name}` is {self.dtype}, but "
+                                f"{type(layer).__name__} `{layer.name}` was built "
+                                f"with dtype {layer.dtype}: leave the layer's dtype "
+                                "out, or make them agree")
+
+    def _infer_sizes(self):
+        self.input_size = (self.batch_size,) + tuple(self._input_node.shape)
+        self._sizes = {id(self._input_node): self.input_size}
+        for node in self.nodes:
+            layer = node.layer
+            fed = [self._sizes[id(parent)] for parent in node.inputs]
+            if len(fed) == 1 and layer.input_size is not None \
+                    and tuple(layer.input_size) != tuple(fed[0]):
+                parent = node.inputs[0].layer
+                before = f"{type(parent).__name__} `{parent.name}` before it gives " \
+                    f"output_size" if parent is not None else "the net's input is"
+                raise ShapeError(f"Net: {type(layer).__name__} `{layer.name}` takes "
+                                 f"input_size {layer.input_size}, but {before} "
+                                 f"{fed[0]}")
+            self._sizes[id(node)] = tuple(layer.infer(fed))
+
+    def _name_layers(self):
         counters = Counter()
         names = []
         for layer in self.layers:
@@ -101,19 +175,59 @@ class Net:
         if repeated:
             raise LayerArgumentError(f"Net: layer names must be unique, {repeated} "
                                      "appear more than once")
-        for i, (layer, name) in enumerate(zip(self.layers, names)):
-            consumer = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            layer.configure(name=name, dtype=self.dtype,
-                            result_halo=consumer and consumer.input_halo,
-                            result_fill=consumer and consumer.input_fill)
+        self._names = names
+
+    def _consumers(self):
+        """Per node, the (consumer node, input index) pairs that read its output."""
+        edges = {id(self._input_node): []}
+        for node in self.nodes:
+            edges[id(node)] = []
+            for index, parent in enumerate(node.inputs):
+                edges[id(parent)].append((node, index))
+        return edges
+
+    def _allocate(self):
+        """Create every Function once, in dependency order, wired in place."""
+        self._edges = edges = self._consumers()
+        roles = ('c', 'h', 'w') if len(self.input_size) == 4 else ('f',)
+        dims = (Dimension(BATCH),) + tuple(Dimension(f"{self.name}_input_{r}")
+                                           for r in roles)
+        halo, fill = self._halo_of(self._input_node)
+        self.input = tensor(f"{self.name}_input", dims, self.input_size, self.dtype,
+                            halo)
+        fill_halo(self.input, fill)
+        self._fills = {id(self._input_node): fill}
+        for node, name in zip(self.nodes, self._names):
+            inputs, targets = [], []
+            for index, parent in enumerate(node.inputs):
+                source = self._result_of(parent)
+                need = (node.layer.input_halos[index], node.layer.input_fills[index])
+                in_place = covers(source.halo, need[0]) and (
+                    not any(map(any, need[0])) or need[1] == self._fills[id(parent)])
+                inputs.append(source if in_place else None)
+                alone = parent.layer is not None and len(edges[id(parent)]) == 1
+                targets.append(parent.layer.result_gradients if alone else None)
+            halo, fill = self._halo_of(node)
+            node.layer.allocate(self.dtype, name, inputs, targets, halo, fill,
+                                owner=self)
+            self._fills[id(node)] = fill
+
+    def _halo_of(self, node):
+        size = self._sizes[id(node)]
+        needs = [(consumer.layer.input_halos[index], consumer.layer.input_fills[index])
+                 for consumer, index in self._edges[id(node)]]
+        return shared_halo(len(size), needs)
+
+    def _result_of(self, node):
+        return self.input if node.layer is None else node.layer.result
 
     @property
-    def input_size(self):
-        return self.layers[0].input_size
+    def output_layer(self):
+        return self.nodes[-1].layer
 
     @property
     def output_size(self):
-        return self.layers[-1].output_size
+        return self.output_layer.output_size
 
     def _bound_loss(self, loss=None):
         """The net's loss, or ``loss`` bound to this net's output (cached by name)."""
@@ -124,62 +238,112 @@ class Net:
             self._losses[loss.name] = loss.bind(self.output_size, self.dtype)
         return self._losses[loss.name]
 
-    def forward_equations(self):
-        """Equations of the whole forward pass, in layer order."""
-        eqs = self.layers[0].equations()
-        for before, layer in zip(self.layers, self.layers[1:]):
-            eqs += layer.equations(before.result)
+    # -- equations and operators -------------------------------------------------------
+
+    def _segments(self):
+        """The nodes, cut into consecutive parts compiled as one operator each."""
+        k = self.layers_per_operator
+        return [self.nodes[i:i + k] for i in range(0, len(self.nodes), k)]
+
+    def parts(self):
+        """(layers, name suffix) of each part: ``''`` when there is one part."""
+        segments = self._segments()
+        return [([node.layer for node in segment],
+                 f"_{index}" if len(segments) > 1 else '')
+                for index, segment in enumerate(segments, start=1)]
+
+    def _chain(self, name, pieces):
+        """An OperatorChain from (suffix, equations) pieces, empty ones left out."""
+        return OperatorChain([CompiledOperator(eqs, name=f"{name}{suffix}")
+                              for suffix, eqs in pieces if eqs], name=name)
+
+    def forward_equations(self, training=True, nodes=None):
+        """Equations of the forward pass (of ``nodes``), each layer after its
+        inputs."""
+        eqs = []
+        for node in self.nodes if nodes is None else nodes:
+            sources = [self._result_of(parent) for parent in node.inputs]
+            eqs += node.layer.net_equations(sources, training)
         return eqs
 
-    def backward_equations(self, loss=None):
+    def backward_equations(self, loss=None, training=True, nodes=None):
         """Loss value and gradient, then every layer's adjoint in reverse order.
 
-        Cross entropy after a :class:`FullyConnectedSoftmax` reads its logits and
-        writes their gradient directly (exact even where a probability underflows).
+        Where an output feeds several layers, its gradient is the sum of what each
+        consumer wrote into its own buffer. Cross entropy after a
+        :class:`FullyConnectedSoftmax` reads its logits and writes their gradient
+        directly (exact even where a probability underflows).
         """
         loss = self._bound_loss(loss)
-        last = self.layers[-1]
-        eqs = self._loss_equations(loss)
-        if isinstance(last, FullyConnectedSoftmax):
-            eqs += last.backprop_equations(self._input_gradients_of(-1),
-                                           from_logits=isinstance(loss, CrossEntropy))
-        else:
-            eqs += last.backprop_equations(self._input_gradients_of(-1))
-        for index in range(len(self.layers) - 2, -1, -1):
-            eqs += self.layers[index].backprop_equations(self._input_gradients_of(index))
+        last = self.output_layer
+        nodes = self.nodes if nodes is None else nodes
+        eqs = self._loss_equations(loss) if nodes[-1] is self.nodes[-1] else []
+        for node in reversed(nodes):
+            layer = node.layer
+            edges = self._edges[id(node)]
+            if len(edges) > 1:
+                dims = layer.out_storage
+                total = sum(consumer.layer.input_gradients_of(index)[dims]
+                            for consumer, index in edges)
+                eqs.append(Eq(layer.result_gradients[dims], total))
+            if layer is last and isinstance(last, FullyConnectedSoftmax):
+                eqs += last.backprop_equations(
+                    from_logits=isinstance(loss, CrossEntropy), training=training)
+            else:
+                eqs += layer.net_backprop_equations(training)
         return eqs
 
-    def _input_gradients_of(self, index):
-        index %= len(self.layers)
-        return self.layers[index - 1].result_gradients if index else None
+    def _mode(self, training):
+        """The mode operators are built for: nets without BatchNorm or Dropout
+        share one set between training and evaluation."""
+        return bool(training) if self._mode_dependent else True
+
+    def _suffix(self, training):
+        return '' if self._mode(training) else '_eval'
+
+    def forward_operator_for(self, training=True):
+        """The forward operator of a mode, built once."""
+        mode = self._mode(training)
+        if mode not in self._forward_operators:
+            suffixes = [suffix for _, suffix in self.parts()]
+            self._forward_operators[mode] = self._chain(
+                f"{self.name}_forward{self._suffix(mode)}",
+                [(suffix, self.forward_equations(mode, segment))
+                 for suffix, segment in zip(suffixes, self._segments())])
+        return self._forward_operators[mode]
 
     @property
     def forward_operator(self):
-        if self._forward_operator is None:
-            self._forward_operator = CompiledOperator(self.forward_equations(),
-                                                      name=f"{self.name}_forward")
-        return self._forward_operator
+        """The forward operator of the current mode (see :meth:`train`)."""
+        return self.forward_operator_for(self.training)
 
     @property
     def backward_operator(self):
-        """The backward operator of the net's own loss."""
+        """The backward operator of the net's own loss, in the current mode."""
         return self.backward_operator_for()
 
-    def backward_operator_for(self, loss=None):
+    def backward_operator_for(self, loss=None, training=None):
         """The backward operator of ``loss`` (default: the net's), built once."""
         loss = self._bound_loss(loss)
-        if loss.name not in self._backward_operators:
-            self._backward_operators[loss.name] = CompiledOperator(
-                self.backward_equations(loss), name=self._operator_name('backward', loss))
-        return self._backward_operators[loss.name]
+        mode = self._mode(self.training if training is None else training)
+        key = (loss.name, mode)
+        if key not in self._backward_operators:
+            suffixes = [suffix for _, suffix in self.parts()]
+            self._backward_operators[key] = self._chain(
+                self._operator_name('backward', loss) + self._suffix(mode),
+                [(suffix, self.backward_equations(loss, mode, segment)) for
+                 suffix, segment in reversed(list(zip(suffixes, self._segments())))])
+        return self._backward_operators[key]
 
     def evaluation_operator(self, loss=None):
-        """Forward pass and loss value, without any parameter gradient."""
+        """Forward pass (evaluation behaviour) and loss value, no gradient."""
         loss = self._bound_loss(loss)
         if loss.name not in self._evaluation_operators:
-            self._evaluation_operators[loss.name] = CompiledOperator(
-                self.forward_equations() + self._loss_equations(loss),
-                name=self._operator_name('evaluate', loss))
+            pieces = [(suffix, self.forward_equations(False, segment))
+                      for (_, suffix), segment in zip(self.parts(), self._segments())]
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + self._loss_equations(loss))
+            self._evaluation_operators[loss.name] = self._chain(
+                self._operator_name('evaluate', loss), pieces)
         return self._evaluation_operators[loss.name]
 
     def train_operator(self, optimizer, loss=None):
@@ -190,10 +354,20 @@ class Net:
             if optimizer.net is not self:
                 raise ValueError(f"Net `{self.name}`: the optimizer was built for "
                                  f"another net, `{optimizer.net.name}`")
-            self._train_operators[key] = optimizer.attach(CompiledOperator(
-                self.forward_equations() + self.backward_equations(loss)
-                + optimizer.equations(),
-                name=self._operator_name(f"train_{optimizer.name}", loss)))
+            parts = list(zip(self.parts(), self._segments()))
+            if len(parts) == 1:
+                pieces = [('', self.forward_equations(True)
+                           + self.backward_equations(loss, True)
+                           + optimizer.equations())]
+            else:   # forward parts, then each part's adjoint and its update
+                pieces = [(f"_forward{suffix}", self.forward_equations(True, segment))
+                          for (_, suffix), segment in parts]
+                pieces += [(f"_backward{suffix}",
+                            self.backward_equations(loss, True, segment)
+                            + optimizer.equations(layers))
+                           for (layers, suffix), segment in reversed(parts)]
+            self._train_operators[key] = optimizer.attach(self._chain(
+                self._operator_name(f"train_{optimizer.name}", loss), pieces))
         return self._train_operators[key]
 
     def _operator_name(self, kind, loss):
@@ -202,7 +376,7 @@ class Net:
         return f"{self.name}_{kind}{suffix}"
 
     def _loss_equations(self, loss):
-        last = self.layers[-1]
+        last = self.output_layer
         if isinstance(last, FullyConnectedSoftmax) and isinstance(loss, CrossEntropy):
             return loss.equations(last.logits, last.logits_gradients)
         return loss.equations(last.result, last.result_gradients)
@@ -216,8 +390,9 @@ class Net:
         runs on the first ``len(x)`` entries.
         """
         batch = self._load_batch(x)
+        self._before_step(batch, self.training)
         self.forward_operator.run(batch)
-        return self.layers[-1].result.data[:batch].copy()
+        return self.output_layer.result.data[:batch].copy()
 
     __call__ = forward
 
@@ -248,9 +423,13 @@ class Net:
     def _load_batch(self, x):
         check_array(None, 'Net: x', x, self.input_size, self.dtype)
         batch = x.shape[0]
-        self.layers[0].input.data[:batch] = x
+        self.input.data[:batch] = x
         self._batch = batch
         return batch
+
+    def _before_step(self, batch, training):
+        for layer in self._stepped:
+            layer.before_step(batch, training)
 
     def evaluate(self, x, targets, loss=None):
         """Loss and output on a batch, computing no gradient.
@@ -262,8 +441,9 @@ class Net:
         loss = self._bound_loss(loss)
         batch = self._load_batch(x)
         loss.set_targets(targets, batch)
+        self._before_step(batch, False)
         self.evaluation_operator(loss).run(batch)
-        return loss.value(batch), self.layers[-1].result.data[:batch].copy()
+        return loss.value(batch), self.output_layer.result.data[:batch].copy()
 
     def train_step(self, x, targets, optimizer, loss=None):
         """One training step in one operator: forward, backward, update.
@@ -278,12 +458,18 @@ class Net:
         batch = self._load_batch(x)
         loss.set_targets(targets, batch)
         optimizer.prepare_step()
+        self._before_step(batch, True)
         operator.run(batch)
         optimizer.finish_step()
-        return loss.value(batch), self.layers[-1].result.data[:batch].copy()
+        return loss.value(batch), self.output_layer.result.data[:batch].copy()
 
     def train(self, mode=True):
-        """Set training mode (used by layers that differ between modes)."""
+        """Set training mode: batch statistics in BatchNorm, Dropout active.
+
+        :meth:`forward` and :meth:`backward` run the operators of the current
+        mode; :meth:`evaluate` always runs evaluation behaviour and
+        :meth:`train_step` training behaviour.
+        """
         self.training = bool(mode)
         return self
 
@@ -303,13 +489,20 @@ class Net:
         return {layer.parameters()[role].name: f.data for layer in self.layers
                 for role, f in layer.gradients().items()}
 
+    def buffers(self):
+        """State that is saved but not learnt (running statistics), by name
+        (``bn1_running_mean``), as numpy views."""
+        return {f"{layer.name}_{role}": data for layer in self.layers
+                for role, data in layer.buffers().items()}
+
     def state_dict(self):
-        """A copy of every parameter, by name."""
-        return {name: data.copy() for name, data in self.parameters().items()}
+        """A copy of every parameter and buffer, by name."""
+        return {name: np.array(data, copy=True)
+                for name, data in {**self.parameters(), **self.buffers()}.items()}
 
     def load_state_dict(self, state):
-        """Copy parameters in from ``state`` (as given by :meth:`state_dict`)."""
-        own = self.parameters()
+        """Copy parameters and buffers in from ``state`` (from :meth:`state_dict`)."""
+        own = {**self.parameters(), **self.buffers()}
         if set(state) != set(own):
             raise KeyError(f"Net.load_state_dict: expected keys {sorted(own)}, got "
                            f"{sorted(state)}")
@@ -339,10 +532,12 @@ class Net:
         """
         os.makedirs(directory, exist_ok=True)
         paths = []
-        operators = [self.forward_operator, self.backward_operator,
+        self.forward_operator, self.backward_operator    # at least these two
+        operators = [*self._forward_operators.values(),
+                     *self._backward_operators.values(),
                      *self._evaluation_operators.values(),
                      *self._train_operators.values()]
-        for operator in operators:
+        for operator in (part for chain in operators for part in chain.parts):
             code = operator.code
             path = os.path.join(directory, f"{operator.name}.c")
             with open(path, 'w') as handle:

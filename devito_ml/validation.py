@@ -2,11 +2,16 @@
 expected and what came."""
 
 import numbers
+import re
 
 import numpy as np
 
 __all__ = ['ShapeError', 'LayerArgumentError', 'as_pair', 'check_positive_ints',
-           'check_size', 'check_dtype', 'check_array']
+           'check_size', 'check_dtype', 'check_array', 'check_float_dtype', 'check_name']
+
+_C_KEYWORDS = frozenset('''auto break case char const continue default do double else
+enum extern float for goto if inline int long register restrict return short signed
+sizeof static struct switch typedef union unsigned void volatile while'''.split())
 
 
 class LayerArgumentError(ValueError):
@@ -76,3 +81,26 @@ def check_array(layer, argument, array, shape, dtype):
             f"{_owner(layer)}: `{argument}` must have shape (b,) + {tuple(shape[1:])} "
             f"with 1 <= b <= {shape[0]}, got {array.shape}")
     check_dtype(layer, argument, dtype, array.dtype)
+
+
+def check_float_dtype(layer, argument, dtype):
+    """float32 or float64 as a numpy dtype, else a TypeError naming the culprit."""
+    try:
+        value = np.dtype(dtype)
+    except TypeError:
+        value = None
+    if value not in (np.float32, np.float64):
+        raise TypeError(f"{_owner(layer)}: `{argument}` must be float32 or float64, "
+                        f"got {dtype!r}")
+    return value
+
+
+def check_name(layer, argument, name):
+    """A name that can prefix C identifiers (letters, digits, ``_``; not a keyword)."""
+    if not isinstance(name, str) or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', name) \
+            or name in _C_KEYWORDS:
+        raise LayerArgumentError(
+            f"{type(layer).__name__ if layer is not None else 'Net'}: `{argument}` must be a "
+            f"C identifier (letters, digits and _, not starting with a digit, not a C "
+            f"keyword), got {name!r}")
+    return name

@@ -1,5 +1,7 @@
 """2D convolution (cross-correlation), forward and backward side by side."""
 
+import numbers
+
 import numpy as np
 from devito import Dimension, Eq, Inc
 from devito.types import Scalar
@@ -9,7 +11,8 @@ from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
-from devito_ml.validation import as_pair, check_positive_ints
+from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
+                                  check_positive_ints)
 
 __all__ = ['Conv']
 
@@ -23,8 +26,9 @@ class Conv(WeightedLayer):
     ----------
     kernel_size : tuple of int
         ``(out_channels, rows, cols)``; input channels come from ``input_size``.
-    input_size : tuple of int
-        ``(batch, channels, rows, cols)``.
+    input_size : tuple of int, optional
+        ``(batch, channels, rows, cols)``; inside a net it is inferred from what
+        feeds the layer.
     stride, padding, dilation : int or pair of int
         As ``torch.nn.Conv2d``; padding is zeros.
     bias : bool
@@ -33,12 +37,15 @@ class Conv(WeightedLayer):
         Applied to the output (default identity).
     name : str, optional
         Prefix of every Function and loop of the layer (default ``conv``).
-    dtype : numpy dtype
-        float32 (default) or float64.
+    dtype : numpy dtype, optional
+        float32 or float64; inside a net, the net's (default float32).
     generate_code : bool
         Build standalone forward/backward operators now.
     seed : int, optional
         Seed of the parameter initialisation.
+    groups : int
+        Grouped convolution, as ``torch.nn.Conv2d``: input and output channels
+        split into ``groups`` blocks, each output block reading its input block.
 
     Shape
     -----
@@ -64,7 +71,9 @@ class Conv(WeightedLayer):
 
     Examples
     --------
-    >>> import numpy as np
+    >>> import numbers
+
+import numpy as np
     >>> conv = Conv(kernel_size=(4, 3, 3), input_size=(2, 3, 8, 8), padding=1)
     >>> conv.kernel.shape, conv.result.shape
     ((4, 3, 3, 3), (2, 4, 8, 8))
@@ -72,21 +81,32 @@ class Conv(WeightedLayer):
 
     family = 'conv'
 
-    def __init__(self, kernel_size, input_size, stride=1, padding=0, dilation=1,
-                 bias=True, activation=None, name=None, dtype=np.float32,
-                 generate_code=False, seed=None):
+    def __init__(self, kernel_size, input_size=None, stride=1, padding=0, dilation=1,
+                 bias=True, activation=None, name=None, dtype=None,
+                 generate_code=False, seed=None, groups=1):
         self.name = name or self.family
         self.kernel_size = check_positive_ints(self, 'kernel_size', kernel_size, 3)
         self.stride = as_pair(self, 'stride', stride, minimum=1)
         self.padding = as_pair(self, 'padding', padding, minimum=0)
         self.dilation = as_pair(self, 'dilation', dilation, minimum=1)
+        if not isinstance(groups, numbers.Integral) or groups < 1:
+            raise LayerArgumentError(f"Conv `{self.name}`: `groups` must be a positive "
+                                     f"int, got {groups!r}")
+        self.groups = int(groups)
+        if self.kernel_size[0] % self.groups:
+            raise LayerArgumentError(
+                f"Conv `{self.name}`: out channels {self.kernel_size[0]} must be "
+                f"divisible by `groups`, got groups={self.groups}")
         self.has_bias = bool(bias)
         self.activation = as_activation(activation)
-        self._seed = seed
-        super().__init__(input_size, name, dtype, generate_code=False)
-        self.reset_parameters(np.random.default_rng(seed))
-        if generate_code:
-            self.compile()
+        super().__init__(input_size, name, dtype, generate_code, seed)
+
+    def _check_input_size(self, input_size):
+        size = super()._check_input_size(input_size)
+        if size[1] % self.groups:
+            raise ShapeError(f"Conv `{self.name}`: in channels {size[1]} must be "
+                             f"divisible by `groups`, got groups={self.groups}")
+        return size
 
     @property
     def output_size(self):
@@ -97,11 +117,16 @@ class Conv(WeightedLayer):
         _, c, h, w = self.input_size
         _, k, oh, ow = self.output_size
         _, r, q = self.kernel_size
+        g = self.groups
         self.k = self.out_dims[1]
         self.ky, self.kx = self.dim('ky', r), self.dim('kx', q)
-        weight_dims = (self.k, self.in_dims[1], self.ky, self.kx)
-        self.kernel = self.tensor('W', weight_dims, (k, c, r, q))
-        self.kernel_gradients = self.tensor('dW', weight_dims, (k, c, r, q))
+        # the kernel's input channel: all of them, or those of one group
+        self.wc = self.in_dims[1] if g == 1 else self.dim('gc', c // g)
+        weight_dims = (self.k, self.wc, self.ky, self.kx)
+        self.kernel = self.tensor('W', weight_dims, (k, c // g, r, q))
+        self.kernel_gradients = self.tensor('dW', weight_dims, (k, c // g, r, q))
+        if g > 1:
+            self._create_group_indices()
         self.bias = self.tensor('b', (self.k,), (k,))
         self.bias_gradients = self.tensor('db', (self.k,), (k,))
         if self.activation.is_identity:
@@ -111,17 +136,42 @@ class Conv(WeightedLayer):
                                                         self.output_size)
         self._create_channels_last()
 
+    def _create_group_indices(self):
+        """Where each output channel's input block starts, and the converse.
+
+        Grouped nests read channels through these integer tables (an indirect
+        index), so one loop nest serves every group.
+        """
+        k, c, g = self.kernel_size[0], self.input_size[1], self.groups
+        per_k, per_c = k // g, c // g
+        channel = self.dim('gci', c)
+        self.group_input_start = self.tensor('group_in', (self.k,), (k,),
+                                             dtype=np.int32)
+        self.group_input_start.data[:] = (np.arange(k) // per_k) * per_c
+        self.group_output_start = self.tensor('group_out', (channel,), (c,),
+                                              dtype=np.int32)
+        self.group_output_start.data[:] = (np.arange(c) // per_c) * per_k
+        self.group_channel_start = self.tensor('group_c0', (channel,), (c,),
+                                               dtype=np.int32)
+        self.group_channel_start.data[:] = (np.arange(c) // per_c) * per_c
+
     @property
     def fan_in(self):
         _, r, q = self.kernel_size
-        return self.input_size[1] * r * q
+        return self.input_size[1] // self.groups * r * q
+
+    def _input_channel(self):
+        """The input channel read by kernel channel ``wc`` of output channel ``k``."""
+        if self.groups == 1:
+            return self.in_dims[1]
+        return self.group_input_start[self.k] + self.wc
 
     def _tap(self, n=None, ky=None, kx=None):
         """The input value under kernel tap (ky, kx) of output (y, x) of sample n."""
         n = self.in_dims[0] if n is None else n
         ky = self.ky if ky is None else ky
         kx = self.kx if kx is None else kx
-        c = self.in_dims[1]
+        c = self._input_channel()
         _, _, y, x = self.out_dims
         (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
         return self.input[n, c, y * sy + ky * dy - py, x * sx + kx * dx - px]
@@ -176,7 +226,7 @@ class Conv(WeightedLayer):
 
     @property
     def input_gradient_channels_last(self):
-        return self.input_size[1] >= CHANNELS_LAST_MIN_CHANNELS
+        return self.input_size[1] >= CHANNELS_LAST_MIN_CHANNELS and self.groups == 1
 
     def _stuffed(self, n, h, w, k):
         """The stuffed dz at (sample, row, column, channel), in its layout."""
@@ -191,14 +241,14 @@ class Conv(WeightedLayer):
         Output channels are the vector lanes there; measured on LeNet-5's first
         convolution (1 -> 6 channels, 28x28, batch 64), the NCHW nest was faster.
         """
-        return self.kernel_size[0] >= CHANNELS_LAST_MIN_CHANNELS
+        return self.kernel_size[0] >= CHANNELS_LAST_MIN_CHANNELS and self.groups == 1
 
     @property
     def input_halo(self):
         """The NCHW nests read the input padded in place; channels last, a copy."""
         return Halo.none(4) if self.channels_last else padding_halo(self.padding)
 
-    def _forward_equations(self):
+    def _forward_equations(self, training):
         if not self.channels_last:
             return self._forward_equations_nchw()
         n, xh, xw, xc = self.cl_in_dims
@@ -223,9 +273,8 @@ class Conv(WeightedLayer):
 
     def _forward_equations_nchw(self):
         n, k, y, x = self.out_dims
-        c = self.in_dims[1]
         out = self.result[n, k, y, x]
-        taps = sum(self.kernel[k, c, i, j] * self._tap(ky=i, kx=j)
+        taps = sum(self.kernel[k, self.wc, i, j] * self._tap(ky=i, kx=j)
                    for i, j in self._taps())
         eqs = [Eq(out, self.bias[k] if self.has_bias else 0), Inc(out, taps)]
         if not self.activation.is_identity:
@@ -238,7 +287,7 @@ class Conv(WeightedLayer):
         gcc keeps the Scalars, private to each (k, c) iteration, in registers and
         vectorises the x loop (2.6 -> 17.6 GFLOP/s against an Inc into memory).
         """
-        k, c, m = self.k, self.in_dims[1], self.reduction_batch_dim
+        k, c, m = self.k, self.wc, self.reduction_batch_dim
         _, _, y, x = self.out_dims
         dz = self.pre_activation_gradients
         taps = self._taps()
@@ -315,13 +364,18 @@ class Conv(WeightedLayer):
         n, k = self.batch_dim, self.k
         _, ci, h, w = self.input_gradient_dims
         (py, px), (dy, dx) = self.padding, self.dilation
-        total = sum(self.kernel[k, ci, i, j]
+        local = ci
+        if self.groups > 1:   # only the output channels of ci's group
+            k = self.group_output_start[ci] + self.dim('gk', self.kernel_size[0]
+                                                        // self.groups)
+            local = ci - self.group_channel_start[ci]
+        total = sum(self.kernel[k, local, i, j]
                     * self._stuffed(n, h + py - i * dy, w + px - j * dx, k)
                     for i, j in self._taps())
         return [Eq(self.input_gradients[n, ci, h, w], 0),
                 Inc(self.input_gradients[n, ci, h, w], total)]
 
-    def _backward_equations(self):
+    def _backward_equations(self, training):
         n, k, y, x = self.out_dims
         _, yh, yw, yk = self.cl_out_dims
         (sy, sx) = self.stride

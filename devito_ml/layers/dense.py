@@ -1,6 +1,7 @@
 """Fully connected layers, forward and backward side by side."""
 
-import numpy as np
+import numbers
+
 import sympy
 from devito import Eq, Inc
 from devito.types import Scalar
@@ -9,7 +10,7 @@ from sympy import Max
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
-from devito_ml.validation import ShapeError, check_positive_ints
+from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
 
 __all__ = ['FullyConnected', 'FullyConnectedSoftmax', 'softmax_equations']
 
@@ -19,10 +20,10 @@ class FullyConnected(WeightedLayer):
 
     Parameters
     ----------
-    weight_size : pair of int
-        ``(out_features, in_features)``.
-    input_size : pair of int
-        ``(batch, in_features)``.
+    weight_size : int or pair of int
+        ``out_features``, or ``(out_features, in_features)``.
+    input_size : pair of int, optional
+        ``(batch, in_features)``; inferred inside a net.
     bias : bool
     activation : Activation or callable, optional
     name, dtype, generate_code, seed
@@ -51,25 +52,42 @@ class FullyConnected(WeightedLayer):
     family = 'fc'
     input_ndim = 2
 
-    def __init__(self, weight_size, input_size, bias=True, activation=None, name=None,
-                 dtype=np.float32, generate_code=False, seed=None):
+    def __init__(self, weight_size, input_size=None, bias=True, activation=None,
+                 name=None, dtype=None, generate_code=False, seed=None):
         self.name = name or self.family
-        self.weight_size = check_positive_ints(self, 'weight_size', weight_size, 2)
+        if isinstance(weight_size, numbers.Integral):
+            self.out_features, = check_positive_ints(self, 'weight_size',
+                                                     (weight_size,), 1)
+            self.in_features = None
+        else:
+            self.out_features, self.in_features = check_positive_ints(
+                self, 'weight_size', weight_size, 2)
         self.has_bias = bool(bias)
         self.activation = as_activation(activation)
-        super().__init__(input_size, name, dtype, generate_code=False)
-        if self.input_size[1] != self.weight_size[1]:
+        self._check_activation()
+        super().__init__(input_size, name, dtype, generate_code, seed)
+
+    def _check_activation(self):
+        """Any activation is allowed here."""
+
+    def _check_input_size(self, input_size):
+        size = super()._check_input_size(input_size)
+        if self.in_features is not None and size[1] != self.in_features:
             raise ShapeError(
                 f"{type(self).__name__} `{self.name}`: `weight_size` {self.weight_size} "
-                f"needs {self.weight_size[1]} input features, `input_size` "
-                f"{self.input_size} has {self.input_size[1]}")
-        self.reset_parameters(np.random.default_rng(seed))
-        if generate_code:
-            self.compile()
+                f"needs {self.in_features} input features, `input_size` {size} has "
+                f"{size[1]}")
+        self.in_features = size[1]
+        return size
+
+    @property
+    def weight_size(self):
+        """``(out_features, in_features)``."""
+        return (self.out_features, self.in_features)
 
     @property
     def output_size(self):
-        return (self.input_size[0], self.weight_size[0])
+        return (self.input_size[0], self.out_features)
 
     def _create_functions(self):
         self.o, self.i = self.out_dims[1], self.in_dims[1]
@@ -103,7 +121,7 @@ class FullyConnected(WeightedLayer):
                 Eq(total, total + self.kernel[o, i] * self.input[n, i]),
                 Eq(z[n, o], total, implicit_dims=(n, o))]
 
-    def _forward_equations(self):
+    def _forward_equations(self, training):
         eqs = self._affine_equations(self.result)
         if not self.activation.is_identity:
             out = self.result[self.out_dims]
@@ -118,7 +136,7 @@ class FullyConnected(WeightedLayer):
         return [Eq(dz[out], self.result_gradients[out]
                    * self.activation.derivative_from_output(self.result[out]))]
 
-    def _backward_equations(self):
+    def _backward_equations(self, training):
         n, o, i, m = self.batch_dim, self.o, self.i, self.reduction_batch_dim
         f = self.input_gradient_dims[1]
         dz = self.pre_activation_gradients
@@ -178,7 +196,7 @@ class FullyConnectedSoftmax(FullyConnected):
         self.row_sum = self.tensor('sum', batch, self.output_size[:1])
         self.row_dot = self.tensor('dot', batch, self.output_size[:1])
 
-    def _forward_equations(self):
+    def _forward_equations(self, training):
         return self._affine_equations(self.logits) + softmax_equations(
             self.logits, self.result, self.row_max, self.row_sum, self.batch_dim,
             self._class_passes())
@@ -187,9 +205,15 @@ class FullyConnectedSoftmax(FullyConnected):
         classes = self.output_size[1]
         return self.dim('o_max', classes), self.dim('o_sum', classes), self.o
 
-    def backprop_equations(self, input_gradients=None, from_logits=False):
+    def _check_activation(self):
+        if not self.activation.is_identity:
+            raise LayerArgumentError(
+                f"FullyConnectedSoftmax `{self.name}`: its activation is the softmax; "
+                f"`activation` must be None, got {self.activation!r}")
+
+    def backprop_equations(self, input_gradients=None, from_logits=False, training=True):
         self._from_logits = from_logits
-        return super().backprop_equations(input_gradients)
+        return super().backprop_equations(input_gradients, training)
 
     def _pre_activation_gradient_equations(self):
         if getattr(self, '_from_logits', False):

@@ -11,7 +11,7 @@ from devito_ml.symbolics import (CondEq, Halo, Select, kernel_taps, stuffed_exte
                                  stuffed_halo)
 from devito_ml.validation import LayerArgumentError, as_pair
 
-__all__ = ['MaxPooling', 'AvgPooling', 'Subsampling']
+__all__ = ['MaxPooling', 'AvgPooling', 'Subsampling', 'GlobalAvgPooling']
 
 
 class Pooling(Layer):
@@ -35,8 +35,8 @@ class Pooling(Layer):
 
     reduction = None   # 'max' or 'avg'
 
-    def __init__(self, kernel_size, input_size, stride=None, padding=0, name=None,
-                 dtype=np.float32, generate_code=False):
+    def __init__(self, kernel_size, input_size=None, stride=None, padding=0, name=None,
+                 dtype=None, generate_code=False):
         self.name = name or self.family
         self.kernel_size = as_pair(self, 'kernel_size', kernel_size, minimum=1)
         self.stride = self.kernel_size if stride is None else \
@@ -87,7 +87,7 @@ class Pooling(Layer):
     def _taps(self):
         return kernel_taps(*self.kernel_size, self.ky, self.kx)
 
-    def _forward_equations(self):
+    def _forward_equations(self, training):
         out = self.result[self.out_dims]
         taps = [self._tap(i, j) for i, j in self._taps()]
         if self.reduction == 'max':
@@ -114,7 +114,7 @@ class Pooling(Layer):
             first = Select(CondEq(self._tap(i, j), out), i * q + j, first)
         return [Eq(arg, first)]
 
-    def _backward_equations(self):
+    def _backward_equations(self, training):
         n, c, y, x = self.out_dims
         _, ci, h, w = self.input_gradient_dims
         (sy, sx), (py, px) = self.stride, self.padding
@@ -144,8 +144,8 @@ class MaxPooling(Pooling):
     Parameters
     ----------
     kernel_size : int or pair of int
-    input_size : tuple of int
-        ``(batch, channels, rows, cols)``.
+    input_size : tuple of int, optional
+        ``(batch, channels, rows, cols)``; inferred inside a net.
     stride : int or pair of int, optional
     padding : int or pair of int
         Implicit -inf padding, at most half the kernel.
@@ -203,8 +203,11 @@ class Subsampling(Pooling):
 
     family = 'pool'
 
-    def __init__(self, kernel_size, input_size, function, stride=(1, 1), padding=0,
-                 name=None, dtype=np.float32, generate_code=False):
+    def __init__(self, kernel_size, input_size=None, function=None, stride=(1, 1),
+                 padding=0, name=None, dtype=None, generate_code=False):
+        if not callable(function):
+            raise TypeError(f"Subsampling `{name or self.family}`: `function` must be "
+                            f"a callable reducing a window, got {function!r}")
         self.function = function
         self.reduction = self._recognise(function, as_pair(self, 'kernel_size',
                                                           kernel_size, 1))
@@ -221,9 +224,9 @@ class Subsampling(Pooling):
             return 'avg'
         return None
 
-    def _forward_equations(self):
+    def _forward_equations(self, training):
         if self.reduction is not None:
-            return super()._forward_equations()
+            return super()._forward_equations(training)
         n, c, y, x = self.out_dims
         (sy, sx), (py, px) = self.stride, self.padding
         r, q = self.kernel_size
@@ -231,9 +234,38 @@ class Subsampling(Pooling):
                   for i in range(r) for j in range(q)]
         return [Eq(self.result[n, c, y, x], self.function(window))]
 
-    def _backward_equations(self):
+    def _backward_equations(self, training):
         if self.reduction is None:
             raise NotImplementedError(
                 f"Subsampling `{self.name}`: backpropagation needs a max or mean "
                 f"`function`, got {self.function!r}")
-        return super()._backward_equations()
+        return super()._backward_equations(training)
+
+
+class GlobalAvgPooling(AvgPooling):
+    """Average over each whole feature map, as ``torch.nn.AdaptiveAvgPool2d(1)``.
+
+    The window is the input's rows x columns, known once the input size is.
+
+    Shape
+    -----
+    ``(N, C, H, W) -> (N, C, 1, 1)``.
+
+    Examples
+    --------
+    >>> GlobalAvgPooling(input_size=(2, 8, 7, 5)).output_size
+    (2, 8, 1, 1)
+    """
+
+    family = 'avgpool'
+
+    def __init__(self, input_size=None, name=None, dtype=None, generate_code=False):
+        self.name = name or self.family
+        self.kernel_size = self.stride = None
+        self.padding = (0, 0)
+        Layer.__init__(self, input_size, name, dtype, generate_code)
+
+    def _check_input_size(self, input_size):
+        size = super()._check_input_size(input_size)
+        self.kernel_size = self.stride = tuple(size[2:])
+        return size

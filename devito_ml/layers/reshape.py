@@ -1,6 +1,5 @@
 """Flat: NCHW feature maps (any rows x cols) to (batch, features)."""
 
-import numpy as np
 from devito import Eq
 
 from devito_ml.layer import Layer
@@ -24,7 +23,7 @@ class Flat(Layer):
 
     family = 'flat'
 
-    def __init__(self, input_size, name=None, dtype=np.float32, generate_code=False):
+    def __init__(self, input_size=None, name=None, dtype=None, generate_code=False):
         super().__init__(input_size, name, dtype, generate_code)
 
     @property
@@ -37,11 +36,11 @@ class Flat(Layer):
         _, c, y, x = self.in_dims
         return c * h * w + y * w + x
 
-    def _forward_equations(self):
+    def _forward_equations(self, training):
         n = self.batch_dim
         return [Eq(self.result[n, self._feature()], self.input[self.in_dims])]
 
-    def _backward_equations(self):
+    def _backward_equations(self, training):
         n, c, y, x = self.input_gradient_dims
         _, _, h, w = self.input_size
         return [Eq(self.input_gradients[n, c, y, x],

@@ -74,10 +74,10 @@ class Adam(Optimizer):
                 'correction2_sqrt': math.sqrt(1 - self.beta2 ** t),
                 'decoupled_decay': 1 - self.lr * self.weight_decay}
 
-    def equations(self):
+    def equations(self, layers=None):
         beta1, beta2 = self.constant('beta1'), self.constant('beta2')
         eqs = []
-        for parameter, gradient in self.parameters:
+        for parameter, gradient in self.selected(layers):
             p, g = parameter.indexify(), gradient[parameter.dimensions]
             if self.weight_decay and self.decoupled:
                 eqs.append(Eq(p, p * self.constant('decoupled_decay')))

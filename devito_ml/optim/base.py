@@ -3,7 +3,7 @@
 import numpy as np
 from devito import Constant
 
-from devito_ml.compiled import CompiledOperator
+from devito_ml.compiled import CompiledOperator, OperatorChain
 from devito_ml.symbolics import tensor
 
 __all__ = ['Optimizer']
@@ -65,9 +65,17 @@ class Optimizer:
         """Values of per-step Constants for the coming step (``step_count`` + 1)."""
         return {}
 
-    def equations(self):
-        """The update of every parameter, as Devito equations."""
+    def equations(self, layers=None):
+        """The update of every parameter (of ``layers`` only, when given), as
+        Devito equations."""
         raise NotImplementedError
+
+    def selected(self, layers=None):
+        """(parameter, gradient) pairs of ``layers`` (default: every layer)."""
+        if layers is None:
+            return self.parameters
+        names = {f.name for layer in layers for f in layer.parameters().values()}
+        return [(p, g) for p, g in self.parameters if p.name in names]
 
     def state_buffers(self):
         """State Functions by name."""
@@ -97,8 +105,11 @@ class Optimizer:
     def step(self):
         """Apply the update to every parameter from its current gradient."""
         if self._update_operator is None:
-            self._update_operator = self.attach(CompiledOperator(
-                self.equations(), name=f"{self.net.name}_{self.name}_step"))
+            self._update_operator = self.attach(OperatorChain(
+                [CompiledOperator(self.equations(part),
+                                  name=f"{self.net.name}_{self.name}_step{suffix}")
+                 for part, suffix in self.net.parts() if self.selected(part)],
+                name=f"{self.net.name}_{self.name}_step"))
         self.prepare_step()
         self._update_operator.run(self.net.input_size[0])
         self.finish_step()

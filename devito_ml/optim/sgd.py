@@ -64,10 +64,10 @@ class SGD(Optimizer):
         return {'buffer_decay': 0.0 if first else self.momentum,
                 'buffer_gain': 1.0 if first else 1.0 - self.dampening}
 
-    def equations(self):
+    def equations(self, layers=None):
         lr, decay = self.constant('lr'), self.constant('weight_decay')
         eqs = []
-        for parameter, gradient in self.parameters:
+        for parameter, gradient in self.selected(layers):
             p, g = parameter.indexify(), gradient[parameter.dimensions]
             if self.weight_decay:
                 g = g + decay * p

@@ -1,0 +1,91 @@
+"""Network graphs: the input node, traversal in dependency order, and how each output
+is shared among the layers it feeds (halo, padding value, gradient buffers)."""
+
+from devito_ml.layer import Layer, Node
+from devito_ml.symbolics import Halo
+from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
+
+__all__ = ['Input', 'sequence', 'topological_order', 'shared_halo', 'covers']
+
+
+def Input(shape):
+    """The input of a network graph: one sample's shape, without the batch.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(channels, rows, cols)`` for images, ``(features,)`` for vectors.
+
+    Examples
+    --------
+    >>> from devito_ml import Net, Conv, Add, Flat, FullyConnected, ReLU
+    >>> x = Input((4, 6, 6))
+    >>> h = Conv((4, 3, 3), padding=1, activation=ReLU())(x)
+    >>> y = FullyConnected(3)(Flat()(Add()(h, x)))
+    >>> net = Net(y, batch_size=2)
+    >>> [layer.name for layer in net.layers]
+    ['conv1', 'add1', 'flat1', 'fc1']
+    """
+    shape = check_positive_ints(None, 'Input: shape', shape, len(tuple(shape)))
+    if len(shape) not in (1, 3):
+        raise ShapeError(f"Input: `shape` must be (channels, rows, cols) or "
+                         f"(features,), got {shape}")
+    return Node(None, (), shape)
+
+
+def sequence(layers, input_shape):
+    """Chain ``layers`` on a new input of ``input_shape``; return the output node."""
+    node = Input(input_shape)
+    for layer in layers:
+        node = layer(node)
+    return node
+
+
+def topological_order(output):
+    """The nodes feeding ``output`` (itself included), each after its inputs.
+
+    Inputs are visited in the order a layer takes them, so a chain keeps its order.
+    Returns ``(input_node, layer_nodes)``.
+    """
+    if not isinstance(output, Node):
+        raise TypeError(f"Net: the output must be a node (a layer called on its "
+                        f"inputs), got {output!r}")
+    order, seen, inputs = [], set(), []
+    stack = [(output, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in seen:
+            continue
+        if expanded or not node.inputs:
+            seen.add(id(node))
+            (order if node.layer is not None else inputs).append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((parent, False) for parent in reversed(node.inputs)
+                     if id(parent) not in seen)
+    if len(inputs) != 1:
+        raise LayerArgumentError(f"Net: a network takes exactly one `Input`, this one "
+                                 f"has {len(inputs)}")
+    for node in order:
+        if not isinstance(node.layer, Layer):
+            raise TypeError(f"Net: {node.layer!r} is not a Layer")
+    return inputs[0], order
+
+
+def covers(halo, need):
+    """Whether ``halo`` is at least ``need`` on every side."""
+    return all(a >= c and b >= d for (a, b), (c, d) in zip(halo, need))
+
+
+def shared_halo(ndim, needs):
+    """Halo and padding value of an output read by several consumers.
+
+    ``needs`` are the ``(halo, fill)`` each consumer reads. The padding value is
+    the first consumer's that needs one; the halo is the widest of those with that
+    value. Consumers needing another value copy the output into a padded input of
+    their own.
+    """
+    fill = next((fill for halo, fill in needs if any(map(any, halo))), 0.0)
+    widths = [halo for halo, value in needs if value == fill] or [Halo.none(ndim)]
+    return Halo(*[(max(h[axis][0] for h in widths), max(h[axis][1] for h in widths))
+                  for axis in range(ndim)]), fill

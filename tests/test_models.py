@@ -1,0 +1,109 @@
+"""Every model against its plain torch.nn twin: weights loaded by torch names, then
+outputs, loss, every parameter gradient and the running statistics compared, in
+float32 and float64, in training and evaluation mode, at reduced width and size."""
+
+import numpy as np
+import pytest
+import torch
+
+import torch_models
+from devito_ml import Dropout
+from devito_ml.interop import load_torch_state_dict, torch_names, torch_state_dict
+from devito_ml.models import alexnet, resnet, vgg
+from reference import DTYPES, assert_close, torch_dtype
+
+
+def compare_model(net, twin, rng, training):
+    """Same weights, inputs, labels and dropout masks; compare everything."""
+    dtype = net.dtype.type
+    twin = twin.to(torch_dtype(dtype))
+    twin.load_state_dict(torch_state_dict(net))
+    twin.train(training)
+    net.train(training)
+    batch = net.input_size[0]
+    x = rng.standard_normal(net.input_size).astype(dtype)
+    labels = rng.integers(0, net.output_size[1], batch)
+    output = net.forward(x)
+    loss = net.backward(labels)
+    modules = dict(twin.named_modules())
+    for layer in net.layers:
+        if isinstance(layer, Dropout):
+            modules[layer.path].mask = torch.from_numpy(layer.mask.data.copy())
+    reference = twin(torch.from_numpy(x))
+    reference_loss = torch.nn.functional.cross_entropy(reference,
+                                                       torch.from_numpy(labels))
+    reference_loss.backward()
+    assert_close(output, reference.detach().numpy(), dtype, 'output')
+    assert_close(loss, reference_loss.item(), dtype, 'loss')
+    parameters = dict(twin.named_parameters())
+    roles = {'W': 'weight', 'b': 'bias'}
+    for layer in net.layers:
+        for role, gradient in layer.gradients().items():
+            name = f"{layer.path}.{roles[role]}"
+            assert_close(gradient.data, parameters[name].grad.numpy(), dtype, name)
+    buffers = dict(twin.named_buffers())
+    for name, data in torch_names(net).items():
+        if name in buffers and 'running' in name:
+            assert_close(data, buffers[name].numpy(), dtype, name)
+
+
+MODELS = {
+    'resnet18': (lambda dtype: resnet(18, batch_size=2, image_size=(12, 10), classes=5,
+                                      width=4, small_input=True, dtype=dtype, seed=1),
+                 lambda: torch_models.resnet(18, 5, 4, 3, True)),
+    'resnet50-stem': (lambda dtype: resnet(50, batch_size=2, image_size=(18, 17),
+                                           classes=4, width=2, dtype=dtype, seed=2),
+                      lambda: torch_models.resnet(50, 4, 2, 3, False)),
+    'resnext50': (lambda dtype: resnet(50, batch_size=2, image_size=(8, 8), classes=3,
+                                       width=4, small_input=True, groups=2,
+                                       width_per_group=32, in_channels=1, dtype=dtype,
+                                       seed=3),
+                  lambda: torch_models.resnet(50, 3, 4, 1, True, groups=2,
+                                              width_per_group=32)),
+    'vgg11_bn': (lambda dtype: vgg(11, batch_norm=True, batch_size=3,
+                                   image_size=(32, 32), classes=4, width=4, hidden=12,
+                                   dtype=dtype, seed=4),
+                 lambda: torch_models.vgg(11, True, (32, 32), 3, 4, 4, 12)),
+    'alexnet': (lambda dtype: alexnet(batch_size=2, image_size=(67, 64), classes=5,
+                                      width=8, hidden=16, dtype=dtype, seed=5),
+                lambda: torch_models.alexnet((67, 64), 3, 5, 8, 16)),
+}
+
+
+@pytest.fixture(scope='module')
+def built():
+    """Each model in each dtype, built once for the module (operators are cached)."""
+    return {}
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('model', sorted(MODELS))
+def test_model_matches_torch(model, dtype, training, built, rng):
+    key = (model, dtype)
+    if key not in built:
+        built[key] = MODELS[model][0](dtype)
+    compare_model(built[key], MODELS[model][1](), rng, training)
+
+
+@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
+def test_resnet_structure_is_torchvisions(depth):
+    """Every parameter and buffer of the full-depth nets, by name and shape (built,
+    not compiled)."""
+    net = resnet(depth, batch_size=1, image_size=(32, 32), classes=10, width=2)
+    twin = torch_models.resnet(depth, 10, 2, 3, False)
+    ours = {name: tuple(data.shape) for name, data in torch_names(net).items()}
+    theirs = {name: tuple(value.shape) for name, value in twin.state_dict().items()}
+    assert ours == theirs
+    load_torch_state_dict(net, twin.state_dict())
+
+
+@pytest.mark.parametrize('depth', [11, 13, 16, 19])
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_vgg_structure_is_torchvisions(depth, batch_norm):
+    net = vgg(depth, batch_norm=batch_norm, batch_size=1, image_size=(32, 32),
+              width=4, hidden=8)
+    twin = torch_models.vgg(depth, batch_norm, (32, 32), 3, 1000, 4, 8)
+    ours = {name: tuple(data.shape) for name, data in torch_names(net).items()}
+    assert ours == {name: tuple(value.shape)
+                    for name, value in twin.state_dict().items()}
