@@ -9,8 +9,16 @@ import numpy as np
 
 __all__ = ['main']
 
-MODELS = ('lenet',)
-DATASETS = ('digits', 'mnist')
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+DATASETS = ('digits', 'mnist', 'fashion-mnist')
+MODELS = ('lenet', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
+          'resnext50', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'vgg11_bn', 'vgg13_bn',
+          'vgg16_bn', 'vgg19_bn', 'alexnet')
+MODELS_HELP = ("lenet: LeNet-5. resnet*/resnext50: torchvision's blocks with the "
+               "small-input stem (3x3 stride 1, no max pooling), WIDTH channels in "
+               "the first stage. vgg*: images zero-padded to at least 32x32 (five "
+               "poolings), WIDTH channels first, HIDDEN classifier units. alexnet: "
+               "images zero-padded to at least 63x63, WIDTH and HIDDEN likewise")
 
 
 class CommandError(Exception):
@@ -21,17 +29,54 @@ def _data(args):
     from devito_ml.data import digits_split, load_mnist
     if args.dataset == 'digits':
         return digits_split(seed=args.seed, dtype=args.dtype)
-    if not args.data_dir:
+    folder = args.data_dir or (FASHION_MNIST if args.dataset == 'fashion-mnist'
+                               else None)
+    if not folder:
         raise CommandError("--dataset mnist needs --data-dir, the folder of the IDX "
                            "files")
-    return (load_mnist(args.data_dir, 'train', args.dtype),
-            load_mnist(args.data_dir, 'test', args.dtype))
+    try:
+        return (load_mnist(folder, 'train', args.dtype),
+                load_mnist(folder, 'test', args.dtype))
+    except FileNotFoundError as error:
+        if args.dataset == 'fashion-mnist':
+            raise CommandError(f"Fashion-MNIST not found in `{folder}` ({error}); "
+                               "install it with `apt-get install "
+                               "dataset-fashion-mnist`, or give --data-dir") from None
+        raise
 
 
-def _model(args, image_size):
-    from devito_ml.models import lenet5
-    return lenet5(args.batch_size, image_size=image_size, dtype=args.dtype,
-                  seed=args.seed)
+def minimum_image(model):
+    """The smallest image side a model takes (images are zero-padded up to it)."""
+    return 32 if model.startswith('vgg') else 63 if model == 'alexnet' else 1
+
+
+def pad_images(images, side):
+    """Zero-pad NCHW images symmetrically so that both sides are at least ``side``."""
+    _, _, h, w = images.shape
+    rows, cols = max(0, side - h), max(0, side - w)
+    if not rows and not cols:
+        return images
+    return np.pad(images, ((0, 0), (0, 0), (rows // 2, rows - rows // 2),
+                           (cols // 2, cols - cols // 2)))
+
+
+def _model(args, image_size, channels=1, classes=10):
+    from devito_ml import models
+    common = dict(batch_size=args.batch_size, dtype=args.dtype, seed=args.seed)
+    if args.model == 'lenet':
+        return models.lenet5(args.batch_size, image_size=image_size, channels=channels,
+                             classes=classes, dtype=args.dtype, seed=args.seed)
+    common.update(image_size=tuple(image_size), in_channels=channels, classes=classes,
+                  width=args.width)
+    if args.model.startswith('resnet'):
+        return models.resnet(int(args.model[6:]), small_input=True, **common)
+    if args.model == 'resnext50':
+        return models.resnext50_32x4d(small_input=True, **common)
+    if args.model.startswith('vgg'):
+        depth = int(args.model[3:5])
+        return models.vgg(depth, batch_norm=args.model.endswith('_bn'),
+                          hidden=args.hidden, **common)
+    return models.alexnet(hidden=args.hidden, **common)
 
 
 def _optimizer(args, net):
@@ -48,10 +93,13 @@ def _train(args):
     from devito_ml.training import cosine_schedule, fit
     start = time.perf_counter()
     train, test = _data(args)
-    net = _model(args, train[0].shape[2:])
+    side = minimum_image(args.model)
+    train, test = (pad_images(train[0], side), train[1]), \
+        (pad_images(test[0], side), test[1])
+    net = _model(args, train[0].shape[2:], train[0].shape[1])
     optimizer = _optimizer(args, net)
     os.makedirs(args.out, exist_ok=True)
-    print(f"LeNet-5 on {args.dataset}: {len(train[1])} train / {len(test[1])} test "
+    print(f"{args.model} on {args.dataset}: {len(train[1])} train / {len(test[1])} test "
           f"images, batch {args.batch_size}, {args.optimizer} lr {args.lr} (cosine), "
           f"{args.dtype.__name__}")
     history = fit(net, optimizer, train, test, epochs=args.epochs, seed=args.seed,
@@ -76,6 +124,7 @@ def _codegen(args):
     from devito_ml.data import load_digits
     from devito_ml.optim import Adam
     images, labels = load_digits(args.dtype)
+    images = pad_images(images, minimum_image(args.model))
     net = _model(args, images.shape[2:])
     start = time.perf_counter()
     batch = slice(0, args.batch_size)
@@ -85,7 +134,7 @@ def _codegen(args):
     net.evaluation_operator()
     built = time.perf_counter() - start
     accuracy = float(np.mean(logits.argmax(1) == labels[batch]))
-    print(f"LeNet-5 on {args.batch_size} digits: loss {loss:.4f}, accuracy "
+    print(f"{args.model} on {args.batch_size} digits: loss {loss:.4f}, accuracy "
           f"{accuracy:.2f} (untrained), operators built in {built:.1f} s")
     for name, gradient in net.gradients().items():
         print(f"  d loss / d {name:8s} {str(gradient.shape):18s} "
@@ -103,13 +152,20 @@ def _parser():
     codegen = commands.add_parser('codegen', help='build a model, run forward and '
                                   'backward on a batch of digits, write the generated C')
     for command in (train, codegen):
-        command.add_argument('--model', choices=MODELS, default='lenet')
+        command.add_argument('--model', choices=MODELS, default='lenet',
+                             help=MODELS_HELP)
+        command.add_argument('--width', type=int, default=16,
+                             help='channels of the first convolutions (default 16)')
+        command.add_argument('--hidden', type=int, default=128,
+                             help='hidden classifier units of vgg and alexnet '
+                             '(default 128)')
         command.add_argument('--out', default='out', help='output folder (default out)')
         command.add_argument('--batch-size', type=int, default=32)
         command.add_argument('--seed', type=int, default=0)
         command.add_argument('--dtype', choices=('float32', 'float64'), default='float32')
     train.add_argument('--dataset', choices=DATASETS, default='digits')
-    train.add_argument('--data-dir', help='folder of the MNIST IDX files')
+    train.add_argument('--data-dir', help='folder of the IDX files (default for '
+                       f'fashion-mnist: {FASHION_MNIST})')
     train.add_argument('--epochs', type=int, default=20)
     train.add_argument('--optimizer', choices=('adam', 'adamw', 'sgd'), default='adam')
     train.add_argument('--lr', type=float, default=3e-3)
@@ -127,6 +183,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    for option in ('width', 'hidden'):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be positive, got {getattr(args, option)}")
     if getattr(args, 'epochs', 1) < 1:
         parser.error(f"--epochs must be positive, got {args.epochs}")
     if getattr(args, 'lr', 1) <= 0:

@@ -7,6 +7,8 @@ size and then calls the compiled function directly.
 
 from devito import Operator
 
+from devito_ml import operator_cache
+
 BATCH = 'n'
 
 __all__ = ['CompiledOperator']
@@ -23,10 +25,14 @@ class CompiledOperator:
     """
 
     def __init__(self, equations, name):
-        self.operator = Operator(equations, name=name, language='openmp')
+        self.operator = lowered(equations, name)
         self.operator.cfunction    # compile now, not inside the first timed call
         self.name = name
         self._positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
+        # the Functions to run on, by name: a cached operator holds copies
+        symbols = operator_cache.symbols_of(equations)
+        self._functions = {name: symbols[name] for name in self._positions
+                           if name in symbols and hasattr(symbols[name], 'data')}
         self._arguments = {}
         self._scalars = {}
 
@@ -40,8 +46,8 @@ class CompiledOperator:
         if batch not in self._arguments:
             bounds = {f"{d.name}_M": batch - 1 for d in self.operator.dimensions
                       if is_batch_dimension(d)}
-            arguments = self.operator.arguments(**bounds,
-                                                **self._scalars)
+            arguments = self.operator.arguments(**bounds, **{**self._functions,
+                                                             **self._scalars})
             values = [arguments[p.name] for p in self.operator.parameters]
             self._arguments[batch] = (arguments, values)
         return self._arguments[batch][1]
@@ -66,7 +72,19 @@ class CompiledOperator:
     def apply(self, batch):
         """Run through ``Operator.apply`` (slow path; for comparison and tests)."""
         self.operator.apply(**{f"{d.name}_M": batch - 1 for d in self.operator.dimensions
-                               if is_batch_dimension(d)})
+                               if is_batch_dimension(d)}, **self._functions)
+
+
+def lowered(equations, name):
+    """``Operator(equations)``, from the disk cache of lowered operators when there."""
+    if not operator_cache.enabled():
+        return Operator(equations, name=name, language='openmp')
+    key = operator_cache.cache_key(equations, name, language='openmp')
+    operator = operator_cache.load(key)
+    if operator is None:
+        operator = Operator(equations, name=name, language='openmp')
+        operator_cache.store(key, operator)
+    return operator
 
 
 def is_batch_dimension(dimension):

@@ -47,19 +47,24 @@ def compare_model(net, twin, rng, training):
             assert_close(data, buffers[name].numpy(), dtype, name)
 
 
+SHALLOW = (1, 1, 1, 1)   # one block a stage: every kind of block, a fraction of the code
 MODELS = {
     'resnet18': (lambda dtype: resnet(18, batch_size=2, image_size=(12, 10), classes=5,
                                       width=4, small_input=True, dtype=dtype, seed=1),
                  lambda: torch_models.resnet(18, 5, 4, 3, True)),
-    'resnet50-stem': (lambda dtype: resnet(50, batch_size=2, image_size=(18, 17),
-                                           classes=4, width=2, dtype=dtype, seed=2),
-                      lambda: torch_models.resnet(50, 4, 2, 3, False)),
-    'resnext50': (lambda dtype: resnet(50, batch_size=2, image_size=(8, 8), classes=3,
-                                       width=4, small_input=True, groups=2,
-                                       width_per_group=32, in_channels=1, dtype=dtype,
-                                       seed=3),
-                  lambda: torch_models.resnet(50, 3, 4, 1, True, groups=2,
-                                              width_per_group=32)),
+    'resnet50-shallow': (lambda dtype: resnet(50, batch_size=2, image_size=(18, 17),
+                                              classes=4, width=2, blocks=SHALLOW,
+                                              dtype=dtype, seed=2),
+                         lambda: torch_models.resnet(50, 4, 2, 3, False,
+                                                     blocks=SHALLOW)),
+    'resnext50-shallow': (lambda dtype: resnet(50, batch_size=3, image_size=(8, 8),
+                                               classes=3, width=4, small_input=True,
+                                               groups=2, width_per_group=32,
+                                               in_channels=1, blocks=SHALLOW,
+                                               dtype=dtype, seed=3),
+                          lambda: torch_models.resnet(50, 3, 4, 1, True, groups=2,
+                                                      width_per_group=32,
+                                                      blocks=SHALLOW)),
     'vgg11_bn': (lambda dtype: vgg(11, batch_norm=True, batch_size=3,
                                    image_size=(32, 32), classes=4, width=4, hidden=12,
                                    dtype=dtype, seed=4),

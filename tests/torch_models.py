@@ -110,8 +110,9 @@ RESNETS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
 
 
 def resnet(depth, classes, width, in_channels, small_input, groups=1,
-           width_per_group=64):
+           width_per_group=64, blocks=None):
     block, layers = RESNETS[depth]
+    layers = blocks or layers
     return ResNet(block, layers, classes, width, in_channels, small_input, groups,
                   width_per_group)
 

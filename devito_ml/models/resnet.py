@@ -50,7 +50,7 @@ def _block(x, kind, prefix, in_channels, planes, stride, groups, base_width):
 
 
 def resnet(depth=18, batch_size=8, image_size=(224, 224), in_channels=3, classes=1000,
-           width=64, small_input=False, groups=1, width_per_group=64,
+           width=64, small_input=False, groups=1, width_per_group=64, blocks=None,
            dtype=np.float32, seed=0, name=None, loss='cross_entropy'):
     """A ResNet (or ResNeXt) :class:`~devito_ml.Net`, as torchvision builds it.
 
@@ -69,6 +69,9 @@ def resnet(depth=18, batch_size=8, image_size=(224, 224), in_channels=3, classes
         instead of the 7x7 stride-2 stem and 3x3 stride-2 max pooling.
     groups, width_per_group : int
         ResNeXt's cardinality and group width (Bottleneck only); ResNet is 1, 64.
+    blocks : tuple of 4 int, optional
+        Blocks per stage instead of the depth's (a shallow net of the same kind,
+        for tests and quick experiments).
     dtype, seed, name, loss
         As :class:`~devito_ml.Net`; convolution kernels are drawn as torchvision
         does (Kaiming normal, fan out).
@@ -85,7 +88,8 @@ def resnet(depth=18, batch_size=8, image_size=(224, 224), in_channels=3, classes
     if depth not in DEPTHS:
         raise ValueError(f"resnet: `depth` must be one of {sorted(DEPTHS)}, got "
                          f"{depth!r}")
-    kind, blocks = DEPTHS[depth]
+    kind, counts = DEPTHS[depth]
+    blocks = counts if blocks is None else tuple(blocks)
     x = Input((in_channels,) + tuple(image_size))
     if small_input:
         h = _conv_bn(x, 'conv1', 'bn1', width, 3)

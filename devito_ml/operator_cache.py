@@ -1,0 +1,115 @@
+"""A disk cache of lowered Devito operators, so that a network built again in another
+process skips Devito's Python lowering (seconds per layer on deep nets).
+
+Devito caches the compiled C by its code, but redoes the lowering (``Operator(...)``)
+in every process: ~0.2-0.4 s per layer and pass, minutes for a ResNet-50. Operators
+pickle; a lowered operator is stored under a key that covers everything its code
+depends on (the equations as written, every Function's name, shape, dtype, halo and
+Dimensions, the implicit loop orders, Devito's version and configuration). An
+unpickled operator holds copies of the Functions: :class:`CompiledOperator` passes
+the net's own Functions by name on every call.
+
+The cache lives in ``$TMPDIR/devito_ml-operators-<uid>``; ``DEVITO_ML_OPERATOR_CACHE=0``
+turns it off. A file that cannot be read is rebuilt, never trusted.
+"""
+
+import hashlib
+import os
+import pickle
+import tempfile
+
+import devito
+import numpy as np
+from devito import configuration
+from devito.symbolics import retrieve_functions
+
+__all__ = ['symbols_of', 'cache_key', 'load', 'store', 'enabled']
+
+
+def enabled():
+    return os.environ.get('DEVITO_ML_OPERATOR_CACHE', '1') != '0'
+
+
+def _folder():
+    return os.path.join(tempfile.gettempdir(), f"devito_ml-operators-{os.getuid()}")
+
+
+def symbols_of(equations):
+    """Every Function, Constant and Scalar the equations use, by name."""
+    found = {}
+    for eq in equations:
+        for expression in (eq.lhs, eq.rhs):
+            for function in retrieve_functions(expression):
+                found[function.function.name] = function.function
+        for symbol in eq.free_symbols:
+            if hasattr(symbol, 'function') and symbol.function is not None:
+                found.setdefault(symbol.function.name, symbol.function)
+            elif hasattr(symbol, 'dtype') and hasattr(symbol, 'name'):
+                found.setdefault(symbol.name, symbol)
+    return found
+
+
+def _describe_dimension(dimension):
+    return (type(dimension).__name__, dimension.name,
+            getattr(dimension, 'default_value', None))
+
+
+def _describe(symbol):
+    parts = [type(symbol).__name__, symbol.name, str(np.dtype(symbol.dtype))]
+    if hasattr(symbol, 'dimensions'):
+        parts.append(tuple(_describe_dimension(d) for d in symbol.dimensions))
+    for attribute in ('shape', 'halo', 'padding', 'space_order'):
+        parts.append(repr(getattr(symbol, attribute, None)))
+    return tuple(parts)
+
+
+def cache_key(equations, name, **options):
+    """A digest of everything the lowered operator depends on."""
+    text = [devito.__version__, name, repr(sorted(options.items())),
+            repr(sorted((k, str(v)) for k, v in configuration.items()
+                        if k in ('platform', 'compiler', 'opt', 'language')))]
+    for eq in equations:
+        implicit = getattr(eq, 'implicit_dims', None) or ()
+        text.append(repr((type(eq).__name__, str(eq.lhs), str(eq.rhs),
+                          type(implicit).__name__,
+                          tuple(_describe_dimension(d) for d in implicit))))
+    text += [repr(_describe(symbol)) for _, symbol in
+             sorted(symbols_of(equations).items())]
+    dimensions = {d for eq in equations for d in eq.free_symbols
+                  if getattr(d, 'is_Dimension', False)}
+    text += sorted(repr(_describe_dimension(d)) for d in dimensions)
+    return hashlib.sha256('\n'.join(text).encode()).hexdigest()
+
+
+def load(key):
+    """The operator stored under ``key``, or None."""
+    path = os.path.join(_folder(), f"{key}.pkl")
+    try:
+        with open(path, 'rb') as handle:
+            operator, defaults = pickle.load(handle)
+        for dimension in operator.dimensions:
+            if dimension.is_Default:
+                dimension._default_value = defaults[dimension.name]
+                dimension.__dict__.pop('symbolic_size', None)
+        return operator
+    except FileNotFoundError:
+        return None
+    except Exception:     # truncated, or from another version: rebuild
+        return None
+
+
+def store(key, operator):
+    """Write ``operator`` under ``key`` atomically (temporary file, then rename)."""
+    folder = _folder()
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix='.op-', suffix='.pkl')
+    try:
+        with os.fdopen(handle, 'wb') as stream:
+            # a DefaultDimension's extent is not pickled (Devito 4.8): kept beside
+            defaults = {d.name: d._default_value for d in operator.dimensions
+                        if d.is_Default}
+            pickle.dump((operator, defaults), stream)
+        os.replace(temporary, os.path.join(folder, f"{key}.pkl"))
+    except Exception:
+        if os.path.exists(temporary):
+            os.remove(temporary)

@@ -1,0 +1,62 @@
+"""BatchNorm and Dropout against torch, in training and evaluation, both dtypes."""
+
+import numpy as np
+import pytest
+import torch
+
+from devito_ml import BatchNorm, Dropout, Flat, FullyConnected, Net, ReLU
+from reference import DTYPES, assert_close, compare_layer, torch_dtype
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('size', [(3, 4, 5, 6), (1, 2, 3, 1), (5, 3, 1, 2)])
+def test_batchnorm_training_matches_torch(size, dtype, rng):
+    layer = BatchNorm(input_size=size, momentum=0.3, eps=1e-3, dtype=dtype)
+    layer.kernel.data[:] = rng.standard_normal(size[1])
+    layer.bias.data[:] = rng.standard_normal(size[1])
+    module = torch.nn.BatchNorm2d(size[1], eps=1e-3, momentum=0.3).to(torch_dtype(dtype))
+    compare_layer(layer, module, rng)
+    assert_close(layer.running_mean.data, module.running_mean.numpy(), dtype, 'mean')
+    assert_close(layer.running_var.data, module.running_var.numpy(), dtype, 'var')
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_batchnorm_evaluation_matches_torch(dtype, rng):
+    layer = BatchNorm(input_size=(2, 3, 4, 5), activation=ReLU(), dtype=dtype)
+    layer.allocate()
+    layer.compile(training=False)
+    layer.running_mean.data[:] = rng.standard_normal(3)
+    layer.running_var.data[:] = rng.random(3) + 0.5
+    layer.kernel.data[:] = rng.standard_normal(3)
+    module = torch.nn.BatchNorm2d(3).to(torch_dtype(dtype)).eval()
+    with torch.no_grad():
+        module.running_mean.copy_(torch.from_numpy(layer.running_mean.data.copy()))
+        module.running_var.copy_(torch.from_numpy(layer.running_var.data.copy()))
+    compare_layer(layer, torch.nn.Sequential(module, torch.nn.ReLU()), rng)
+
+
+def test_dropout_masks_are_seeded_scaled_and_reused_backward():
+    def run(seed):
+        layer = Dropout(0.25, input_size=(4, 500), dtype=np.float64, seed=seed)
+        y = layer.forward(np.ones((4, 500)))
+        return y, layer.backward(np.full((4, 500), 2.0))
+    y, dx = run(7)
+    assert set(np.unique(y)) == {0.0, 1 / 0.75}
+    assert abs((y == 0).mean() - 0.25) < 0.03
+    assert np.array_equal(dx, 2 * y)
+    assert np.array_equal(run(7)[0], y) and not np.array_equal(run(8)[0], y)
+
+
+def test_net_modes_switch_batchnorm_and_dropout(rng):
+    net = Net([BatchNorm(), Flat(), Dropout(0.5), FullyConnected(3)],
+              input_shape=(2, 3, 3), batch_size=4, dtype=np.float64, seed=0)
+    x = rng.standard_normal((4, 2, 3, 3))
+    net.eval()
+    first = net.forward(x)
+    assert np.array_equal(net.forward(x), first)           # no dropout, no update
+    net.train()
+    net.forward(x)
+    assert net.buffers()['bn1_num_batches_tracked'] == 1
+    assert not np.allclose(net.buffers()['bn1_running_mean'], 0)
+    state = net.state_dict()
+    assert {'bn1_running_mean', 'bn1_running_var', 'dropout1_step'} <= set(state)
