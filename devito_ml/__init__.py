@@ -6,6 +6,7 @@ from devito_ml.graph import Input
 from devito_ml.layer import Layer
 from devito_ml.layers.conv import Conv
 from devito_ml.layers.dropout import Dropout
+from devito_ml.layers.elementwise import ActivationLayer
 from devito_ml.layers.dense import FullyConnected, FullyConnectedSoftmax
 from devito_ml.layers.pooling import (AvgPooling, GlobalAvgPooling, MaxPooling,
                                       Subsampling)
@@ -17,6 +18,7 @@ from devito_ml.validation import LayerArgumentError, ShapeError
 
 __all__ = ['Layer', 'Input', 'Conv', 'MaxPooling', 'AvgPooling', 'GlobalAvgPooling',
            'Subsampling', 'Flat', 'BatchNorm', 'Dropout', 'Add', 'Concat',
+           'ActivationLayer',
            'FullyConnected', 'FullyConnectedSoftmax', 'Net',
            'Identity', 'ReLU', 'LeakyReLU', 'Sigmoid', 'Tanh',
            'LayerArgumentError', 'ShapeError']

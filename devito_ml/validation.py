@@ -99,8 +99,9 @@ def check_name(layer, argument, name):
     """A name that can prefix C identifiers (letters, digits, ``_``; not a keyword)."""
     if not isinstance(name, str) or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', name) \
             or name in _C_KEYWORDS:
+        owner = type(layer).__name__ if layer is not None else 'Net'
         raise LayerArgumentError(
-            f"{type(layer).__name__ if layer is not None else 'Net'}: `{argument}` must be a "
+            f"{owner}: `{argument}` must be a "
             f"C identifier (letters, digits and _, not starting with a digit, not a C "
             f"keyword), got {name!r}")
     return name

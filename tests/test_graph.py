@@ -23,8 +23,8 @@ def test_residual_and_concat_graph_matches_torch(dtype, rng):
     net = Net(y, batch_size=3, dtype=dtype, seed=0)
     W = {layer.name: layer for layer in net.layers}
     t = torch_dtype(dtype)
-    tensors = {name: torch.from_numpy(f.data.copy()).requires_grad_(True)
-               for name, f in net.parameters().items()}
+    tensors = {name: torch.from_numpy(np.array(data)).requires_grad_(True)
+               for name, data in net.parameters().items()}
     data = rng.standard_normal((3, 2, 7, 6)).astype(dtype)
     labels = np.array([0, 3, 1])
     out, loss = net.forward(data), net.backward(labels)

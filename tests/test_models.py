@@ -10,37 +10,75 @@ import torch_models
 from devito_ml import Dropout
 from devito_ml.interop import load_torch_state_dict, torch_names, torch_state_dict
 from devito_ml.models import alexnet, resnet, vgg
-from reference import DTYPES, assert_close, torch_dtype
+from reference import DTYPES, TOLERANCE, assert_close, torch_dtype
 
 
-def compare_model(net, twin, rng, training):
-    """Same weights, inputs, labels and dropout masks; compare everything."""
-    dtype = net.dtype.type
+def run_twin(twin, net, x, labels, dtype, training):
+    """``twin`` in ``dtype`` with the net's weights and masks: output, loss, module."""
     twin = twin.to(torch_dtype(dtype))
-    twin.load_state_dict(torch_state_dict(net))
+    twin.load_state_dict({name: value.to(torch_dtype(dtype))
+                          for name, value in torch_state_dict(net).items()})
     twin.train(training)
+    modules = dict(twin.named_modules())
+    for layer in net.layers:
+        if isinstance(layer, Dropout):
+            modules[layer.path].mask = torch.from_numpy(layer.mask.data.copy()).to(
+                torch_dtype(dtype))
+    output = twin(torch.from_numpy(x).to(torch_dtype(dtype)))
+    loss = torch.nn.functional.cross_entropy(output, torch.from_numpy(labels))
+    loss.backward()
+    return output.detach().numpy(), loss.item(), twin
+
+
+def gradient_error(value, reference, largest):
+    """Relative error; a gradient that vanishes in torch (a convolution's bias before
+    a BatchNorm in training) is measured against the largest gradient of the net."""
+    scale = np.abs(reference).max()
+    if scale < 1e-6 * largest:
+        scale = largest
+    return np.abs(value - reference).max() / scale
+
+
+def compare_model(net, make_twin, rng, training):
+    """Same weights, inputs, labels and dropout masks; compare everything.
+
+    float64 within 1e-10. float32 within 1e-4, or, where rounding through dozens of
+    layers exceeds that, within 3 times torch's own float32 distance to the float64
+    computation (both compared with the twin run in float64).
+    """
+    dtype = net.dtype.type
     net.train(training)
     batch = net.input_size[0]
     x = rng.standard_normal(net.input_size).astype(dtype)
     labels = rng.integers(0, net.output_size[1], batch)
+    before = torch_state_dict(net)           # running statistics before this step
     output = net.forward(x)
     loss = net.backward(labels)
-    modules = dict(twin.named_modules())
-    for layer in net.layers:
-        if isinstance(layer, Dropout):
-            modules[layer.path].mask = torch.from_numpy(layer.mask.data.copy())
-    reference = twin(torch.from_numpy(x))
-    reference_loss = torch.nn.functional.cross_entropy(reference,
-                                                       torch.from_numpy(labels))
-    reference_loss.backward()
-    assert_close(output, reference.detach().numpy(), dtype, 'output')
-    assert_close(loss, reference_loss.item(), dtype, 'loss')
+    after = torch_names(net)
+    load_torch_state_dict(net, before)
+    output_ref, loss_ref, twin = run_twin(make_twin(), net, x, labels, dtype, training)
+    truth = None
+    if dtype == np.float32:
+        truth = run_twin(make_twin(), net, x, labels, np.float64, training)[2]
+    load_torch_state_dict(net, {name: torch.from_numpy(np.array(data))
+                                for name, data in after.items()})
+    assert_close(output, output_ref, dtype, 'output')
+    assert_close(loss, loss_ref, dtype, 'loss')
     parameters = dict(twin.named_parameters())
+    exact = dict(truth.named_parameters()) if truth is not None else None
+    largest = max(np.abs(p.grad.numpy()).max() for p in parameters.values())
     roles = {'W': 'weight', 'b': 'bias'}
     for layer in net.layers:
         for role, gradient in layer.gradients().items():
             name = f"{layer.path}.{roles[role]}"
-            assert_close(gradient.data, parameters[name].grad.numpy(), dtype, name)
+            reference = parameters[name].grad.numpy()
+            error = gradient_error(gradient.data, reference, largest)
+            bound = TOLERANCE[dtype]
+            if exact is not None and error > bound:
+                true = exact[name].grad.numpy()
+                bound = max(bound, 3 * gradient_error(reference, true, largest))
+                error = gradient_error(gradient.data, true, largest)
+            assert error <= bound, f"{name}: relative error {error:.3e} above {bound}"
     buffers = dict(twin.named_buffers())
     for name, data in torch_names(net).items():
         if name in buffers and 'running' in name:
@@ -52,17 +90,13 @@ MODELS = {
     'resnet18': (lambda dtype: resnet(18, batch_size=2, image_size=(12, 10), classes=5,
                                       width=4, small_input=True, dtype=dtype, seed=1),
                  lambda: torch_models.resnet(18, 5, 4, 3, True)),
-    'resnet50-shallow': (lambda dtype: resnet(50, batch_size=2, image_size=(18, 17),
-                                              classes=4, width=2, blocks=SHALLOW,
-                                              dtype=dtype, seed=2),
-                         lambda: torch_models.resnet(50, 4, 2, 3, False,
-                                                     blocks=SHALLOW)),
-    'resnext50-shallow': (lambda dtype: resnet(50, batch_size=3, image_size=(8, 8),
-                                               classes=3, width=4, small_input=True,
-                                               groups=2, width_per_group=32,
-                                               in_channels=1, blocks=SHALLOW,
+    # Bottleneck blocks, downsampling shortcuts, grouped 3x3 convolutions, the 7x7
+    # stride-2 stem and its max pooling: one block a stage
+    'resnext50-shallow': (lambda dtype: resnet(50, batch_size=2, image_size=(18, 17),
+                                               classes=3, width=4, groups=2,
+                                               width_per_group=32, blocks=SHALLOW,
                                                dtype=dtype, seed=3),
-                          lambda: torch_models.resnet(50, 3, 4, 1, True, groups=2,
+                          lambda: torch_models.resnet(50, 3, 4, 3, False, groups=2,
                                                       width_per_group=32,
                                                       blocks=SHALLOW)),
     'vgg11_bn': (lambda dtype: vgg(11, batch_norm=True, batch_size=3,
@@ -88,7 +122,7 @@ def test_model_matches_torch(model, dtype, training, built, rng):
     key = (model, dtype)
     if key not in built:
         built[key] = MODELS[model][0](dtype)
-    compare_model(built[key], MODELS[model][1](), rng, training)
+    compare_model(built[key], MODELS[model][1], rng, training)
 
 
 @pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])

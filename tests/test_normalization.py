@@ -30,6 +30,7 @@ def test_batchnorm_evaluation_matches_torch(dtype, rng):
     layer.kernel.data[:] = rng.standard_normal(3)
     module = torch.nn.BatchNorm2d(3).to(torch_dtype(dtype)).eval()
     with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(layer.kernel.data.copy()))
         module.running_mean.copy_(torch.from_numpy(layer.running_mean.data.copy()))
         module.running_var.copy_(torch.from_numpy(layer.running_var.data.copy()))
     compare_layer(layer, torch.nn.Sequential(module, torch.nn.ReLU()), rng)

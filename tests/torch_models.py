@@ -117,13 +117,13 @@ def resnet(depth, classes, width, in_channels, small_input, groups=1,
                   width_per_group)
 
 
-def classifier(features, classes, hidden, alexnet=False):
+def classifier(features, classes, hidden, alexnet=False, dropout=MaskedDropout):
     if alexnet:
-        return nn.Sequential(MaskedDropout(), nn.Linear(features, hidden), nn.ReLU(),
-                             MaskedDropout(), nn.Linear(hidden, hidden), nn.ReLU(),
+        return nn.Sequential(dropout(), nn.Linear(features, hidden), nn.ReLU(),
+                             dropout(), nn.Linear(hidden, hidden), nn.ReLU(),
                              nn.Linear(hidden, classes))
-    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), MaskedDropout(),
-                         nn.Linear(hidden, hidden), nn.ReLU(), MaskedDropout(),
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), dropout(),
+                         nn.Linear(hidden, hidden), nn.ReLU(), dropout(),
                          nn.Linear(hidden, classes))
 
 
@@ -146,7 +146,8 @@ VGG = {11: [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
             'M', 512, 512, 512, 512, 'M']}
 
 
-def vgg(depth, batch_norm, image_size, in_channels, classes, width, hidden):
+def vgg(depth, batch_norm, image_size, in_channels, classes, width, hidden,
+        dropout=MaskedDropout):
     modules, channels, size = [], in_channels, list(image_size)
     for value in VGG[depth]:
         if value == 'M':
@@ -160,10 +161,11 @@ def vgg(depth, batch_norm, image_size, in_channels, classes, width, hidden):
         modules.append(nn.ReLU())
         channels = out
     return FeaturesClassifier(nn.Sequential(*modules),
-                              classifier(channels * size[0] * size[1], classes, hidden))
+                              classifier(channels * size[0] * size[1], classes, hidden,
+                                         dropout=dropout))
 
 
-def alexnet(image_size, in_channels, classes, width, hidden):
+def alexnet(image_size, in_channels, classes, width, hidden, dropout=MaskedDropout):
     c = [scaled(v, width) for v in (64, 192, 384, 256, 256)]
     features = nn.Sequential(
         nn.Conv2d(in_channels, c[0], 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
@@ -174,4 +176,5 @@ def alexnet(image_size, in_channels, classes, width, hidden):
     with torch.no_grad():
         features_out = features(torch.zeros((1, in_channels) + tuple(image_size)))
     return FeaturesClassifier(features, classifier(features_out[0].numel(), classes,
-                                                   hidden, alexnet=True))
+                                                   hidden, alexnet=True,
+                                                   dropout=dropout))

@@ -366,8 +366,8 @@ import numpy as np
         (py, px), (dy, dx) = self.padding, self.dilation
         local = ci
         if self.groups > 1:   # only the output channels of ci's group
-            k = self.group_output_start[ci] + self.dim('gk', self.kernel_size[0]
-                                                        // self.groups)
+            per_group = self.kernel_size[0] // self.groups
+            k = self.group_output_start[ci] + self.dim('gk', per_group)
             local = ci - self.group_channel_start[ci]
         total = sum(self.kernel[k, local, i, j]
                     * self._stuffed(n, h + py - i * dy, w + px - j * dx, k)

@@ -209,8 +209,8 @@ class Subsampling(Pooling):
             raise TypeError(f"Subsampling `{name or self.family}`: `function` must be "
                             f"a callable reducing a window, got {function!r}")
         self.function = function
-        self.reduction = self._recognise(function, as_pair(self, 'kernel_size',
-                                                          kernel_size, 1))
+        self.reduction = self._recognise(
+            function, as_pair(self, 'kernel_size', kernel_size, 1))
         super().__init__(kernel_size, input_size, stride, padding, name, dtype,
                          generate_code)
 

@@ -1,6 +1,8 @@
 """What the model builders share: torch paths on layers, channel scaling and the
 initialisation torchvision uses."""
 
+import re
+
 import numpy as np
 
 from devito_ml.layers.conv import Conv
@@ -10,9 +12,10 @@ __all__ = ['at', 'scaled', 'kaiming_normal']
 
 def at(layer, path):
     """Give ``layer`` the module path of its twin in the torchvision model, and a
-    name derived from it (``layer1.0.conv1`` -> ``layer1_0_conv1``)."""
+    name derived from it (``layer1.0.conv1`` -> ``layer1_0_conv1``, ``0`` -> ``m0``)."""
     layer.path = path
-    layer.name = path.replace('.', '_')
+    name = re.sub(r'\W', '_', path)
+    layer.name = name if re.match(r'[A-Za-z_]', name) else f"m{name}"
     layer.named = True
     return layer
 

@@ -11,7 +11,7 @@ from devito_ml.layers.merge import Add
 from devito_ml.layers.normalization import BatchNorm
 from devito_ml.layers.pooling import GlobalAvgPooling, MaxPooling
 from devito_ml.layers.reshape import Flat
-from devito_ml.models.common import at, kaiming_normal, scaled
+from devito_ml.models.common import at, kaiming_normal
 from devito_ml.net import Net
 
 __all__ = ['resnet', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',

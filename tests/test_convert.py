@@ -1,0 +1,63 @@
+"""torch.nn modules converted into nets: same weights, same outputs (evaluation mode,
+float64), and unsupported modules named with their path."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torch_models
+from devito_ml import ActivationLayer
+from devito_ml.interop import UnsupportedModuleError, from_torch, torch_state_dict
+from reference import assert_close
+
+
+def check(module, input_shape, batch, rng):
+    module = module.double().eval()
+    with torch.no_grad():       # non-trivial running statistics
+        for child in module.modules():
+            if isinstance(child, nn.BatchNorm2d):
+                child.running_mean.uniform_(-0.5, 0.5)
+                child.running_var.uniform_(0.5, 1.5)
+    net = from_torch(module, input_shape, batch, dtype=np.float64).eval()
+    x = rng.standard_normal((batch,) + tuple(input_shape))
+    with torch.no_grad():
+        reference = module(torch.from_numpy(x)).numpy()
+    assert_close(net.forward(x), reference, np.float64, 'output')
+    state = torch_state_dict(net)
+    for name, value in module.state_dict().items():
+        assert torch.equal(state[name], value), name
+    return net
+
+
+def test_sequential_with_every_leaf(rng):
+    module = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2),
+        nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2, bias=False),
+        nn.Tanh(), nn.AvgPool2d(2, padding=1), nn.Dropout(0.3), nn.Identity(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6), nn.Sigmoid(),
+        nn.Linear(6, 3))
+    net = check(module, (2, 9, 8), 3, rng)
+    assert sum(isinstance(layer, ActivationLayer) for layer in net.layers) == 1
+
+
+def test_torchvision_style_resnet(rng):
+    check(torch_models.resnet(50, 4, 2, 3, False, blocks=(1, 1, 1, 1)), (3, 17, 18),
+          2, rng)
+
+
+def test_vgg_and_alexnet_style(rng):
+    check(torch_models.vgg(11, True, (32, 32), 3, 4, 4, 8, dropout=nn.Dropout),
+          (3, 32, 32), 2, rng)
+
+
+@pytest.mark.parametrize('module, path, culprit', [
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.ReLU(), nn.GELU())), '1.1',
+     'GELU'),
+    (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), '0', 'MaxPool2d'),
+    (nn.Sequential(nn.Conv2d(1, 2, 3, padding='same')), '0', 'Conv2d'),
+    (nn.Sequential(nn.AdaptiveAvgPool2d(2)), '0', 'AdaptiveAvgPool2d'),
+])
+def test_unsupported_modules_are_named_with_their_path(module, path, culprit):
+    with pytest.raises(UnsupportedModuleError, match=f"`{culprit}` at `{path}`"):
+        from_torch(module, (1, 6, 6), 1)
