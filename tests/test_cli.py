@@ -46,7 +46,12 @@ def test_bad_arguments_give_one_line_and_no_traceback(tmp_path):
                                 '--data-dir'),
                                (('train', '--dataset', 'mnist', '--data-dir',
                                  str(tmp_path), '--out', str(tmp_path)),
-                                'train-images-idx3-ubyte')):
+                                'train-images-idx3-ubyte'),
+                               (('train', '--dataset', 'fashion-mnist', '--data-dir',
+                                 str(tmp_path), '--out', str(tmp_path)),
+                                'apt-get install dataset-fashion-mnist'),
+                               (('train', '--model', 'resnet18', '--width', '0'),
+                                '--width')):
         run = devito_ml(*arguments)
         assert run.returncode != 0
         assert 'Traceback' not in run.stderr and message in run.stderr, run.stderr

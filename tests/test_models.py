@@ -54,14 +54,13 @@ def compare_model(net, make_twin, rng, training):
     before = torch_state_dict(net)           # running statistics before this step
     output = net.forward(x)
     loss = net.backward(labels)
-    after = torch_names(net)
+    after = torch_state_dict(net)            # copies
     load_torch_state_dict(net, before)
     output_ref, loss_ref, twin = run_twin(make_twin(), net, x, labels, dtype, training)
     truth = None
     if dtype == np.float32:
         truth = run_twin(make_twin(), net, x, labels, np.float64, training)[2]
-    load_torch_state_dict(net, {name: torch.from_numpy(np.array(data))
-                                for name, data in after.items()})
+    load_torch_state_dict(net, after)
     assert_close(output, output_ref, dtype, 'output')
     assert_close(loss, loss_ref, dtype, 'loss')
     parameters = dict(twin.named_parameters())
