@@ -424,7 +424,7 @@ class Layer:
         self.input.data[:batch] = x
         self.before_step(batch, True)
         self.forward_operator.run(batch)
-        return self.result.data[:batch].copy()
+        return np.array(self.result.data[:batch])
 
     def backward(self, result_gradients):
         """Run the standalone backward operator; return dL/dinput."""
@@ -437,7 +437,7 @@ class Layer:
         batch = result_gradients.shape[0]
         self.result_gradients.data[:batch] = result_gradients
         self.backward_operator.run(batch)
-        return self.input_gradients.data[:batch].copy()
+        return np.array(self.input_gradients.data[:batch])
 
 
 class WeightedLayer(Layer):

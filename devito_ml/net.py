@@ -392,7 +392,7 @@ class Net:
         batch = self._load_batch(x)
         self._before_step(batch, self.training)
         self.forward_operator.run(batch)
-        return self.output_layer.result.data[:batch].copy()
+        return np.array(self.output_layer.result.data[:batch])
 
     __call__ = forward
 
@@ -443,7 +443,7 @@ class Net:
         loss.set_targets(targets, batch)
         self._before_step(batch, False)
         self.evaluation_operator(loss).run(batch)
-        return loss.value(batch), self.output_layer.result.data[:batch].copy()
+        return loss.value(batch), np.array(self.output_layer.result.data[:batch])
 
     def train_step(self, x, targets, optimizer, loss=None):
         """One training step in one operator: forward, backward, update.
@@ -461,7 +461,7 @@ class Net:
         self._before_step(batch, True)
         operator.run(batch)
         optimizer.finish_step()
-        return loss.value(batch), self.output_layer.result.data[:batch].copy()
+        return loss.value(batch), np.array(self.output_layer.result.data[:batch])
 
     def train(self, mode=True):
         """Set training mode: batch statistics in BatchNorm, Dropout active.

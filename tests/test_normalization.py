@@ -61,3 +61,21 @@ def test_net_modes_switch_batchnorm_and_dropout(rng):
     assert not np.allclose(net.buffers()['bn1_running_mean'], 0)
     state = net.state_dict()
     assert {'bn1_running_mean', 'bn1_running_var', 'dropout1_step'} <= set(state)
+
+
+def test_checkpoints_carry_running_statistics_and_dropout_steps(tmp_path, rng):
+    from devito_ml.optim import SGD
+    from devito_ml.training import History, load_checkpoint, save_checkpoint
+
+    def build():
+        return Net([BatchNorm(), Flat(), Dropout(0.5), FullyConnected(3)],
+                   input_shape=(2, 3, 3), batch_size=4, dtype=np.float64, seed=0)
+    net = build()
+    optimizer = SGD(net, lr=0.1)
+    net.train_step(rng.standard_normal((4, 2, 3, 3)), np.array([0, 1, 2, 0]), optimizer)
+    save_checkpoint(tmp_path / 'run.npz', net, optimizer, 1, History())
+    restored = build()
+    load_checkpoint(tmp_path / 'run.npz', restored, SGD(restored, lr=0.1))
+    for name, value in net.state_dict().items():
+        assert np.array_equal(restored.state_dict()[name], value), name
+    assert restored.buffers()['dropout1_step'] == 1

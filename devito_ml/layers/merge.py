@@ -112,7 +112,7 @@ class Merge(Layer):
             check_array(self, f'xs[{index}]', x, size, self.dtype)
             self.inputs[index].data[:batch] = x
         self.forward_operator.run(batch)
-        return self.result.data[:batch].copy()
+        return np.array(self.result.data[:batch])
 
     def backward(self, result_gradients):
         """Run alone; return dL/dinput for every input."""
@@ -121,7 +121,7 @@ class Merge(Layer):
         batch = result_gradients.shape[0]
         self.result_gradients.data[:batch] = result_gradients
         self.backward_operator.run(batch)
-        return [g.data[:batch].copy() for g in self.input_gradients_list]
+        return [np.array(g.data[:batch]) for g in self.input_gradients_list]
 
 
 class Add(Merge):
