@@ -91,8 +91,8 @@ def main():
     for channels_last in (False, True):
         model = torch_models.resnet(18, 10, args.width, 1, True)
         model.load_state_dict(state)
-        results[channels_last] = train_torch(model, train, test, args.epochs,
-                                              args.batch_size, args.lr, channels_last)
+        results[channels_last] = train_torch(
+            model, train, test, args.epochs, args.batch_size, args.lr, channels_last)
     best = min(results, key=lambda k: sum(results[k][0]))
 
     print(f"ResNet-18 (width {args.width}, small-input stem), Fashion-MNIST "
