@@ -196,21 +196,27 @@ import numpy as np
         self.cl_in_dims = (self.batch_dim, plain('xh'), plain('xw'), plain('xc'))
         self.cl_out_dims = (self.batch_dim, plain('yh'), plain('yw'), plain('yk'))
         (ph, pw) = self.padding
-        self.input_cl = self.tensor('in_cl', self.cl_in_dims, (n, h, w, c),
-                                    Halo((0, 0), (ph, ph), (pw, pw), (0, 0)))
-        self.result_cl = self.tensor('out_cl', self.cl_out_dims, (n, oh, ow, k))
-        kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], self.cl_out_dims[3])
-        self.kernel_cl = self.tensor('W_cl', kernel_cl_dims, (r, q, c, k))
-        self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims, (r, q, c, k))
-        # the kernel with input channels innermost, for the input gradient
-        self.kernel_cl_t = self.tensor('Wt_cl', (self.ky, self.kx, plain('tk'),
-                                                 plain('tc')), (r, q, k, c))
         # dz channels last, on rows and columns of its own: the weight gradient loops
         # over them inside the input channels, while the forward pass (same operator
         # when training) orders output rows before input channels.
-        self.dz_cl = self.tensor('dz_cl', (self.batch_dim, plain('gh'), plain('gw'),
-                                           self.cl_out_dims[3]), (n, oh, ow, k))
-        self.input_gradients_cl = self.tensor('din_cl', self.cl_in_dims, (n, h, w, c))
+        self.dz_cl_dims = (self.batch_dim, plain('gh'), plain('gw'), self.cl_out_dims[3])
+        # only the copies a schedule reads are created (a deep net has hundreds)
+        if self.channels_last:
+            self.input_cl = self.tensor('in_cl', self.cl_in_dims, (n, h, w, c),
+                                        Halo((0, 0), (ph, ph), (pw, pw), (0, 0)))
+            self.result_cl = self.tensor('out_cl', self.cl_out_dims, (n, oh, ow, k))
+            kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], self.cl_out_dims[3])
+            self.kernel_cl = self.tensor('W_cl', kernel_cl_dims, (r, q, c, k))
+            self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
+                                                   (r, q, c, k))
+        if self.channels_last or self.input_gradient_channels_last:
+            self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
+        if self.input_gradient_channels_last:
+            # the kernel with input channels innermost, for the input gradient
+            self.kernel_cl_t = self.tensor('Wt_cl', (self.ky, self.kx, plain('tk'),
+                                                     plain('tc')), (r, q, k, c))
+            self.input_gradients_cl = self.tensor('din_cl', self.cl_in_dims,
+                                                  (n, h, w, c))
         halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d in
                  zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
                      self.dilation)]
@@ -390,7 +396,7 @@ import numpy as np
             eqs += [Eq(self.bias_gradients[k], 0),
                     Inc(self.bias_gradients[k], dz[m, k, y, x],
                         implicit_dims=IgnoreDimSort((k, m, y, x)))]
-        _, gh, gw, _ = self.dz_cl.dimensions
+        _, gh, gw, _ = self.dz_cl_dims
         if self.channels_last or self.input_gradient_channels_last:
             eqs.append(Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
                           implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
