@@ -510,7 +510,7 @@ class Net:
             if np.shape(state[name]) != data.shape:
                 raise ShapeError(f"Net.load_state_dict: `{name}` must have shape "
                                  f"{data.shape}, got {np.shape(state[name])}")
-            data[:] = state[name]
+            data[...] = state[name]
 
     # -- generated code ---------------------------------------------------------------
 
