@@ -25,12 +25,12 @@ class CompiledOperator:
     """
 
     def __init__(self, equations, name):
-        self.operator = lowered(equations, name)
+        symbols = operator_cache.symbols_of(equations)
+        self.operator = lowered(equations, name, symbols)
         self.operator.cfunction    # compile now, not inside the first timed call
         self.name = name
         self._positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
         # the Functions to run on, by name: a cached operator holds copies
-        symbols = operator_cache.symbols_of(equations)
         self._functions = {name: symbols[name] for name in self._positions
                            if name in symbols and hasattr(symbols[name], 'data')}
         self._arguments = {}
@@ -75,11 +75,11 @@ class CompiledOperator:
                                if is_batch_dimension(d)}, **self._functions)
 
 
-def lowered(equations, name):
+def lowered(equations, name, symbols=None):
     """``Operator(equations)``, from the disk cache of lowered operators when there."""
     if not operator_cache.enabled():
         return Operator(equations, name=name, language='openmp')
-    key = operator_cache.cache_key(equations, name, language='openmp')
+    key = operator_cache.cache_key(equations, name, symbols, language='openmp')
     operator = operator_cache.load(key)
     if operator is None:
         operator = Operator(equations, name=name, language='openmp')

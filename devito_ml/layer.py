@@ -171,6 +171,10 @@ class Layer:
         """Called by the net before each run of a forward pass (Dropout draws)."""
 
     draws_per_step = False
+    """Whether :meth:`before_step` does anything (the net calls only those)."""
+
+    mode_dependent = False
+    """Whether training and evaluation differ (BatchNorm, Dropout)."""
 
     # -- shapes inside a graph ----------------------------------------------------
 
@@ -318,7 +322,6 @@ class Layer:
         self.in_dims = self._io_dims('i', self.input_size)
         self.out_dims = self._io_dims('o', self.output_size, plain=True)
         in_storage = self._storage_dims('in', self.input_size)
-        self.out_storage = self.out_dims
         self.input = inputs[0]
         if self.input is None:
             self.input = self.tensor('in', in_storage, self.input_size, self.input_halo)
@@ -326,11 +329,16 @@ class Layer:
         self.input_gradients = input_gradients[0]
         if self.input_gradients is None:
             self.input_gradients = self.tensor('din', in_storage, self.input_size)
+        self._create_result()
+        self._create_functions()
+
+    def _create_result(self):
+        """``result`` (with the halo its consumers read, filled) and its gradient."""
+        self.out_storage = self.out_dims
         self.result = self.tensor('out', self.out_storage, self.output_size,
                                   self.result_halo)
         fill_halo(self.result, self.result_fill)
         self.result_gradients = self.tensor('dout', self.out_storage, self.output_size)
-        self._create_functions()
 
     # -- equations -------------------------------------------------------------------
 

@@ -95,8 +95,7 @@ class Net:
         self.loss.bind(self.output_size, self.dtype)
         self._losses = {self.loss.name: self.loss}
         self._stepped = [layer for layer in self.layers if layer.draws_per_step]
-        self._mode_dependent = any(getattr(layer, 'mode_dependent', False)
-                                   for layer in self.layers)
+        self._mode_dependent = any(layer.mode_dependent for layer in self.layers)
         self._forward_operators = {}
         self._backward_operators = {}
         self._evaluation_operators = {}

@@ -63,8 +63,9 @@ def _describe(symbol):
     return tuple(parts)
 
 
-def cache_key(equations, name, **options):
-    """A digest of everything the lowered operator depends on."""
+def cache_key(equations, name, symbols=None, **options):
+    """A digest of everything the lowered operator depends on (``symbols``: those
+    of :func:`symbols_of`, when already found)."""
     text = [devito.__version__, name, repr(sorted(options.items())),
             repr(sorted((k, str(v)) for k, v in configuration.items()
                         if k in ('platform', 'compiler', 'opt', 'language')))]
@@ -74,7 +75,7 @@ def cache_key(equations, name, **options):
                           type(implicit).__name__,
                           tuple(_describe_dimension(d) for d in implicit))))
     text += [repr(_describe(symbol)) for _, symbol in
-             sorted(symbols_of(equations).items())]
+             sorted((symbols or symbols_of(equations)).items())]
     dimensions = {d for eq in equations for d in eq.free_symbols
                   if getattr(d, 'is_Dimension', False)}
     text += sorted(repr(_describe_dimension(d)) for d in dimensions)

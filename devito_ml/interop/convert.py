@@ -20,6 +20,10 @@ from devito_ml.net import Net
 __all__ = ['from_torch', 'UnsupportedModuleError']
 
 
+IDENTITY = object()
+"""What a module that changes nothing converts to: no layer."""
+
+
 class UnsupportedModuleError(TypeError):
     """A torch module (or one of its options) that devito_ml cannot convert."""
 
@@ -120,6 +124,8 @@ class _Converter:
         if isinstance(module, nn.Identity):
             return node
         leaf = self.leaf(module, path)
+        if leaf is IDENTITY:
+            return node
         if leaf is not None:
             return at(leaf, path)(node)
         if all(hasattr(module, n) for n in ('conv1', 'bn1', 'conv2', 'bn2')) and \
@@ -177,7 +183,7 @@ class _Converter:
             if produced is not None and produced[1:] == (1, 1):
                 return GlobalAvgPooling()
             if produced is not None and produced == given:
-                return _Identity()
+                return IDENTITY
             self.refuse(module, path, f"output size {module.output_size} is neither 1 "
                         "nor its input size")
         if isinstance(module, nn.Dropout):
@@ -222,10 +228,3 @@ class _Converter:
                                 self.join(path, f"layer{stage}"))
         node = self.convert(module.avgpool, node, self.join(path, 'avgpool'))
         return self.convert(module.fc, Flat()(node), self.join(path, 'fc'))
-
-
-class _Identity:
-    """Stands for a module that changes nothing: calling it returns its input."""
-
-    def __call__(self, node):
-        return node

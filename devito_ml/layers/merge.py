@@ -5,7 +5,7 @@ import numpy as np
 from devito import Eq
 
 from devito_ml.activations import as_activation
-from devito_ml.layer import Layer, fill_halo
+from devito_ml.layer import Layer
 from devito_ml.symbolics import Halo
 from devito_ml.validation import LayerArgumentError, ShapeError, check_array
 
@@ -67,7 +67,6 @@ class Merge(Layer):
 
     def _allocate(self, inputs, input_gradients):
         self.out_dims = self._io_dims('o', self.output_size, plain=True)
-        self.out_storage = self.out_dims
         self.inputs, self.input_gradients_list = [], []
         for index, size in enumerate(self._input_sizes):
             storage = self._storage_dims(f"in{index}", size)
@@ -78,10 +77,7 @@ class Merge(Layer):
             self.input_gradients_list.append(
                 self.tensor(f"din{index}", storage, size) if target is None else target)
         self.input, self.input_gradients = self.inputs[0], self.input_gradients_list[0]
-        self.result = self.tensor('out', self.out_storage, self.output_size,
-                                  self.result_halo)
-        fill_halo(self.result, self.result_fill)
-        self.result_gradients = self.tensor('dout', self.out_storage, self.output_size)
+        self._create_result()
         self._create_functions()
 
     def input_gradients_of(self, index):
