@@ -119,3 +119,23 @@ def test_bad_hyperparameters_are_refused(nets):
         SGD(nets[np.float64], lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match='betas'):
         Adam(nets[np.float64], betas=(1.0, 0.9))
+
+
+@pytest.mark.parametrize('kernel', [(5, 10), (8, 7)])
+def test_convolution_with_looped_taps_trains_in_one_operator(kernel):
+    """Above 49 taps a kernel is a loop; forward and weight gradient (one fused
+    train-step operator) once ordered rows and taps both ways: Devito refused the
+    operator as cyclic."""
+    from devito_ml import Conv, Flat, FullyConnected, Net
+    net = Net([Conv((2,) + kernel, padding=3, stride=(1, 2)), Flat(), FullyConnected(3)],
+              dtype=np.float64, batch_size=3, input_shape=(2, 9, 11), seed=1)
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((3, 2, 9, 11)), rng.integers(0, 3, 3)) for _ in range(3)]
+    settings = dict(lr=0.1, momentum=0.9)
+    expected_losses, expected = run_torch(net, np.float64, SGD, settings, data)
+    optimizer = SGD(net, **settings)
+    losses = [net.train_step(x, labels, optimizer)[0] for x, labels in data]
+    assert_close(losses, expected_losses, np.float64, 'losses')
+    ours = [f.data for layer in net.layers for f in layer.parameters().values()]
+    for mine, theirs in zip(ours, expected, strict=True):
+        assert_close(mine, theirs, np.float64, 'parameters after 3 steps')

@@ -298,10 +298,19 @@ import numpy as np
         dz = self.pre_activation_gradients
         taps = self._taps()
         if taps == [(self.ky, self.kx)]:
+            # Taps as loops outside the output rows: the forward pass (same operator
+            # when training) orders rows before taps, so this nest walks rows and
+            # columns of its own, or Devito finds the two orders cyclic.
+            _, _, oh, ow = self.output_size
+            gy, gx = self.dim('gy', oh), self.dim('gx', ow)
+            (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+            tap = self.input[m, self._input_channel(), gy * sy + self.ky * dy - py,
+                             gx * sx + self.kx * dx - px]
             return [Eq(self.kernel_gradients[k, c, self.ky, self.kx], 0),
                     Inc(self.kernel_gradients[k, c, self.ky, self.kx],
-                        dz[m, k, y, x] * self._tap(m),
-                        implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx, m, y, x)))]
+                        dz[m, k, gy, gx] * tap,
+                        implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx, m, gy,
+                                                     gx)))]
         eqs = []
         for i, j in taps:
             total = Scalar(name=f"{self.name}_dW_{i}_{j}", dtype=self.dtype.type)
