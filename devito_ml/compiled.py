@@ -7,7 +7,7 @@ size and then calls the compiled function directly.
 
 from devito import Operator
 
-from devito_ml import operator_cache
+from devito_ml import compiler, operator_cache
 
 BATCH = 'n'
 
@@ -76,13 +76,17 @@ class CompiledOperator:
 
 
 def lowered(equations, name, symbols=None):
-    """``Operator(equations)``, from the disk cache of lowered operators when there."""
+    """``Operator(equations)``, from the disk cache of lowered operators when there.
+
+    Built with :func:`devito_ml.compiler.compiler_name` (stale compile locks are
+    recovered; AddressSanitizer in that mode)."""
+    options = dict(language='openmp', compiler=compiler.compiler_name())
     if not operator_cache.enabled():
-        return Operator(equations, name=name, language='openmp')
-    key = operator_cache.cache_key(equations, name, symbols, language='openmp')
+        return Operator(equations, name=name, **options)
+    key = operator_cache.cache_key(equations, name, symbols, **options)
     operator = operator_cache.load(key)
     if operator is None:
-        operator = Operator(equations, name=name, language='openmp')
+        operator = Operator(equations, name=name, **options)
         operator_cache.store(key, operator)
     return operator
 

@@ -17,6 +17,8 @@ import sympy
 from devito import DefaultDimension, Function
 from devito.symbolics import CondEq, InlineIf
 
+from devito_ml import compiler
+
 __all__ = ['Select', 'CondEq', 'tensor', 'tap_dimension',
            'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps', 'MAX_UNROLLED_TAPS']
 
@@ -59,7 +61,8 @@ def tensor(name, dimensions, shape, dtype, halo=None):
     """A Grid-free Devito Function with an explicit (default empty) halo."""
     halo = Halo.none(len(shape)) if halo is None else halo
     return Function(name=name, dimensions=tuple(dimensions), shape=tuple(shape),
-                    dtype=np.dtype(dtype).type, space_order=0, halo=tuple(halo))
+                    dtype=np.dtype(dtype).type, space_order=0, halo=tuple(halo),
+                    allocator=compiler.allocator())
 
 
 def stuffed_extent(out_size, stride):

@@ -117,7 +117,7 @@ def test_learning_rate_changes_without_recompiling(nets):
 def test_bad_hyperparameters_are_refused(nets):
     with pytest.raises(ValueError, match='Nesterov'):
         SGD(nets[np.float64], lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match='betas'):
+    with pytest.raises(ValueError, match='beta1'):
         Adam(nets[np.float64], betas=(1.0, 0.9))
 
 
@@ -139,3 +139,59 @@ def test_convolution_with_looped_taps_trains_in_one_operator(kernel):
     ours = [f.data for layer in net.layers for f in layer.parameters().values()]
     for mine, theirs in zip(ours, expected, strict=True):
         assert_close(mine, theirs, np.float64, 'parameters after 3 steps')
+
+
+@pytest.mark.parametrize('kind, changes', [
+    (SGD, [dict(), dict(momentum=0.9, weight_decay=1e-3), dict(nesterov=True),
+           dict(nesterov=False, momentum=0.0)]),
+    (Adam, [dict(), dict(weight_decay=1e-2, betas=(0.8, 0.99))]),
+    (AdamW, [dict(weight_decay=0.0), dict(weight_decay=0.1)]),
+], ids=['SGD', 'Adam', 'AdamW'])
+def test_hyperparameters_set_later_take_effect_as_in_torch(nets, kind, changes):
+    """A term whose hyperparameter was 0 at construction is still generated."""
+    net = nets[np.float64]
+    net.load_state_dict(lenet5(BATCH, (8, 8), dtype=np.float64, seed=3).state_dict())
+    twin = to_torch(net).to(torch.float64)
+    ours, theirs = kind(net, lr=0.05), torch_optimizer(kind, twin.parameters(),
+                                                       dict(lr=0.05))
+    for step, (x, labels) in enumerate(batches(np.float64)[:2 * len(changes)]):
+        if step % 2 == 0:
+            for name, value in changes[step // 2].items():
+                setattr(ours, name, value)
+                theirs.param_groups[0][name] = value
+        net.train_step(x, labels, ours)
+        theirs.zero_grad()
+        torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)),
+                                          torch.from_numpy(labels)).backward()
+        theirs.step()
+    mine = [f.data for layer in net.layers for f in layer.parameters().values()]
+    for value, reference in zip(mine, twin.parameters(), strict=True):
+        assert_close(value, reference.detach().numpy(), np.float64, 'parameters')
+
+
+@pytest.mark.parametrize('kind, name, value, error, message', [
+    (SGD, 'lr', float('nan'), ValueError, '`lr` must be finite'),
+    (SGD, 'momentum', float('inf'), ValueError, '`momentum` must be finite'),
+    (SGD, 'weight_decay', -1.0, ValueError, '`weight_decay` must be >= 0'),
+    (SGD, 'lr', '0.1', TypeError, '`lr` must be a real number'),
+    (SGD, 'nesterov', 'yes', TypeError, '`nesterov` must be a bool'),
+    (Adam, 'beta2', 1.0, ValueError, '`beta2` must be < 1'),
+    (Adam, 'eps', None, TypeError, '`eps` must be a real number'),
+    (AdamW, 'weight_decay', float('-inf'), ValueError, '`weight_decay` must be finite'),
+])
+def test_hyperparameters_are_checked_whenever_set(nets, kind, name, value, error,
+                                                  message):
+    optimizer = kind(nets[np.float64], lr=0.1)
+    with pytest.raises(error, match=message):
+        setattr(optimizer, name, value)
+    if name != 'nesterov':
+        with pytest.raises(error, match=message):
+            kind(nets[np.float64], **{'lr': 0.1, name: value}
+                 if name not in ('beta1', 'beta2') else
+                 {'betas': (0.9, value) if name == 'beta2' else (value, 0.9)})
+
+
+def test_nesterov_without_momentum_is_refused_when_set_later(nets):
+    optimizer = SGD(nets[np.float64], lr=0.1, momentum=0.9, nesterov=True)
+    with pytest.raises(ValueError, match='Nesterov'):
+        optimizer.momentum = 0.0

@@ -44,19 +44,23 @@ class Adam(Optimizer):
     """
 
     name = 'adam'
-    hyperparameters = ('lr', 'beta1', 'beta2', 'eps', 'weight_decay')
+    hyperparameters = {'lr': (0.0, None), 'beta1': (0.0, 1.0), 'beta2': (0.0, 1.0),
+                       'eps': (0.0, None), 'weight_decay': (0.0, None)}
     decoupled = False
 
     def __init__(self, net, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        beta1, beta2 = betas
-        if not (lr >= 0 and 0 <= beta1 < 1 and 0 <= beta2 < 1 and eps >= 0
-                and weight_decay >= 0):
-            raise ValueError(f"{type(self).__name__}: need lr >= 0, 0 <= betas < 1, "
-                             f"eps >= 0, weight_decay >= 0; got lr={lr}, "
-                             f"betas={betas}, eps={eps}, weight_decay={weight_decay}")
-        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, \
-            weight_decay
-        super().__init__(net, lr)
+        beta1, beta2 = _pair(type(self).__name__, betas)
+        super().__init__(net, lr, beta1=beta1, beta2=beta2, eps=eps,
+                         weight_decay=weight_decay)
+
+    @property
+    def betas(self):
+        """``(beta1, beta2)``; settable as a pair."""
+        return self.beta1, self.beta2
+
+    @betas.setter
+    def betas(self, value):
+        self.beta1, self.beta2 = _pair(type(self).__name__, value)
 
     def _allocate_state(self):
         self.exp_avg = {p.name: self.state_buffer(p, 'exp_avg')
@@ -79,9 +83,10 @@ class Adam(Optimizer):
         eqs = []
         for parameter, gradient in self.selected(layers):
             p, g = parameter.indexify(), gradient[parameter.dimensions]
-            if self.weight_decay and self.decoupled:
+            # generated whatever the decay at construction: it may be set later
+            if self.decoupled:
                 eqs.append(Eq(p, p * self.constant('decoupled_decay')))
-            elif self.weight_decay:
+            else:
                 g = g + self.constant('weight_decay') * p
             m = self.exp_avg[parameter.name].indexify()
             v = self.exp_avg_sq[parameter.name].indexify()
@@ -92,6 +97,16 @@ class Adam(Optimizer):
                 + self.constant('eps')
             eqs.append(Eq(p, p - self.constant('step_size') * m / denominator))
         return eqs
+
+
+def _pair(owner, betas):
+    """``betas`` as two values, or an error naming the argument."""
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: `betas` must be a pair of numbers, got "
+                        f"{betas!r}") from None
+    return beta1, beta2
 
 
 class AdamW(Adam):

@@ -1,5 +1,8 @@
 """The Optimizer base class: state in Devito Functions, hyperparameters in Constants."""
 
+import math
+import numbers
+
 import numpy as np
 from devito import Constant
 
@@ -14,34 +17,66 @@ class Optimizer:
 
     The update is emitted as Devito equations (:meth:`equations`), which the net
     fuses into its train-step operator; :meth:`step` runs them alone after
-    ``net.backward``. Hyperparameters are Devito Constants: changing ``lr`` between
-    steps recompiles nothing. State (momentum buffers, moments) lives in Functions
-    named after the parameter (``conv1_W_momentum``).
+    ``net.backward``. Hyperparameters are Devito Constants: changing ``lr`` (or
+    any other) between steps recompiles nothing, and every term is generated
+    whatever its value at construction (a momentum of 0 set to 0.9 later takes
+    effect). Each value is checked whenever it is set, at construction, by a
+    schedule or from a checkpoint: a non-number, NaN, Inf or a value out of range is
+    refused, naming the optimizer and the hyperparameter. State (momentum buffers,
+    moments) lives in Functions named after the parameter (``conv1_W_momentum``).
     """
 
     name = 'optimizer'
-    hyperparameters = ('lr',)
+    #: hyperparameter -> (smallest value or None, bound it must stay below or None)
+    hyperparameters = {'lr': (0.0, None)}
 
-    def __init__(self, net, lr):
+    def __init__(self, net, lr, **hyperparameters):
         self.net = net
         self.step_count = 0
         self._operators = []
         self._constants = {}
-        self._values = {name: float(getattr(self, name))
-                        for name in type(self).hyperparameters if hasattr(self, name)}
+        self._values = {}
+        for name, value in dict(hyperparameters, lr=lr).items():
+            setattr(self, name, value)
+        self._check_consistency()
         self.parameters = [(layer.parameters()[role], gradient)
                            for layer in net.layers
                            for role, gradient in layer.gradients().items()]
-        self.lr = lr
         self._allocate_state()
         self._update_operator = None
 
     def __setattr__(self, name, value):
-        if name in type(self).hyperparameters and '_values' in self.__dict__:
-            self._values[name] = float(value)
+        if name in type(self).hyperparameters:
+            value = self._checked(name, value)
+            self._values[name] = value
             if name in self._constants:
-                self._constants[name].data = float(value)
+                self._constants[name].data = value
+            object.__setattr__(self, name, value)
+            if 'parameters' in self.__dict__:     # constructed: combinations too
+                self._check_consistency()
+            return
         object.__setattr__(self, name, value)
+
+    def _checked(self, name, value):
+        """``value`` as a float, or an error naming the optimizer and ``name``."""
+        owner = type(self).__name__
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{owner}: `{name}` must be a real number, got {value!r} "
+                            f"({type(value).__name__})")
+        value = float(value)
+        minimum, below = type(self).hyperparameters[name]
+        if not math.isfinite(value):
+            raise ValueError(f"{owner}: `{name}` must be finite, got {value}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{owner}: `{name}` must be >= {minimum:g}, got {value}")
+        if below is not None and value >= below:
+            raise ValueError(f"{owner}: `{name}` must be < {below:g}, got {value}")
+        return value
+
+    def _check_consistency(self):
+        """Refuse combinations of hyperparameters that torch refuses."""
 
     def constant(self, name):
         """The Devito Constant holding hyperparameter or per-step value ``name``."""
@@ -117,18 +152,54 @@ class Optimizer:
     # -- state ------------------------------------------------------------------------
 
     def state_dict(self):
-        """Copies of the state buffers, the step count and the hyperparameters."""
+        """Copies of the state buffers, the step count and the hyperparameters,
+        with the optimizer's name (``kind``)."""
         state = {f"state/{name}": f.data.copy()
                  for name, f in self.state_buffers().items()}
+        state['kind'] = np.array(self.name)
         state['step_count'] = np.array(self.step_count)
         state.update({f"hyper/{name}": np.array(getattr(self, name))
                       for name in type(self).hyperparameters})
         return state
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        Everything is checked before anything is written: the optimizer kind, the
+        keys, the shapes and that every value is finite; a mismatch is a
+        ValueError naming it.
+        """
+        owner = type(self).__name__
+        kind = str(state['kind']) if 'kind' in state else None
+        if kind is not None and kind != self.name:
+            raise ValueError(f"{owner}.load_state_dict: the state is of optimizer "
+                             f"`{kind}`, this is `{self.name}`")
+        expected = {f"state/{name}" for name in self.state_buffers()} | \
+            {f"hyper/{name}" for name in type(self).hyperparameters} | {'step_count'}
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected - {'kind'} - self._optional_state)
+        if missing or unexpected:
+            raise ValueError(f"{owner}.load_state_dict: missing {missing}, unexpected "
+                             f"{unexpected} (the state of another optimizer or net?)")
+        for name, f in self.state_buffers().items():
+            value = np.asarray(state[f"state/{name}"])
+            if value.shape != f.data.shape:
+                raise ValueError(f"{owner}.load_state_dict: `{name}` must have shape "
+                                 f"{f.data.shape}, got {value.shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{owner}.load_state_dict: `{name}` holds non-finite "
+                                 "values")
+        hyper = {name: state[f"hyper/{name}"] for name in type(self).hyperparameters}
+        for name, value in hyper.items():
+            self._checked(name, value)
         for name, f in self.state_buffers().items():
             f.data[:] = state[f"state/{name}"]
         self.step_count = int(state['step_count'])
-        for name in type(self).hyperparameters:
-            setattr(self, name, state[f"hyper/{name}"].item())
+        for name, value in hyper.items():
+            setattr(self, name, value)
+        self._load_extra_state(state)
+
+    _optional_state = frozenset()
+
+    def _load_extra_state(self, state):
+        """Restore what a subclass adds to :meth:`state_dict`."""

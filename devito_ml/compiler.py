@@ -1,0 +1,158 @@
+"""The C compiler and allocator of devito_ml's operators: Devito's GNU compiler,
+with stale-lock recovery and an AddressSanitizer test mode.
+
+Two extension points of Devito 4.8 are used, both pinned by tests
+(``tests/test_compiler.py``): a compiler class registered in
+``devito.arch.compiler.compiler_registry`` and chosen per operator
+(``Operator(..., compiler=name)``), and a ``MemoryAllocator`` passed to each Function.
+
+**Stale locks.** Devito compiles through codepy, which takes a lock file
+(``<codepy cache>/<soname[:7]>/lock``) opened exclusively, holds it open while it
+compiles and removes it after. A process killed in between leaves the file, and the
+next compile of the same code waits for it forever, silently (Devito hides codepy's
+warning). Before compiling, a lock that no live process holds open is removed, with
+a warning naming it.
+
+**AddressSanitizer.** With ``DEVITO_ML_SANITIZE=address`` every operator is compiled
+with ``-fsanitize=address`` into a JIT cache of its own (Devito's cache key ignores
+compiler flags), and every Function is allocated through the process's
+``posix_memalign``, ASan's when ``libasan`` is preloaded, so arrays get red zones.
+The process must start with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``
+(:func:`sanitizer_environment`).
+"""
+
+import ctypes
+import os
+import subprocess
+import time
+import warnings
+
+from devito import configuration
+from devito.arch.compiler import GNUCompiler, compiler_registry
+from devito.data.allocators import PosixAllocator
+from devito.tools import make_tempdir
+
+__all__ = ['GnuCompiler', 'AsanGnuCompiler', 'compiler_name', 'allocator',
+           'sanitizer', 'sanitizer_environment', 'clear_stale_lock']
+
+SANITIZE = 'DEVITO_ML_SANITIZE'
+
+
+def sanitizer():
+    """``'address'`` in the AddressSanitizer mode, else None."""
+    value = os.environ.get(SANITIZE, '')
+    if value not in ('', 'address'):
+        raise ValueError(f"{SANITIZE} must be `address` or empty, got {value!r}")
+    return value or None
+
+
+def clear_stale_lock(lock, settle=0.2):
+    """Remove codepy's ``lock`` file when no live process holds it open.
+
+    Returns True when a stale lock was removed. A compiling process holds its lock
+    open from creation to removal; the check is made twice, ``settle`` seconds
+    apart, so that a lock being released in between is left to its owner.
+    """
+    if not os.path.exists(lock) or _held_open(lock):
+        return False
+    time.sleep(settle)
+    if not os.path.exists(lock) or _held_open(lock):
+        return False
+    try:
+        os.unlink(lock)
+    except FileNotFoundError:
+        return False
+    warnings.warn(f"removed a stale compile lock `{lock}` (left by a process killed "
+                  "while compiling)", RuntimeWarning, stacklevel=2)
+    return True
+
+
+def _held_open(path):
+    """Whether any process of ours has ``path`` open (Linux: /proc/*/fd)."""
+    target = os.path.realpath(path)
+    try:
+        pids = [p for p in os.listdir('/proc') if p.isdigit()]
+    except FileNotFoundError:       # no /proc: assume held, never remove
+        return True
+    for pid in pids:
+        folder = f"/proc/{pid}/fd"
+        try:
+            for fd in os.listdir(folder):
+                try:
+                    if os.readlink(os.path.join(folder, fd)) == target:
+                        return True
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return False
+
+
+class GnuCompiler(GNUCompiler):
+    """Devito's GNU compiler; a stale compile lock is removed instead of waited on."""
+
+    def jit_compile(self, soname, code):
+        clear_stale_lock(os.path.join(self.get_codepy_dir(), soname[:7], 'lock'))
+        return super().jit_compile(soname, code)
+
+
+class AsanGnuCompiler(GnuCompiler):
+    """:class:`GnuCompiler` with AddressSanitizer, in JIT caches of its own."""
+
+    FLAGS = ['-fsanitize=address', '-fno-omit-frame-pointer']
+
+    def __init_finalize__(self, **kwargs):
+        super().__init_finalize__(**kwargs)
+        # -O1: ASan's documented level; -O3 vectorises reads that ASan then checks
+        # per vector, and takes longer to compile
+        self.cflags = [f for f in self.cflags if f != '-O3'] + ['-O1'] + self.FLAGS
+        self.ldflags = self.ldflags + self.FLAGS
+
+    def get_jit_dir(self):
+        return make_tempdir('jitcache-asan')
+
+    def get_codepy_dir(self):
+        return make_tempdir('codepy-asan')
+
+
+compiler_registry.setdefault('devito_ml-gnu', GnuCompiler)
+compiler_registry.setdefault('devito_ml-gnu-asan', AsanGnuCompiler)
+
+
+def compiler_name():
+    """The registered compiler operators are built with, or None for Devito's own
+    (when Devito is configured with another compiler than GNU's)."""
+    if sanitizer():
+        return 'devito_ml-gnu-asan'
+    if type(configuration['compiler']) is GNUCompiler:
+        return 'devito_ml-gnu'
+    return None
+
+
+class _ProcessAllocator(PosixAllocator):
+    """``posix_memalign`` as the process resolves it: ASan's when preloaded
+    (Devito's allocator binds libc's own, which ASan does not see)."""
+
+    @classmethod
+    def initialize(cls):
+        cls.lib = ctypes.CDLL(None)
+
+
+_PROCESS_ALLOCATOR = _ProcessAllocator()
+
+
+def allocator():
+    """The MemoryAllocator for new Functions: None (Devito's) unless sanitizing."""
+    return _PROCESS_ALLOCATOR if sanitizer() else None
+
+
+def sanitizer_environment(environment=None):
+    """A copy of ``environment`` (default ``os.environ``) that runs Python under
+    AddressSanitizer: libasan preloaded, the mode on, leaks not reported (Python's
+    own allocations would be)."""
+    environment = dict(os.environ if environment is None else environment)
+    library = subprocess.run(['gcc', '-print-file-name=libasan.so'], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    environment.update(LD_PRELOAD=library, ASAN_OPTIONS='detect_leaks=0',
+                       **{SANITIZE: 'address'})
+    return environment
