@@ -80,7 +80,7 @@ def lowered(equations, name, symbols=None):
 
     Built with :func:`devito_ml.compiler.compiler_name` (stale compile locks are
     recovered; AddressSanitizer in that mode)."""
-    options = dict(language='openmp', compiler=compiler.compiler_name())
+    options = operator_options()
     if not operator_cache.enabled():
         return Operator(equations, name=name, **options)
     key = operator_cache.cache_key(equations, name, symbols, **options)
@@ -89,6 +89,11 @@ def lowered(equations, name, symbols=None):
         operator = Operator(equations, name=name, **options)
         operator_cache.store(key, operator)
     return operator
+
+
+def operator_options():
+    """The options every operator is built with (and cached under)."""
+    return dict(language='openmp', compiler=compiler.compiler_name())
 
 
 def is_batch_dimension(dimension):

@@ -6,7 +6,7 @@ import pytest
 
 from devito_ml import Conv, Flat, FullyConnected, MaxPooling, Net, ReLU
 from devito_ml import operator_cache
-from devito_ml.compiled import CompiledOperator
+from devito_ml.compiled import CompiledOperator, operator_options
 
 
 def build():
@@ -32,7 +32,7 @@ def test_cached_operators_give_fresh_results(fresh_results, monkeypatch):
     net = build()
     part = net.forward_operator.parts[0]
     key = operator_cache.cache_key(net.forward_equations(True), part.name,
-                                   language='openmp')
+                                   **operator_options())
     assert operator_cache.load(key) is not None
     assert np.array_equal(net.forward(x), output)
     assert net.backward(labels) == loss
