@@ -105,7 +105,7 @@ def _train(args):
     history = fit(net, optimizer, train, test, epochs=args.epochs, seed=args.seed,
                   checkpoint=os.path.join(args.out, 'checkpoint.npz'),
                   resume=args.resume, progress=not args.no_progress,
-                  lr_schedule=cosine_schedule(args.lr, args.epochs))
+                  lr_schedule=cosine_schedule(args.lr, args.epochs), check_finite=True)
     with open(os.path.join(args.out, 'history.json'), 'w') as handle:
         handle.write(history.to_json())
     plot_history(history, os.path.join(args.out, 'history.png'))
@@ -191,10 +191,16 @@ def main(argv=None):
     if getattr(args, 'lr', 1) <= 0:
         parser.error(f"--lr must be positive, got {args.lr}")
     args.dtype = np.dtype(args.dtype).type
+    from devito_ml.errors import NonFiniteError
     try:
         return {'train': _train, 'codegen': _codegen}[args.command](args)
-    except (CommandError, ValueError, TypeError, FileNotFoundError, OSError) as error:
+    except NonFiniteError as error:    # a run that diverged: exit 1, nothing saved
         print(f"devito-ml: error: {error}", file=sys.stderr)
+        return 1
+    except (CommandError, ValueError, TypeError, FileNotFoundError, OSError,
+            KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"devito-ml: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -500,15 +500,24 @@ class Net:
                 for name, data in {**self.parameters(), **self.buffers()}.items()}
 
     def load_state_dict(self, state):
-        """Copy parameters and buffers in from ``state`` (from :meth:`state_dict`)."""
+        """Copy parameters and buffers in from ``state`` (from :meth:`state_dict`).
+
+        Everything is checked before anything is written: the names (missing and
+        unexpected ones are listed), the shapes, and that the values are finite.
+        """
         own = {**self.parameters(), **self.buffers()}
-        if set(state) != set(own):
-            raise KeyError(f"Net.load_state_dict: expected keys {sorted(own)}, got "
-                           f"{sorted(state)}")
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"Net `{self.name}`.load_state_dict: missing {missing}, "
+                           f"unexpected {unexpected} (the state of another model?)")
         for name, data in own.items():
             if np.shape(state[name]) != data.shape:
-                raise ShapeError(f"Net.load_state_dict: `{name}` must have shape "
-                                 f"{data.shape}, got {np.shape(state[name])}")
+                raise ShapeError(f"Net `{self.name}`.load_state_dict: `{name}` must "
+                                 f"have shape {data.shape}, got {np.shape(state[name])}")
+            if not np.all(np.isfinite(state[name])):
+                raise ValueError(f"Net `{self.name}`.load_state_dict: `{name}` holds "
+                                 "NaN or infinite values")
+        for name, data in own.items():
             data[...] = state[name]
 
     # -- generated code ---------------------------------------------------------------

@@ -2,17 +2,22 @@
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from devito_ml.data.batches import Batches
+from devito_ml.errors import CheckpointError, NonFiniteError
 
 __all__ = ['History', 'fit', 'evaluate', 'cosine_schedule', 'save_checkpoint',
-           'load_checkpoint']
+           'load_checkpoint', 'read_checkpoint', 'checked_data',
+           'remove_stale_temporaries']
 
 
 @dataclasses.dataclass
@@ -59,6 +64,7 @@ def _row(entry):
 
 def evaluate(net, images, labels, loss=None):
     """Mean loss and accuracy over a data set, in evaluation mode, no gradients."""
+    images, labels = checked_data(net, 'evaluate', 'data', (images, labels))
     net.eval()
     total_loss, correct = 0.0, 0
     for x, y in Batches(images, labels, net.input_size[0], shuffle=False).epoch(0):
@@ -69,6 +75,49 @@ def evaluate(net, images, labels, loss=None):
     return total_loss / len(labels), correct / len(labels)
 
 
+def checked_data(net, owner, role, data, check_finite=False):
+    """``data = (images, labels)`` as arrays that ``net`` can run, or an error
+    naming ``owner``, ``role`` and what is wrong.
+
+    Images must be NCHW (or ``(N, features)``) in the net's dtype and sample
+    shape, labels one per image; with ``check_finite``, a NaN or an infinity in the
+    images is a :class:`NonFiniteError` naming the first sample that holds one.
+    """
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{owner}: `{role}` must be a pair (images, labels), got "
+                        f"{type(data).__name__}")
+    images, labels = data
+    if not isinstance(images, np.ndarray):
+        raise TypeError(f"{owner}: `{role}` images must be a numpy array, got "
+                        f"{type(images).__name__}")
+    try:
+        labels = np.asarray(labels)
+    except ValueError as error:     # ragged lists
+        raise TypeError(f"{owner}: `{role}` labels must be an array: {error}") from None
+    sample = tuple(net.input_size[1:])
+    if images.ndim != len(sample) + 1 or images.shape[1:] != sample:
+        raise ValueError(f"{owner}: `{role}` images must have shape (N,) + {sample}, "
+                         f"got {images.shape}")
+    if images.dtype != net.dtype:
+        raise TypeError(f"{owner}: `{role}` images must be {net.dtype} like the net, "
+                        f"got {images.dtype} (convert with .astype)")
+    if len(images) == 0:
+        raise ValueError(f"{owner}: `{role}` holds no samples")
+    if labels.ndim == 0 or len(labels) != len(images):
+        raise ValueError(f"{owner}: `{role}` has {len(images)} images but "
+                         f"{labels.shape} labels")
+    if labels.dtype.kind not in 'iuf':
+        raise TypeError(f"{owner}: `{role}` labels must be integers or "
+                        f"probabilities, got {labels.dtype}")
+    if check_finite:
+        bad = ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+        if bad.any():
+            raise NonFiniteError(f"{owner}: `{role}` image {int(np.argmax(bad))} holds "
+                                 f"NaN or infinite values ({int(bad.sum())} images "
+                                 "in all)")
+    return images, labels
+
+
 def cosine_schedule(lr, epochs, final=0.0):
     """``epoch -> lr`` decaying from ``lr`` to ``final`` along half a cosine."""
     def schedule(epoch):
@@ -77,11 +126,16 @@ def cosine_schedule(lr, epochs, final=0.0):
 
 
 def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
-        checkpoint=None, resume=False, progress=True, log=print, lr_schedule=None):
+        checkpoint=None, resume=False, progress=True, log=print, lr_schedule=None,
+        check_finite=False):
     """Train ``net`` with ``optimizer`` for ``epochs`` epochs.
 
     Every step (forward, backward, update) runs in the net's fused train-step
     operator; the last, smaller batch of an epoch runs on the same operator.
+    The loss is checked at every step: the first NaN or infinity stops training
+    with a :class:`~devito_ml.errors.NonFiniteError` naming the epoch and the step,
+    and the last checkpoint, written at the end of an epoch whose parameters were
+    all finite, is kept as it was.
 
     Parameters
     ----------
@@ -106,11 +160,18 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         Receives one line per epoch.
     lr_schedule : callable, optional
         ``epoch -> learning rate``, set before each epoch (no recompilation).
+    check_finite : bool
+        Check the images of ``train`` and ``test`` for NaN and infinities first.
 
     Returns
     -------
     History
     """
+    train = checked_data(net, 'fit', 'train', train, check_finite)
+    if test is not None:
+        test = checked_data(net, 'fit', 'test', test, check_finite)
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"fit: `epochs` must be an int >= 0, got {epochs!r}")
     history, start = History(), 0
     if resume and checkpoint and os.path.exists(checkpoint):
         start, history = load_checkpoint(checkpoint, net, optimizer)
@@ -130,8 +191,18 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         total_loss, correct = 0.0, 0
         bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch + 1}",
                    disable=not progress, leave=False)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
             value, output = net.train_step(x, y, optimizer, loss)
+            if not math.isfinite(value):
+                bar.close()
+                kept = (f"the checkpoint `{checkpoint}` of epoch {start} is kept as it "
+                        "was" if checkpoint and os.path.exists(checkpoint)
+                        else "no checkpoint was written")
+                raise NonFiniteError(
+                    f"fit: the training loss is {value} at epoch {epoch + 1}, step "
+                    f"{step + 1} of {len(batches)} (learning rate {optimizer.lr:g}); "
+                    f"training stopped and {kept}. Lower the learning rate, or look "
+                    "for NaN in the data (fit(check_finite=True))")
             total_loss += value * len(y)
             correct += int(np.sum(output.argmax(axis=1) == y))
             bar.set_postfix(loss=f"{value:.4f}")
@@ -142,6 +213,7 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
             'test_accuracy': test_accuracy, 'seconds': time.perf_counter() - began})
         if checkpoint:
             save_checkpoint(checkpoint, net, optimizer, epoch + 1, history)
+            start = epoch + 1
         if log:
             log(_row(history.epochs[-1]))
     return history
@@ -152,16 +224,27 @@ def save_checkpoint(path, net, optimizer, epoch, history):
 
     The file is written under a temporary name in the same folder, flushed to disk,
     then renamed over ``path``: a crash leaves either the old checkpoint or the new
-    one, never a broken file.
+    one, never a broken file. Temporary files left by killed runs (their process is
+    gone) are removed. A parameter, buffer or optimizer state holding NaN or an
+    infinity is a :class:`NonFiniteError` naming it, and nothing is written.
     """
     arrays = {f"param/{name}": value for name, value in net.state_dict().items()}
     arrays.update({f"optim/{name}": value
                    for name, value in optimizer.state_dict().items()})
+    bad = sorted(name for name, value in arrays.items()
+                 if value.dtype.kind == 'f' and not np.all(np.isfinite(value)))
+    if bad:
+        raise NonFiniteError(f"save_checkpoint: {', '.join(bad[:5])}"
+                             f"{' and others' if len(bad) > 5 else ''} hold NaN or "
+                             f"infinite values; `{path}` was not written")
+    arrays['format'] = np.array(CHECKPOINT_FORMAT)
     arrays['epoch'] = np.array(epoch)
     arrays['history'] = np.array(history.to_json())
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix='.checkpoint-', suffix='.npz')
+    remove_stale_temporaries(folder)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".checkpoint-{os.getpid()}-",
+                                         suffix='.npz')
     try:
         with os.fdopen(handle, 'wb') as stream:
             np.savez(stream, **arrays)
@@ -174,13 +257,82 @@ def save_checkpoint(path, net, optimizer, epoch, history):
         raise
 
 
+CHECKPOINT_FORMAT = 'devito_ml checkpoint 1'
+_TEMPORARY = re.compile(r'\.checkpoint-(\d+)-.*\.npz$')
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary checkpoint files in ``folder`` whose writer is dead."""
+    for name in os.listdir(folder):
+        match = _TEMPORARY.match(name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_checkpoint(path):
+    """The arrays of checkpoint ``path`` by name, checked to be one of ours and
+    finite, or a :class:`CheckpointError` saying what is wrong with the file."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as error:
+        raise CheckpointError(f"checkpoint `{path}` cannot be read: it is truncated, "
+                              f"corrupted or not a checkpoint ({type(error).__name__}: "
+                              f"{error})") from None
+    if not isinstance(arrays, dict) or 'epoch' not in arrays or \
+            'history' not in arrays:
+        raise CheckpointError(f"checkpoint `{path}` is not a devito_ml checkpoint (no "
+                              "`epoch` and `history` in it)")
+    bad = sorted(name for name, value in arrays.items()
+                 if value.dtype.kind == 'f' and not np.all(np.isfinite(value)))
+    if bad:
+        raise CheckpointError(f"checkpoint `{path}`: {', '.join(bad[:5])} hold NaN or "
+                              "infinite values")
+    return arrays
+
+
 def load_checkpoint(path, net, optimizer=None):
-    """Load a checkpoint into ``net`` (and ``optimizer``); return (epoch, history)."""
-    with np.load(path) as archive:
-        net.load_state_dict({key[len('param/'):]: archive[key] for key in archive.files
-                             if key.startswith('param/')})
+    """Load a checkpoint into ``net`` (and ``optimizer``); return (epoch, history).
+
+    All or nothing: a file that cannot be read, or whose parameters, buffers or
+    optimizer state do not fit ``net`` and ``optimizer`` (another model, another
+    optimizer), is a :class:`CheckpointError` naming the difference, and ``net``
+    and ``optimizer`` are left as they were.
+    """
+    arrays = read_checkpoint(path)
+    try:
+        epoch = int(arrays['epoch'])
+        history = History.from_json(str(arrays['history']))
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint `{path}`: unreadable epoch or history "
+                              f"({error})") from None
+    before = (net.state_dict(), optimizer.state_dict() if optimizer else None)
+    try:
+        net.load_state_dict({key[len('param/'):]: value
+                             for key, value in arrays.items() if key.startswith('param/')})
         if optimizer is not None:
-            optimizer.load_state_dict({key[len('optim/'):]: archive[key]
-                                       for key in archive.files
+            optimizer.load_state_dict({key[len('optim/'):]: value
+                                       for key, value in arrays.items()
                                        if key.startswith('optim/')})
-        return int(archive['epoch']), History.from_json(str(archive['history']))
+    except (KeyError, ValueError, TypeError) as error:
+        net.load_state_dict(before[0])
+        if optimizer is not None:
+            optimizer.load_state_dict(before[1])
+        message = error.args[0] if error.args else error
+        raise CheckpointError(f"checkpoint `{path}` does not fit: {message}") from None
+    return epoch, history

@@ -1,6 +1,7 @@
 """Reader for the IDX format of MNIST (raw or gzip-compressed files on disk)."""
 
 import gzip
+import math
 import os
 
 import numpy as np
@@ -49,7 +50,7 @@ def read_idx(path):
     if len(raw) < header:
         raise IDXFormatError(f"read_idx: `{path}` is truncated inside its header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
-    expected = header + dtype.itemsize * int(np.prod(shape))
+    expected = header + dtype.itemsize * math.prod(shape)    # exact: no overflow
     if len(raw) != expected:
         raise IDXFormatError(f"read_idx: `{path}` holds {len(raw)} bytes, its header "
                              f"{shape} announces {expected}")
@@ -74,6 +75,9 @@ def load_mnist(directory, kind='train', dtype=np.float32):
                                 f"`{directory}`")
     images = read_idx(find(f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(find(f"{prefix}-labels-idx1-ubyte"))
+    if images.dtype != np.uint8 or labels.dtype.kind not in 'iu':
+        raise IDXFormatError(f"load_mnist: images must be unsigned bytes and labels "
+                             f"integers, got {images.dtype} and {labels.dtype}")
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise IDXFormatError(f"load_mnist: images {images.shape} and labels "
                              f"{labels.shape} do not pair up")
