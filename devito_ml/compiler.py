@@ -13,15 +13,19 @@ next compile of the same code waits for it forever, silently (Devito hides codep
 warning). Before compiling, a lock that no live process holds open is removed, with
 a warning naming it.
 
+**Flags.** ``-fno-finite-math-only`` is added to Devito's ``-ffast-math`` (NaN and
+infinities keep their meaning), and compiled code is cached in a folder per set of
+flags: Devito's cache key ignores them.
+
 **AddressSanitizer.** With ``DEVITO_ML_SANITIZE=address`` every operator is compiled
-with ``-fsanitize=address`` into a JIT cache of its own (Devito's cache key ignores
-compiler flags), and every Function is allocated through the process's
+with ``-fsanitize=address`` (so into a JIT cache of its own), and every Function is allocated through the process's
 ``posix_memalign``, ASan's when ``libasan`` is preloaded, so arrays get red zones.
 The process must start with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``
 (:func:`sanitizer_environment`).
 """
 
 import ctypes
+import hashlib
 import os
 import subprocess
 import time
@@ -89,7 +93,32 @@ def _held_open(path):
 
 
 class GnuCompiler(GNUCompiler):
-    """Devito's GNU compiler; a stale compile lock is removed instead of waited on."""
+    """Devito's GNU compiler, with NaN and infinities kept, a JIT cache per set of
+    flags, and a stale compile lock removed instead of waited on.
+
+    Devito compiles with ``-ffast-math``, under which gcc may assume that no NaN
+    exists (``x != x`` folds to false, ``fmaxf`` drops one): a diverging input
+    could hide behind a finite output. ``-fno-finite-math-only`` keeps the other
+    fast-math licences (reassociation for vector reductions) and IEEE NaN/Inf.
+    """
+
+    def __init_finalize__(self, **kwargs):
+        super().__init_finalize__(**kwargs)
+        # as Devito's default (custom) compiler: the environment's flags too
+        extra_c, extra_ld = (os.environ.get(k, '').split() for k in ('CFLAGS', 'LDFLAGS'))
+        self.cflags = self.cflags + extra_c + ['-fno-finite-math-only']
+        self.ldflags = self.ldflags + extra_ld
+
+    def _cache_name(self, kind):
+        """Devito's cache key ignores flags: one cache folder per set of flags."""
+        flags = ' '.join(self.cflags + self.ldflags)
+        return f"{kind}-{hashlib.sha1(flags.encode()).hexdigest()[:10]}"
+
+    def get_jit_dir(self):
+        return make_tempdir(self._cache_name('jitcache'))
+
+    def get_codepy_dir(self):
+        return make_tempdir(self._cache_name('codepy'))
 
     def jit_compile(self, soname, code):
         clear_stale_lock(os.path.join(self.get_codepy_dir(), soname[:7], 'lock'))
@@ -108,12 +137,6 @@ class AsanGnuCompiler(GnuCompiler):
         self.cflags = [f for f in self.cflags if f != '-O3'] + ['-O1'] + self.FLAGS
         self.ldflags = self.ldflags + self.FLAGS
 
-    def get_jit_dir(self):
-        return make_tempdir('jitcache-asan')
-
-    def get_codepy_dir(self):
-        return make_tempdir('codepy-asan')
-
 
 compiler_registry.setdefault('devito_ml-gnu', GnuCompiler)
 compiler_registry.setdefault('devito_ml-gnu-asan', AsanGnuCompiler)
@@ -124,7 +147,10 @@ def compiler_name():
     (when Devito is configured with another compiler than GNU's)."""
     if sanitizer():
         return 'devito_ml-gnu-asan'
-    if type(configuration['compiler']) is GNUCompiler:
+    configured = configuration['compiler']
+    gnu = isinstance(configured, GNUCompiler) or \
+        getattr(configured, '_base', None) is GNUCompiler    # Devito's default: custom
+    if gnu and os.path.basename(os.environ.get('CC', 'gcc')).startswith('gcc'):
         return 'devito_ml-gnu'
     return None
 

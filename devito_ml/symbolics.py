@@ -15,11 +15,11 @@ Everything here is pinned to Devito 4.8 behaviour, measured with the version in
 import numpy as np
 import sympy
 from devito import DefaultDimension, Function
-from devito.symbolics import CondEq, InlineIf
+from devito.symbolics import CondEq, CondNe, InlineIf
 
 from devito_ml import compiler
 
-__all__ = ['Select', 'CondEq', 'tensor', 'tap_dimension',
+__all__ = ['Select', 'CondEq', 'CondNe', 'tensor', 'tap_dimension',
            'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps', 'MAX_UNROLLED_TAPS']
 
 MAX_UNROLLED_TAPS = 49

@@ -66,3 +66,23 @@ def test_subsampling_with_other_function_runs_forward_only():
 def test_padding_above_half_the_kernel_is_refused():
     with pytest.raises(LayerArgumentError, match='padding'):
         MaxPooling(2, (1, 1, 4, 4), padding=2)
+
+
+@pytest.mark.parametrize('kernel', [2, 3, 8], ids=['unrolled2', 'unrolled3', 'looped'])
+def test_max_pooling_propagates_nan_as_torch(kernel):
+    """A NaN anywhere in a window, first tap included, makes the output NaN (fmaxf
+    would drop it); infinities stay infinities; the gradient is routed as torch's."""
+    pool = MaxPooling(kernel_size=kernel, input_size=(2, 2, 8, 8), dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8))
+    x[0, 0, 0, 0] = np.nan                  # first tap of the first window
+    x[1, 1, 7, 7] = np.inf
+    x[1, 0, 4, 5] = -np.inf
+    y = pool.forward(x)
+    upstream = np.ones_like(y)
+    dx = pool.backward(upstream)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    y_torch = torch.nn.functional.max_pool2d(x_torch, kernel)
+    y_torch.backward(torch.from_numpy(upstream))
+    np.testing.assert_array_equal(y, y_torch.detach().numpy())     # NaN == NaN here
+    np.testing.assert_array_equal(dx, x_torch.grad.numpy())
+    assert np.isnan(y[0, 0, 0, 0])

@@ -7,7 +7,7 @@ from sympy import Max, Min
 
 from devito_ml.layer import Layer
 from devito_ml.layers.window import padding_halo, window_output_size
-from devito_ml.symbolics import (CondEq, Halo, Select, kernel_taps, stuffed_extent,
+from devito_ml.symbolics import (CondEq, CondNe, Halo, Select, kernel_taps, stuffed_extent,
                                  stuffed_halo)
 from devito_ml.validation import LayerArgumentError, as_pair
 
@@ -92,8 +92,11 @@ class Pooling(Layer):
         taps = [self._tap(i, j) for i, j in self._taps()]
         if self.reduction == 'max':
             if len(taps) > 1:
-                return [Eq(out, Max(*taps))]
-            return [Eq(out, -sympy.oo), Eq(out, Max(out, taps[0]))]
+                return [Eq(out, nan_propagating_max(taps))]
+            tap = taps[0]
+            return [Eq(out, -sympy.oo),
+                    Eq(out, Select(CondNe(out, out), out,
+                                   Select(CondNe(tap, tap), tap, Max(out, tap))))]
         area = self.kernel_size[0] * self.kernel_size[1]
         if len(taps) > 1:
             return [Eq(out, sympy.Add(*taps) / area)]
@@ -105,13 +108,16 @@ class Pooling(Layer):
         r, q = self.kernel_size
         out = self.result[n, c, y, x]
         taps = self._taps()
+        # a NaN tap is the maximum (the output is NaN): the first NaN gets the gradient
         if len(taps) == 1:
-            index = self.ky * q + self.kx
-            first = Select(CondEq(self._tap(), out), index, r * q)
+            index, tap = self.ky * q + self.kx, self._tap()
+            first = Select(CondNe(tap, tap), index, Select(CondEq(tap, out), index, r * q))
             return [Eq(arg, r * q), Eq(arg, Min(arg, first))]
         first = sympy.Integer(r * q)
         for i, j in reversed(taps):
-            first = Select(CondEq(self._tap(i, j), out), i * q + j, first)
+            tap = self._tap(i, j)
+            first = Select(CondNe(tap, tap), i * q + j,
+                           Select(CondEq(tap, out), i * q + j, first))
         return [Eq(arg, first)]
 
     def _backward_equations(self, training):
@@ -136,6 +142,19 @@ class Pooling(Layer):
         din = self.input_gradients[n, ci, h, w]
         total = sympy.Add(*[contribution(i, j) for i, j in self._taps()])
         return eqs + [Eq(din, 0), Inc(din, total)]
+
+
+def nan_propagating_max(values):
+    """The maximum of ``values``, NaN when one of them is NaN, as torch.
+
+    C's ``fmaxf`` returns the other operand of a NaN: the first NaN is selected
+    explicitly (``x != x``; the compiler keeps NaN semantics, see
+    :mod:`devito_ml.compiler`).
+    """
+    result = Max(*values)
+    for value in reversed(values):
+        result = Select(CondNe(value, value), value, result)
+    return result
 
 
 class MaxPooling(Pooling):

@@ -17,15 +17,19 @@ class CrossEntropy(Loss):
 
     Notes
     -----
-    With :math:`m_n = \max_k z_{nk}` and :math:`s_n = \sum_k e^{z_{nk} - m_n}`,
+    With :math:`m_n = \max_k z_{nk}`, :math:`s_n = \sum_k e^{z_{nk} - m_n}` and
+    :math:`T_n = \sum_k t_{nk}`,
 
     .. math::
 
-        L = \frac{1}{N}\sum_n \Big(m_n + \log s_n - \sum_k t_{nk} z_{nk}\Big),\qquad
-        \frac{\partial L}{\partial z_{nk}} = \frac{1}{N}\Big(\frac{e^{z_{nk}-m_n}}{s_n}
+        L = \frac{1}{N}\sum_n \sum_k t_{nk}\big(\log s_n - (z_{nk} - m_n)\big),\qquad
+        \frac{\partial L}{\partial z_{nk}} = \frac{1}{N}\Big(T_n\frac{e^{z_{nk}-m_n}}{s_n}
             - t_{nk}\Big)
 
-    which stays finite for logits of any magnitude; ``t`` rows sum to one.
+    as torch's ``cross_entropy``, also for target rows that do not sum to one.
+    Each term is formed from ``z - m`` (exact near the maximum) and ``log s`` (at
+    most the log of the number of classes): nothing of the logits' magnitude
+    cancels, so logits of 1e4 keep float32's relative precision in the loss.
     """
 
     name = 'cross_entropy'
@@ -40,6 +44,7 @@ class CrossEntropy(Loss):
         self.row_sum = tensor(f"{self.name}_sum", (self.n,), batch, self.dtype)
         self.probabilities = tensor(f"{self.name}_probabilities", (self.n, self.k),
                                     self.output_size, self.dtype)
+        self.target_sum = tensor(f"{self.name}_target_sum", (self.n,), batch, self.dtype)
 
     def equations(self, output, gradient):
         n, k, t = self.n, self.k, self.targets
@@ -47,13 +52,16 @@ class CrossEntropy(Loss):
         passes = [tap_dimension(f"{self.name}_{role}", classes)
                   for role in ('kmax', 'ksum')] + [k]
         k_dot = tap_dimension(f"{self.name}_kdot", classes)
+        k_total = tap_dimension(f"{self.name}_ktotal", classes)
         batch = self.batch_size()
-        loss = self.per_sample[n]
+        loss, total = self.per_sample[n], self.target_sum[n]
+        log_sum = sympy.log(self.row_sum[n])
         return softmax_equations(output, self.probabilities, self.row_max,
                                  self.row_sum, n, passes) + [
-            Eq(gradient[n, k], (self.probabilities[n, k] - t[n, k]) / batch),
-            Eq(loss, self.row_max[n] + sympy.log(self.row_sum[n])),
-            Inc(loss, -t[n, k_dot] * output[n, k_dot])]
+            Eq(total, 0), Inc(total, t[n, k_total]),
+            Eq(gradient[n, k], (total * self.probabilities[n, k] - t[n, k]) / batch),
+            Eq(loss, 0),
+            Inc(loss, t[n, k_dot] * (log_sum - (output[n, k_dot] - self.row_max[n])))]
 
     def set_targets(self, targets, batch):
         """Class labels ``(b,)`` (ints) or target probabilities ``(b, classes)``."""
