@@ -45,13 +45,18 @@ class Identity(Activation):
 
 
 class ReLU(Activation):
-    """``y = max(0, z)``; ``dy/dz = 1 if y > 0 else 0`` (0 at z = 0, as PyTorch)."""
+    """``y = max(0, z)``; ``dy/dz = 0 if y <= 0 else 1`` (0 at z = 0, as PyTorch).
+
+    Written as ``z < 0 ? 0 : z`` so that a NaN stays NaN, as in torch (``fmaxf``
+    would turn it into 0 and hide a diverging input); its gradient passes a NaN's
+    upstream gradient, as torch's ``threshold_backward``.
+    """
 
     def forward(self, z):
-        return Max(0, z)
+        return Select(z < 0, 0, z)
 
     def derivative_from_output(self, y):
-        return Select(y > 0, 1, 0)
+        return Select(y <= 0, 0, 1)
 
 
 class LeakyReLU(Activation):
@@ -139,6 +144,8 @@ def _recognise(function):
         value = sympy.sympify(function(z))
     except Exception:  # not symbolic: keep it as the user wrote it
         return ForwardOnly(function)
+    if value == Max(0, z):
+        return ReLU()
     for candidate in (Identity(), ReLU(), Sigmoid(), Tanh()):
         if value == candidate.forward(z):
             return candidate

@@ -212,7 +212,11 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
             'train_accuracy': correct / len(train[1]), 'test_loss': test_loss,
             'test_accuracy': test_accuracy, 'seconds': time.perf_counter() - began})
         if checkpoint:
-            save_checkpoint(checkpoint, net, optimizer, epoch + 1, history)
+            try:
+                save_checkpoint(checkpoint, net, optimizer, epoch + 1, history)
+            except NonFiniteError as error:
+                raise NonFiniteError(f"fit: after epoch {epoch + 1}, with a finite loss "
+                                     f"at every step: {error}") from None
             start = epoch + 1
         if log:
             log(_row(history.epochs[-1]))
@@ -321,6 +325,10 @@ def load_checkpoint(path, net, optimizer=None):
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"checkpoint `{path}`: unreadable epoch or history "
                               f"({error})") from None
+    kind = str(arrays['optim/kind']) if 'optim/kind' in arrays else None
+    if optimizer is not None and kind is not None and kind != optimizer.name:
+        raise CheckpointError(f"checkpoint `{path}` does not fit: it holds the state of "
+                              f"optimizer `{kind}`, this is `{optimizer.name}`")
     before = (net.state_dict(), optimizer.state_dict() if optimizer else None)
     try:
         net.load_state_dict({key[len('param/'):]: value

@@ -74,13 +74,19 @@ def from_torch(module, input_shape, batch_size, dtype=np.float32, name='net',
     return net
 
 
+def _shape(value):
+    """A tensor's sample shape; None for what is not a tensor (an LSTM's tuple)."""
+    shape = getattr(value, 'shape', None)
+    return tuple(shape[1:]) if shape is not None else None
+
+
 def _shapes(module, input_shape, torch):
     """Input and output shapes of every submodule on one zero sample, by path."""
     shapes, hooks = {}, []
     for path, child in module.named_modules():
         hooks.append(child.register_forward_hook(
             lambda m, i, o, path=path: shapes.__setitem__(
-                path, (tuple(i[0].shape[1:]), tuple(o.shape[1:])))))
+                path, (_shape(i[0]), _shape(o)))))
     try:
         with torch.no_grad():
             training = module.training
