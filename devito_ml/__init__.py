@@ -1,6 +1,7 @@
 """devito_ml: convolutional networks whose forward and backward passes are generated
 C/OpenMP code, built by Devito from the equations each layer emits."""
 
+from devito_ml.errors import CheckpointError, NonFiniteError
 from devito_ml.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from devito_ml.graph import Input
 from devito_ml.layer import Layer
@@ -21,4 +22,4 @@ __all__ = ['Layer', 'Input', 'Conv', 'MaxPooling', 'AvgPooling', 'GlobalAvgPooli
            'ActivationLayer',
            'FullyConnected', 'FullyConnectedSoftmax', 'Net',
            'Identity', 'ReLU', 'LeakyReLU', 'Sigmoid', 'Tanh',
-           'LayerArgumentError', 'ShapeError']
+           'LayerArgumentError', 'ShapeError', 'NonFiniteError', 'CheckpointError']

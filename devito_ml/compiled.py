@@ -5,6 +5,8 @@ runs. ``CompiledOperator.run(batch)`` derives the argument list once per active 
 size and then calls the compiled function directly.
 """
 
+import functools
+
 from devito import Operator
 
 from devito_ml import compiler, operator_cache
@@ -83,12 +85,18 @@ def lowered(equations, name, symbols=None):
     options = operator_options()
     if not operator_cache.enabled():
         return Operator(equations, name=name, **options)
-    key = operator_cache.cache_key(equations, name, symbols, **options)
+    key = operator_cache.cache_key(equations, name, symbols, **options,
+                                   flags=_flags(options['compiler']))
     operator = operator_cache.load(key)
     if operator is None:
         operator = Operator(equations, name=name, **options)
         operator_cache.store(key, operator)
     return operator
+
+
+@functools.lru_cache(maxsize=None)
+def _flags(compiler_name):
+    return compiler.compiler_flags(compiler_name)
 
 
 def operator_options():

@@ -18,10 +18,10 @@ infinities keep their meaning), and compiled code is cached in a folder per set 
 flags: Devito's cache key ignores them.
 
 **AddressSanitizer.** With ``DEVITO_ML_SANITIZE=address`` every operator is compiled
-with ``-fsanitize=address`` (so into a JIT cache of its own), and every Function is allocated through the process's
-``posix_memalign``, ASan's when ``libasan`` is preloaded, so arrays get red zones.
-The process must start with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``
-(:func:`sanitizer_environment`).
+with ``-fsanitize=address`` (so into a JIT cache of its own), and every Function
+is allocated through the process's ``posix_memalign``, ASan's when ``libasan`` is
+preloaded, so arrays get red zones. The process must start with
+``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` (:func:`sanitizer_environment`).
 """
 
 import ctypes
@@ -36,7 +36,8 @@ from devito.arch.compiler import GNUCompiler, compiler_registry
 from devito.data.allocators import PosixAllocator
 from devito.tools import make_tempdir
 
-__all__ = ['GnuCompiler', 'AsanGnuCompiler', 'compiler_name', 'allocator',
+__all__ = ['GnuCompiler', 'AsanGnuCompiler', 'compiler_name', 'compiler_flags',
+           'allocator',
            'sanitizer', 'sanitizer_environment', 'clear_stale_lock']
 
 SANITIZE = 'DEVITO_ML_SANITIZE'
@@ -134,7 +135,7 @@ class AsanGnuCompiler(GnuCompiler):
         super().__init_finalize__(**kwargs)
         # -O1: ASan's documented level; -O3 vectorises reads that ASan then checks
         # per vector, and takes longer to compile
-        self.cflags = [f for f in self.cflags if f != '-O3'] + ['-O1'] + self.FLAGS
+        self.cflags = [f for f in self.cflags if f != '-O3'] + ['-O0'] + self.FLAGS
         self.ldflags = self.ldflags + self.FLAGS
 
 
@@ -153,6 +154,18 @@ def compiler_name():
     if gnu and os.path.basename(os.environ.get('CC', 'gcc')).startswith('gcc'):
         return 'devito_ml-gnu'
     return None
+
+
+def compiler_flags(name, language='openmp'):
+    """The flags compiler ``name`` (None: Devito's configured one) compiles with: a
+    lowered operator holds its compiler, so caches of them must be keyed by these."""
+    if name is None:
+        built = configuration['compiler'].__new_with__()
+    else:
+        built = compiler_registry[name](platform=configuration['platform'],
+                                        language=language, mpi=configuration['mpi'],
+                                        name=name)
+    return tuple(built.cflags) + tuple(built.ldflags)
 
 
 class _ProcessAllocator(PosixAllocator):

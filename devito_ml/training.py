@@ -332,7 +332,8 @@ def load_checkpoint(path, net, optimizer=None):
     before = (net.state_dict(), optimizer.state_dict() if optimizer else None)
     try:
         net.load_state_dict({key[len('param/'):]: value
-                             for key, value in arrays.items() if key.startswith('param/')})
+                             for key, value in arrays.items()
+                             if key.startswith('param/')})
         if optimizer is not None:
             optimizer.load_state_dict({key[len('optim/'):]: value
                                        for key, value in arrays.items()

@@ -29,3 +29,26 @@ def devito_warnings_are_errors():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup('devito_ml')
+    group.addoption('--fuzz-examples', type=int, default=None,
+                    help='networks the sanitized fuzzer draws (default 100, or '
+                    '$DEVITO_ML_FUZZ_EXAMPLES)')
+    group.addoption('--fuzz-seed', type=int, default=None,
+                    help='draw another set of networks (default: the same set every '
+                    'run)')
+
+
+@pytest.fixture
+def fuzz_options(request):
+    """The fuzzer's settings as environment variables for its subprocess."""
+    options = {}
+    examples = request.config.getoption('--fuzz-examples')
+    if examples is not None:
+        options['DEVITO_ML_FUZZ_EXAMPLES'] = str(examples)
+    fuzz_seed = request.config.getoption('--fuzz-seed')
+    if fuzz_seed is not None:
+        options['DEVITO_ML_FUZZ_SEED'] = str(fuzz_seed)
+    return options

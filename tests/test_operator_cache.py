@@ -7,6 +7,7 @@ import pytest
 from devito_ml import Conv, Flat, FullyConnected, MaxPooling, Net, ReLU
 from devito_ml import operator_cache
 from devito_ml.compiled import CompiledOperator, operator_options
+from devito_ml.compiler import compiler_flags
 
 
 def build():
@@ -31,8 +32,9 @@ def test_cached_operators_give_fresh_results(fresh_results, monkeypatch):
     build().forward(x)                       # stores (or finds) the operators
     net = build()
     part = net.forward_operator.parts[0]
-    key = operator_cache.cache_key(net.forward_equations(True), part.name,
-                                   **operator_options())
+    options = operator_options()
+    key = operator_cache.cache_key(net.forward_equations(True), part.name, **options,
+                                   flags=compiler_flags(options['compiler']))
     assert operator_cache.load(key) is not None
     assert np.array_equal(net.forward(x), output)
     assert net.backward(labels) == loss

@@ -7,8 +7,8 @@ from sympy import Max, Min
 
 from devito_ml.layer import Layer
 from devito_ml.layers.window import padding_halo, window_output_size
-from devito_ml.symbolics import (CondEq, CondNe, Halo, Select, kernel_taps, stuffed_extent,
-                                 stuffed_halo)
+from devito_ml.symbolics import (CondEq, CondNe, Halo, Select, kernel_taps,
+                                 stuffed_extent, stuffed_halo)
 from devito_ml.validation import LayerArgumentError, as_pair
 
 __all__ = ['MaxPooling', 'AvgPooling', 'Subsampling', 'GlobalAvgPooling']
@@ -111,7 +111,8 @@ class Pooling(Layer):
         # a NaN tap is the maximum (the output is NaN): the first NaN gets the gradient
         if len(taps) == 1:
             index, tap = self.ky * q + self.kx, self._tap()
-            first = Select(CondNe(tap, tap), index, Select(CondEq(tap, out), index, r * q))
+            first = Select(CondNe(tap, tap), index,
+                           Select(CondEq(tap, out), index, r * q))
             return [Eq(arg, r * q), Eq(arg, Min(arg, first))]
         first = sympy.Integer(r * q)
         for i, j in reversed(taps):

@@ -1,0 +1,31 @@
+"""Generated code proven in bounds on networks nobody chose: the hypothesis fuzzer
+of ``fuzz_networks.py`` runs under AddressSanitizer (compiled with
+``-fsanitize=address``, arrays red-zoned); any out-of-bounds access aborts it with a
+report, any disagreement with torch fails it. ``pytest --fuzz-examples 1000`` (or
+``--fuzz-seed``) fuzzes more."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from devito_ml.compiler import sanitizer_environment
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_fuzzed_networks_agree_with_torch_and_stay_in_bounds(fuzz_options):
+    try:
+        environment = sanitizer_environment()
+    except (OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"no gcc with AddressSanitizer here: {error}")
+    environment.update(fuzz_options)
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                          '-p', 'no:logging', os.path.join(HERE, 'fuzz_networks.py')],
+                         capture_output=True, text=True, cwd=HERE, env=environment,
+                         timeout=3600)
+    report = run.stdout[-6000:] + run.stderr[-6000:]
+    assert 'AddressSanitizer' not in run.stderr, report
+    assert run.returncode == 0, report
+    assert '1 passed' in run.stdout, report
