@@ -192,6 +192,9 @@ def sanitizer_environment(environment=None):
     environment = dict(os.environ if environment is None else environment)
     library = subprocess.run(['gcc', '-print-file-name=libasan.so'], check=True,
                              capture_output=True, text=True).stdout.strip()
+    if not os.path.isfile(library):     # gcc answers the bare name when it has none
+        raise FileNotFoundError(f"gcc has no AddressSanitizer runtime (libasan.so: "
+                                f"{library!r})")
     environment.update(LD_PRELOAD=library, ASAN_OPTIONS='detect_leaks=0',
                        **{SANITIZE: 'address'})
     return environment

@@ -5,6 +5,7 @@ report, any disagreement with torch fails it. ``pytest --fuzz-examples 1000`` (o
 ``--fuzz-seed``) fuzzes more."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -21,11 +22,16 @@ def test_fuzzed_networks_agree_with_torch_and_stay_in_bounds(fuzz_options):
     except (OSError, subprocess.CalledProcessError) as error:
         pytest.skip(f"no gcc with AddressSanitizer here: {error}")
     environment.update(fuzz_options)
-    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-                          '-p', 'no:logging', os.path.join(HERE, 'fuzz_networks.py')],
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p',
+                          'no:cacheprovider',
+                          '-p', 'no:logging', '--hypothesis-show-statistics',
+                          os.path.join(HERE, 'fuzz_networks.py')],
                          capture_output=True, text=True, cwd=HERE, env=environment,
                          timeout=3600)
     report = run.stdout[-6000:] + run.stderr[-6000:]
     assert 'AddressSanitizer' not in run.stderr, report
     assert run.returncode == 0, report
     assert '1 passed' in run.stdout, report
+    drawn = sum(int(n) for n in re.findall(r'(\d+) passing, ', run.stdout))
+    wanted = int(environment.get('DEVITO_ML_FUZZ_EXAMPLES', '100'))
+    assert drawn >= wanted, report
