@@ -12,6 +12,7 @@ from devito_ml.graph import covers, sequence, shared_halo, topological_order
 from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
 from devito_ml.loss import CrossEntropy, get_loss
+from devito_ml.pruning import pruned
 from devito_ml.symbolics import tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
                                   check_float_dtype, check_name, check_positive_ints)
@@ -290,7 +291,23 @@ class Net:
                     from_logits=isinstance(loss, CrossEntropy), training=training)
             else:
                 eqs += layer.net_backprop_equations(training)
-        return eqs
+        return pruned(eqs, self._network_input_gradients(), self._read_elsewhere(loss))
+
+    def _network_input_gradients(self):
+        """Where the layers fed by the network's input write its gradient: computed
+        by no pass unless asked for (:func:`~devito_ml.pruning.pruned`)."""
+        return [consumer.layer.input_gradients_of(index)
+                for consumer, index in self._edges[id(self._input_node)]]
+
+    def _read_elsewhere(self, loss):
+        """Functions a pass writes that other passes, parts or the user read."""
+        kept = [loss.per_sample]
+        for node in self.nodes:
+            layer = node.layer
+            kept += [*layer.parameters().values(), *layer.gradients().values(),
+                     layer.result, layer.result_gradients]
+            kept += [layer.input_gradients_of(i) for i in range(len(node.inputs))]
+        return kept
 
     def _mode(self, training):
         """The mode operators are built for: nets without BatchNorm or Dropout
@@ -340,7 +357,12 @@ class Net:
         if loss.name not in self._evaluation_operators:
             pieces = [(suffix, self.forward_equations(False, segment))
                       for (_, suffix), segment in zip(self.parts(), self._segments())]
-            pieces[-1] = (pieces[-1][0], pieces[-1][1] + self._loss_equations(loss))
+            last = self.output_layer
+            gradient = last.logits_gradients if isinstance(last, FullyConnectedSoftmax) \
+                and isinstance(loss, CrossEntropy) else last.result_gradients
+            loss_only = pruned(self._loss_equations(loss), [gradient],
+                               self._read_elsewhere(loss))   # no gradient evaluating
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + loss_only)
             self._evaluation_operators[loss.name] = self._chain(
                 self._operator_name('evaluate', loss), pieces)
         return self._evaluation_operators[loss.name]

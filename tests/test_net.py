@@ -147,3 +147,28 @@ def test_backward_takes_another_loss(rng):
     loss = net.backward(targets, loss='mse')
     assert abs(loss - np.mean((output - targets) ** 2)) < 1e-12
     assert net.backward(np.array([0, 1, 3])) > 0    # the net's own cross entropy
+
+
+def test_no_pass_computes_what_nobody_reads(lenet_nets):
+    """The gradient of the network's input (and the stuffed buffers only it
+    reads) is not computed; evaluation computes the loss but not its gradient."""
+    net = lenet_nets[np.float32]
+    backward = net.backward_code
+    assert 'conv1_dW' in backward and 'conv1_din' not in backward
+    assert 'conv1_dz_stuffed' not in backward
+    assert 'pool1_din' in backward                 # inner gradients still flow
+    evaluation = net.evaluation_operator().code
+    assert 'cross_entropy_per_sample' in evaluation
+    assert 'cross_entropy_probabilities' not in evaluation and 'fc3_dout' not in \
+        evaluation
+
+
+def test_an_input_feeding_two_layers_gets_no_gradient(rng):
+    from devito_ml import Add, Input
+    x = Input((2, 5, 5))
+    out = Flat()(Add()(Conv((2, 3, 3), padding=1, name='branch')(x), x))
+    net = Net(FullyConnected(3)(out), dtype=np.float64, batch_size=2, seed=0)
+    net.forward(rng.standard_normal((2, 2, 5, 5)))
+    net.backward(np.array([0, 2]))
+    code = net.backward_code
+    assert 'branch_dW' in code and 'branch_din' not in code and 'add1_din1' not in code
