@@ -156,7 +156,7 @@ def test_no_pass_computes_what_nobody_reads(lenet_nets):
     backward = net.backward_code
     assert 'conv1_dW' in backward and 'conv1_din' not in backward
     assert 'conv1_dz_stuffed' not in backward
-    assert 'pool1_din' in backward                 # inner gradients still flow
+    assert 'conv1_dout' in backward                # inner gradients still flow
     evaluation = net.evaluation_operator().code
     assert 'cross_entropy_per_sample' in evaluation
     assert 'cross_entropy_probabilities' not in evaluation and 'fc3_dout' not in \
