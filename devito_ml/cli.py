@@ -144,6 +144,18 @@ def _codegen(args):
     return 0
 
 
+def _bench(args):
+    os.environ['OMP_NUM_THREADS'] = str(args.threads)   # before any operator runs
+    import torch
+    from devito_ml.benchmark import run_benchmarks
+    torch.set_num_threads(args.threads)
+    print(f"devito_ml against PyTorch {torch.__version__}, float32, {args.threads} "
+          f"threads each; medians of {args.rounds} interleaved rounds")
+    run_benchmarks(args.out, rounds=args.rounds, quick=args.quick)
+    print(f"wrote {args.out}/bench.json and {args.out}/lenet_batch.png")
+    return 0
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog='devito-ml', description=__doc__)
     commands = parser.add_subparsers(dest='command', required=True)
@@ -151,6 +163,15 @@ def _parser():
                                 'history, plot and generated C')
     codegen = commands.add_parser('codegen', help='build a model, run forward and '
                                   'backward on a batch of digits, write the generated C')
+    bench = commands.add_parser('bench', help='time devito_ml against PyTorch in one '
+                                'run; write OUT/bench.json and OUT/lenet_batch.png')
+    bench.add_argument('--out', default='bench', help='output folder (default bench)')
+    bench.add_argument('--rounds', type=int, default=7,
+                       help='interleaved rounds per case (default 7)')
+    bench.add_argument('--threads', type=int, default=os.cpu_count(),
+                       help=f'threads for both (default {os.cpu_count()})')
+    bench.add_argument('--quick', action='store_true',
+                       help='smaller cases, for a quick look')
     for command in (train, codegen):
         command.add_argument('--model', choices=MODELS, default='lenet',
                              help=MODELS_HELP)
@@ -181,6 +202,10 @@ def main(argv=None):
     """Entry point of ``devito-ml``."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == 'bench':
+        if args.rounds < 1 or args.threads < 1:
+            parser.error("--rounds and --threads must be positive")
+        return _bench(args)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be positive, got {args.batch_size}")
     for option in ('width', 'hidden'):

@@ -33,7 +33,7 @@ def test_codegen_writes_the_generated_c(tmp_path):
 
 
 def test_help_for_each_command():
-    for command in ('train', 'codegen'):
+    for command in ('train', 'codegen', 'bench'):
         run = devito_ml(command, '--help')
         assert run.returncode == 0 and '--out' in run.stdout
 

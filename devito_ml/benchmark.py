@@ -1,0 +1,279 @@
+"""``devito-ml bench``: devito_ml against PyTorch, side by side in one process.
+
+Every case is timed in interleaved rounds (devito_ml, PyTorch NCHW, PyTorch
+channels_last, devito_ml, ...), each round the mean of ``repeat`` calls after a warm
+one; min and median over rounds are reported. PyTorch is taken at its better memory
+format (by median); the ratio is devito_ml's median over PyTorch's, above 1 when
+devito_ml is slower. Training steps include the loss and an SGD momentum update on
+both sides. Both run on the same number of threads.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+__all__ = ['run_benchmarks', 'interleaved', 'Case']
+
+LENET_BATCHES = (1, 16, 64, 256)
+
+
+class Case:
+    """One comparison: a devito_ml callable and torch callables by memory format.
+
+    Parameters
+    ----------
+    name : str
+    ours : callable
+    theirs : dict of str to callable
+        ``{'nchw': ..., 'channels_last': ...}``.
+    flops : float, optional
+        Floating-point operations of one call (for GFLOP/s).
+    """
+
+    def __init__(self, name, ours, theirs, flops=None, group=None):
+        self.name, self.ours, self.theirs = name, ours, theirs
+        self.flops, self.group = flops, group
+
+
+def interleaved(functions, rounds, repeat):
+    """Seconds per call of each function, one value per round, rounds interleaved."""
+    times = {name: [] for name in functions}
+    for function in functions.values():
+        function()                                   # warm: compile, allocate
+    for _ in range(rounds):
+        for name, function in functions.items():
+            function()
+            began = time.perf_counter()
+            for _ in range(repeat):
+                function()
+            times[name].append((time.perf_counter() - began) / repeat)
+    return times
+
+
+def _summary(case, times):
+    ours = times['devito_ml']
+    formats = {name: np.median(values) for name, values in times.items()
+               if name != 'devito_ml'}
+    best = min(formats, key=formats.get)
+    entry = {'case': case.name, 'group': case.group,
+             'devito_ml_min_ms': 1e3 * min(ours),
+             'devito_ml_median_ms': 1e3 * float(np.median(ours)),
+             'torch_format': best, 'torch_min_ms': 1e3 * min(times[best]),
+             'torch_median_ms': 1e3 * float(formats[best]),
+             'torch_by_format_median_ms': {k: 1e3 * float(v)
+                                           for k, v in formats.items()},
+             'ratio': float(np.median(ours) / formats[best])}
+    if case.flops:
+        entry['devito_ml_gflops'] = case.flops / np.median(ours) / 1e9
+        entry['torch_gflops'] = case.flops / formats[best] / 1e9
+    return entry
+
+
+# -- cases ----------------------------------------------------------------------------
+
+def _torch_train_step(torch, model, x, labels, memory_format):
+    model = model.to(memory_format=memory_format)
+    x = torch.from_numpy(x).contiguous(memory_format=memory_format) if x.ndim == 4 \
+        else torch.from_numpy(x)
+    labels = torch.from_numpy(labels)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        optimizer.step()
+    return step
+
+
+def _train_case(name, net, torch_model, rng, group=None):
+    import torch
+    from devito_ml.optim import SGD
+    batch = net.input_size[0]
+    x = rng.random(net.input_size, dtype=np.float32)
+    labels = rng.integers(0, net.output_size[1], batch)
+    optimizer = SGD(net, lr=1e-3, momentum=0.9)
+    formats = {'nchw': torch.contiguous_format}
+    if x.ndim == 4:
+        formats['channels_last'] = torch.channels_last
+    theirs = {key: _torch_train_step(torch, _copy(torch_model), x, labels, fmt)
+              for key, fmt in formats.items()}
+    return Case(name, lambda: net.train_step(x, labels, optimizer), theirs,
+                group=group)
+
+
+def _copy(module):
+    import copy
+    return copy.deepcopy(module)
+
+
+def _tutorial_net():
+    from sympy import Max
+    from devito_ml import (Conv, Flat, FullyConnectedSoftmax, Net, ReLU, Subsampling)
+    return Net([Subsampling((2, 2), (1, 2, 4, 4), function=lambda w: Max(*w)),
+                Conv((2, 2, 2), (1, 2, 3, 3), activation=ReLU()), Flat((1, 2, 2, 2)),
+                FullyConnectedSoftmax((3, 8), (1, 8))], seed=0)
+
+
+def _layer_case(name, layer, module, shape, rng, flops, backward):
+    """Forward (or forward and backward) of one layer, standalone."""
+    import torch
+    x = rng.standard_normal(shape).astype(np.float32)
+    layer.forward(x)
+    upstream = rng.standard_normal(layer.output_size).astype(np.float32)
+    forward, adjoint = layer.forward_operator, layer.backward_operator
+    batch = shape[0]
+    if backward:
+        layer.backward(upstream)
+
+        def ours():
+            forward.run(batch)
+            adjoint.run(batch)
+    else:
+        def ours():
+            forward.run(batch)
+    theirs = {}
+    for key, fmt in (('nchw', torch.contiguous_format),
+                     ('channels_last', torch.channels_last)):
+        model = _copy(module).to(memory_format=fmt)
+        tx = torch.from_numpy(x).contiguous(memory_format=fmt) if x.ndim == 4 \
+            else torch.from_numpy(x)
+        tup = torch.from_numpy(upstream)
+        tup = tup.contiguous(memory_format=fmt) if tup.ndim == 4 else tup
+        if backward:
+            tx.requires_grad_(True)
+
+            def step(model=model, tx=tx, tup=tup):
+                model.zero_grad(set_to_none=False)
+                tx.grad = None
+                model(tx).backward(tup)
+        else:
+            def step(model=model, tx=tx):
+                with torch.no_grad():
+                    model(tx)
+        theirs[key] = step
+        if x.ndim != 4:
+            break
+    flops = flops and flops * (3 if backward else 1)
+    return Case(name, ours, theirs, flops=flops, group='layer')
+
+
+def cases(rng, quick=False):
+    """The benchmark cases of ``devito-ml bench``."""
+    import torch
+    from devito_ml import AvgPooling, Conv, FullyConnected, MaxPooling, ReLU
+    from devito_ml.interop import to_torch
+    from devito_ml.models import lenet5
+    tutorial = _tutorial_net()
+    yield _train_case('tutorial network (seed 003), batch 1, train step', tutorial,
+                      to_torch(tutorial), rng, group='train')
+    for batch in (LENET_BATCHES[:3] if quick else LENET_BATCHES):
+        net = lenet5(batch, (28, 28), seed=0)
+        yield _train_case(f"LeNet-5 28x28, batch {batch}, train step", net,
+                          to_torch(net), rng, group='lenet')
+    n = 8 if quick else 32
+    conv_flops = 2 * n * 64 * 28 * 28 * 32 * 9
+    for backward in (False, True):
+        yield _layer_case(f"conv 32->64 3x3 pad 1, 28x28, batch {n}, "
+                          f"{'forward + backward' if backward else 'forward'}",
+                          Conv((64, 3, 3), (n, 32, 28, 28), padding=1),
+                          torch.nn.Conv2d(32, 64, 3, padding=1), (n, 32, 28, 28), rng,
+                          conv_flops, backward)
+    stride_flops = 2 * n * 64 * 14 * 14 * 32 * 9
+    yield _layer_case(f"conv 32->64 3x3 stride 2 pad 1, batch {n}, forward + backward",
+                      Conv((64, 3, 3), (n, 32, 28, 28), stride=2, padding=1),
+                      torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), (n, 32, 28, 28),
+                      rng, stride_flops, True)
+    for backward in (False, True):
+        yield _layer_case(f"fully connected 800->500 relu, batch 64, "
+                          f"{'forward + backward' if backward else 'forward'}",
+                          FullyConnected((500, 800), (64, 800), activation=ReLU()),
+                          torch.nn.Sequential(torch.nn.Linear(800, 500),
+                                              torch.nn.ReLU()),
+                          (64, 800), rng, 2 * 64 * 800 * 500, backward)
+    yield _layer_case('max pooling 2x2 on 64x32x28x28, forward + backward',
+                      MaxPooling(2, (64, 32, 28, 28)), torch.nn.MaxPool2d(2),
+                      (64, 32, 28, 28), rng, None, True)
+    yield _layer_case('avg pooling 2x2 on 64x32x28x28, forward + backward',
+                      AvgPooling(2, (64, 32, 28, 28)), torch.nn.AvgPool2d(2),
+                      (64, 32, 28, 28), rng, None, True)
+
+
+BUILD = '''
+import time, numpy as np
+began = time.perf_counter()
+from devito_ml.models import lenet5
+from devito_ml.optim import SGD
+net = lenet5(64, (28, 28), seed=0)
+net.train_operator(SGD(net, lr=0.01, momentum=0.9))
+net.evaluation_operator()
+print(time.perf_counter() - began)
+'''
+
+
+def build_times(folder):
+    """Seconds to build LeNet-5's train and evaluation operators in a new process:
+    with every cache empty (a fresh TMPDIR), then again with them filled."""
+    environment = dict(os.environ, TMPDIR=folder)
+    seconds = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, '-c', BUILD], env=environment,
+                             capture_output=True, text=True, check=True)
+        seconds.append(float(run.stdout.split()[-1]))
+    return {'cold_s': seconds[0], 'warm_s': seconds[1]}
+
+
+def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print):
+    """Run every case; write ``bench.json`` and ``lenet_batch.png`` into ``out``."""
+    import tempfile
+    rng = np.random.default_rng(0)
+    results = []
+    log(f"{'case':62s} {'devito_ml ms':>12s} {'PyTorch ms':>11s} {'format':>13s} "
+        f"{'ratio':>6s} {'GFLOP/s':>15s}")
+    for case in cases(rng, quick):
+        functions = {'devito_ml': case.ours, **case.theirs}
+        once = interleaved(functions, 1, 1)
+        slowest = max(max(v) for v in once.values())
+        count = repeat or max(1, min(200, int(0.05 / max(slowest, 1e-6))))
+        entry = _summary(case, interleaved(functions, rounds, count))
+        results.append(entry)
+        flops = (f"{entry['devito_ml_gflops']:6.1f} / {entry['torch_gflops']:6.1f}"
+                 if 'devito_ml_gflops' in entry else '')
+        log(f"{case.name:62s} {entry['devito_ml_median_ms']:12.3f} "
+            f"{entry['torch_median_ms']:11.3f} {entry['torch_format']:>13s} "
+            f"{entry['ratio']:6.2f} {flops:>15s}")
+    with tempfile.TemporaryDirectory() as folder:
+        build = build_times(folder)
+    log(f"LeNet-5 operators built in a new process: {build['cold_s']:.1f} s with every "
+        f"cache empty, {build['warm_s']:.1f} s again")
+    report = {'threads': os.environ.get('OMP_NUM_THREADS'), 'rounds': rounds,
+              'cases': results, 'build': build}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'bench.json'), 'w') as handle:
+        json.dump(report, handle, indent=2)
+    _plot([e for e in results if e['group'] == 'lenet'],
+          os.path.join(out, 'lenet_batch.png'))
+    return report
+
+
+def _plot(entries, path):
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    del matplotlib
+    batches = [int(e['case'].split('batch ')[1].split(',')[0]) for e in entries]
+    figure = Figure(figsize=(6, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.loglog(batches, [e['devito_ml_median_ms'] for e in entries], 'o-',
+                label='devito_ml')
+    axes.loglog(batches, [e['torch_median_ms'] for e in entries], 's-',
+                label='PyTorch (better format)')
+    axes.set_xlabel('batch size')
+    axes.set_ylabel('train step, ms (median)')
+    axes.set_title('LeNet-5 28x28 train step')
+    axes.legend()
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,27 @@
+"""The benchmark harness measures what it says: interleaved rounds, PyTorch at its
+better memory format, ratios of medians. (No timing is asserted.)"""
+
+import numpy as np
+
+from devito_ml.benchmark import Case, _summary, interleaved
+
+
+def test_rounds_interleave_every_function():
+    calls = []
+    times = interleaved({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')},
+                        rounds=3, repeat=2)
+    assert {name: len(values) for name, values in times.items()} == {'a': 3, 'b': 3}
+    rounds = calls[2:]                   # after one warm call each
+    assert rounds == ['a'] * 3 + ['b'] * 3 + ['a'] * 3 + ['b'] * 3 + ['a'] * 3 + \
+        ['b'] * 3
+
+
+def test_pytorch_is_taken_at_its_better_format():
+    case = Case('conv', None, {}, flops=2e9)
+    times = {'devito_ml': [0.2, 0.3, 0.25], 'nchw': [0.4, 0.5, 0.45],
+             'channels_last': [0.1, 0.12, 0.11]}
+    entry = _summary(case, times)
+    assert entry['torch_format'] == 'channels_last'
+    assert np.isclose(entry['ratio'], 0.25 / 0.11)
+    assert np.isclose(entry['devito_ml_gflops'], 2e9 / 0.25 / 1e9)
+    assert np.isclose(entry['torch_median_ms'], 110)
