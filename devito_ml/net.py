@@ -13,7 +13,7 @@ from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
 from devito_ml.loss import CrossEntropy, get_loss
 from devito_ml.pruning import pruned
-from devito_ml.symbolics import tensor
+from devito_ml.symbolics import plain_view, tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
                                   check_float_dtype, check_name, check_positive_ints)
 
@@ -102,6 +102,8 @@ class Net:
         self._evaluation_operators = {}
         self._train_operators = {}
         self._batch = None
+        self._input_view = plain_view(self.input)
+        self._output_view = plain_view(self.output_layer.result)
 
     # -- construction ------------------------------------------------------------------
 
@@ -413,7 +415,7 @@ class Net:
         batch = self._load_batch(x)
         self._before_step(batch, self.training)
         self.forward_operator.run(batch)
-        return np.array(self.output_layer.result.data[:batch])
+        return np.array(self._output_view[:batch])
 
     __call__ = forward
 
@@ -444,7 +446,7 @@ class Net:
     def _load_batch(self, x):
         check_array(None, 'Net: x', x, self.input_size, self.dtype)
         batch = x.shape[0]
-        self.input.data[:batch] = x
+        self._input_view[:batch] = x
         self._batch = batch
         return batch
 
@@ -464,7 +466,7 @@ class Net:
         loss.set_targets(targets, batch)
         self._before_step(batch, False)
         self.evaluation_operator(loss).run(batch)
-        return loss.value(batch), np.array(self.output_layer.result.data[:batch])
+        return loss.value(batch), np.array(self._output_view[:batch])
 
     def train_step(self, x, targets, optimizer, loss=None):
         """One training step in one operator: forward, backward, update.
@@ -482,7 +484,7 @@ class Net:
         self._before_step(batch, True)
         operator.run(batch)
         optimizer.finish_step()
-        return loss.value(batch), np.array(self.output_layer.result.data[:batch])
+        return loss.value(batch), np.array(self._output_view[:batch])
 
     def train(self, mode=True):
         """Set training mode: batch statistics in BatchNorm, Dropout active.

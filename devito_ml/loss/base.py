@@ -3,7 +3,7 @@
 import numpy as np
 from devito import Dimension
 
-from devito_ml.symbolics import tap_dimension, tensor
+from devito_ml.symbolics import plain_view, tap_dimension, tensor
 
 __all__ = ['Loss']
 
@@ -33,6 +33,8 @@ class Loss:
         self.per_sample = tensor(f"{self.name}_per_sample", (self.n,),
                                  output_size[:1], dtype)
         self._allocate()
+        self._targets = plain_view(self.targets)
+        self._per_sample = plain_view(self.per_sample)
         return self
 
     def _allocate(self):
@@ -40,7 +42,7 @@ class Loss:
 
     def value(self, batch):
         """The mean loss over the first ``batch`` samples."""
-        return float(np.sum(self.per_sample.data[:batch]) / batch)
+        return float(np.sum(self._per_sample[:batch]) / batch)
 
     def batch_size(self):
         """Number of active samples, as a symbol of the batch bound."""
@@ -51,4 +53,4 @@ class Loss:
 
     def set_targets(self, targets, batch):
         """Write a batch of targets (numpy) into ``targets``."""
-        self.targets.data[:batch] = targets
+        self._targets[:batch] = targets

@@ -73,10 +73,10 @@ class CrossEntropy(Loss):
                 raise ShapeError(f"cross_entropy: `targets` must be {batch} labels in "
                                  f"[0, {classes}), got shape {targets.shape}, range "
                                  f"[{targets.min()}, {targets.max()}]")
-            self.targets.data[:batch] = 0
-            self.targets.data[np.arange(batch), targets] = 1
+            self._targets[:batch] = 0
+            self._targets[np.arange(batch), targets] = 1
         elif targets.shape == (batch, classes):
-            self.targets.data[:batch] = targets
+            self._targets[:batch] = targets
         else:
             raise ShapeError(f"cross_entropy: `targets` must be {batch} integer labels "
                              f"or shape {(batch, classes)}, got {targets.dtype} "

@@ -33,7 +33,7 @@ class MSE(Loss):
 
     def set_targets(self, targets, batch):
         check_size(None, 'targets', (batch,) + self.output_size[1:], targets.shape)
-        self.targets.data[:batch] = targets
+        self._targets[:batch] = targets
 
 
 def mse(output, targets, gradient, per_sample):
