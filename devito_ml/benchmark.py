@@ -260,10 +260,8 @@ def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print):
 
 
 def _plot(entries, path):
-    import matplotlib
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    del matplotlib
+    from matplotlib.figure import Figure
     batches = [int(e['case'].split('batch ')[1].split(',')[0]) for e in entries]
     figure = Figure(figsize=(6, 4))
     FigureCanvasAgg(figure)

@@ -325,19 +325,15 @@ def load_checkpoint(path, net, optimizer=None):
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"checkpoint `{path}`: unreadable epoch or history "
                               f"({error})") from None
-    kind = str(arrays['optim/kind']) if 'optim/kind' in arrays else None
-    if optimizer is not None and kind is not None and kind != optimizer.name:
-        raise CheckpointError(f"checkpoint `{path}` does not fit: it holds the state of "
-                              f"optimizer `{kind}`, this is `{optimizer.name}`")
     before = (net.state_dict(), optimizer.state_dict() if optimizer else None)
     try:
-        net.load_state_dict({key[len('param/'):]: value
-                             for key, value in arrays.items()
-                             if key.startswith('param/')})
-        if optimizer is not None:
+        if optimizer is not None:     # first: another optimizer is named as such
             optimizer.load_state_dict({key[len('optim/'):]: value
                                        for key, value in arrays.items()
                                        if key.startswith('optim/')})
+        net.load_state_dict({key[len('param/'):]: value
+                             for key, value in arrays.items()
+                             if key.startswith('param/')})
     except (KeyError, ValueError, TypeError) as error:
         net.load_state_dict(before[0])
         if optimizer is not None:

@@ -26,9 +26,8 @@ from reference import TOLERANCE, relative_error
 EXAMPLES = int(os.environ.get('DEVITO_ML_FUZZ_EXAMPLES', '100'))
 SEED = os.environ.get('DEVITO_ML_FUZZ_SEED')
 
-ACTIVATIONS = {'identity': (None, None), 'relu': (ReLU, torch.nn.ReLU),
-               'leaky': (lambda: LeakyReLU(0.1), lambda: torch.nn.LeakyReLU(0.1)),
-               'tanh': (Tanh, torch.nn.Tanh), 'sigmoid': (Sigmoid, torch.nn.Sigmoid)}
+ACTIVATIONS = {'identity': None, 'relu': ReLU, 'leaky': lambda: LeakyReLU(0.1),
+               'tanh': Tanh, 'sigmoid': Sigmoid}
 
 
 def output_extent(size, kernel, stride, padding, dilation=1):
@@ -94,40 +93,28 @@ def networks(draw):
 
 
 def build(config, input_shape):
-    """The devito_ml net and its torch twin (same weights)."""
-    layers, modules = [], []
+    """The devito_ml net of ``config`` (its torch twin is :func:`twin`)."""
+    layers = []
     for spec in config['specs']:
         kind = spec['kind']
         if kind == 'conv':
-            ours, theirs = ACTIVATIONS[spec['activation']]
+            activation = ACTIVATIONS[spec['activation']]
             layers.append(Conv((spec['out'],) + spec['kernel'], stride=spec['stride'],
                                padding=spec['padding'], dilation=spec['dilation'],
                                groups=spec['groups'], bias=spec['bias'],
-                               activation=ours() if ours else None))
-            modules.append(None)
-            if theirs:
-                modules.append(theirs())
-        elif kind == 'maxpool':
-            layers.append(MaxPooling(spec['kernel'], stride=spec['stride'],
-                                     padding=spec['padding']))
-            modules.append(torch.nn.MaxPool2d(spec['kernel'], spec['stride'],
-                                              spec['padding']))
-        elif kind == 'avgpool':
-            layers.append(AvgPooling(spec['kernel'], stride=spec['stride'],
-                                     padding=spec['padding']))
-            modules.append(torch.nn.AvgPool2d(spec['kernel'], spec['stride'],
-                                              spec['padding']))
+                               activation=activation() if activation else None))
+        elif kind in ('maxpool', 'avgpool'):
+            pooling = MaxPooling if kind == 'maxpool' else AvgPooling
+            layers.append(pooling(spec['kernel'], stride=spec['stride'],
+                                  padding=spec['padding']))
         elif kind == 'batchnorm':
             layers.append(BatchNorm(eps=spec['eps'], momentum=spec['momentum'],
                                     affine=spec['affine']))
-            modules.append(None)
         else:
             layers.append(Dropout(spec['p']))
-            modules.append(None)
     layers += [Flat(), FullyConnected(config['classes'])]
-    net = Net(layers, dtype=config['dtype'], batch_size=config['batch'],
-              input_shape=input_shape, seed=config['seed'])
-    return net
+    return Net(layers, dtype=config['dtype'], batch_size=config['batch'],
+               input_shape=input_shape, seed=config['seed'])
 
 
 class Masked(torch.nn.Module):

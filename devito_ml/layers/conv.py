@@ -166,13 +166,14 @@ import numpy as np
             return self.in_dims[1]
         return self.group_input_start[self.k] + self.wc
 
-    def _tap(self, n=None, ky=None, kx=None):
+    def _tap(self, n=None, ky=None, kx=None, y=None, x=None):
         """The input value under kernel tap (ky, kx) of output (y, x) of sample n."""
         n = self.in_dims[0] if n is None else n
         ky = self.ky if ky is None else ky
         kx = self.kx if kx is None else kx
         c = self._input_channel()
-        _, _, y, x = self.out_dims
+        y = self.out_dims[2] if y is None else y
+        x = self.out_dims[3] if x is None else x
         (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
         return self.input[n, c, y * sy + ky * dy - py, x * sx + kx * dx - px]
 
@@ -303,9 +304,7 @@ import numpy as np
             # columns of its own, or Devito finds the two orders cyclic.
             _, _, oh, ow = self.output_size
             gy, gx = self.dim('gy', oh), self.dim('gx', ow)
-            (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
-            tap = self.input[m, self._input_channel(), gy * sy + self.ky * dy - py,
-                             gx * sx + self.kx * dx - px]
+            tap = self._tap(m, y=gy, x=gx)
             return [Eq(self.kernel_gradients[k, c, self.ky, self.kx], 0),
                     Inc(self.kernel_gradients[k, c, self.ky, self.kx],
                         dz[m, k, gy, gx] * tap,
