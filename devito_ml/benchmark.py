@@ -161,32 +161,80 @@ def _layer_case(name, layer, module, shape, rng, flops, backward):
     return Case(name, ours, theirs, flops=flops, group='layer')
 
 
-def cases(rng, quick=False):
-    """The benchmark cases of ``devito-ml bench``."""
+CONV_CASES = [((32, 64), 1), ((32, 64), 2), ((16, 16), 1), ((128, 128), 1)]
+"""(in, out) channels and stride of the convolutions timed pass by pass (3x3, pad 1)."""
+
+
+def _conv_pass_cases(layer, rng):
+    """Forward, input gradient and weight gradient (with bias) of one convolution,
+    each alone, against ``aten.convolution_backward`` with the matching mask."""
+    import torch
+    from devito_ml.compiled import CompiledOperator
+    from devito_ml.pruning import pruned
+    n, c, h, w = layer.input_size
+    k, r, q = layer.kernel_size
+    _, _, oh, ow = layer.output_size
+    x = rng.standard_normal(layer.input_size).astype(np.float32)
+    upstream = rng.standard_normal(layer.output_size).astype(np.float32)
+    layer.forward(x)
+    layer.backward(upstream)
+    backward = layer.backprop_equations()
+    weights = [layer.kernel_gradients, layer.bias_gradients]
+    passes = {'input gradient': pruned(backward, weights, [layer.input_gradients]),
+              'weight gradient': pruned(backward, [layer.input_gradients], weights)}
+    ours = {'forward': layer.forward_operator}
+    ours.update((role, CompiledOperator(eqs, f"{layer.name}_{role.split()[0]}"))
+                for role, eqs in passes.items())
+    masks = {'input gradient': [True, False, False],
+             'weight gradient': [False, True, True]}
+    name = f"conv {c}->{k} 3x3 stride {layer.stride[0]} pad 1, {h}x{w}, batch {n}"
+    flops = 2 * n * k * c * oh * ow * r * q
+    for role, operator in ours.items():
+        theirs = {}
+        for key, fmt in (('nchw', torch.contiguous_format),
+                         ('channels_last', torch.channels_last)):
+            tx = torch.from_numpy(x).contiguous(memory_format=fmt)
+            tw = torch.from_numpy(layer.kernel.data.copy()).contiguous(memory_format=fmt)
+            tb = torch.from_numpy(layer.bias.data.copy())
+            tup = torch.from_numpy(upstream).contiguous(memory_format=fmt)
+            if role == 'forward':
+                def step(tx=tx, tw=tw, tb=tb):
+                    torch.nn.functional.conv2d(tx, tw, tb, stride=layer.stride,
+                                               padding=layer.padding)
+            else:
+                def step(tx=tx, tw=tw, tup=tup, mask=masks[role]):
+                    torch.ops.aten.convolution_backward(
+                        tup, tx, tw, [k], list(layer.stride), list(layer.padding),
+                        [1, 1], False, [0, 0], 1, mask)
+            theirs[key] = step
+        yield Case(f"{name}, {role}", lambda op=operator: op.run(n), theirs,
+                   flops=flops, group='conv')
+
+
+GROUPS = ('train', 'lenet', 'conv', 'layer')
+"""Case groups: the tutorial step, LeNet-5 steps, convolution passes, other layers."""
+
+
+def cases(rng, quick=False, groups=GROUPS):
+    """The benchmark cases of ``devito-ml bench`` in ``groups``."""
     import torch
     from devito_ml import AvgPooling, Conv, FullyConnected, MaxPooling, ReLU
     from devito_ml.interop import to_torch
     from devito_ml.models import lenet5
     tutorial = _tutorial_net()
-    yield _train_case('tutorial network (seed 003), batch 1, train step', tutorial,
-                      to_torch(tutorial), rng, group='train')
-    for batch in (LENET_BATCHES[:3] if quick else LENET_BATCHES):
+    if 'train' in groups:
+        yield _train_case('tutorial network (seed 003), batch 1, train step', tutorial,
+                          to_torch(tutorial), rng, group='train')
+    for batch in (LENET_BATCHES[:3] if quick else LENET_BATCHES) * ('lenet' in groups):
         net = lenet5(batch, (28, 28), seed=0)
         yield _train_case(f"LeNet-5 28x28, batch {batch}, train step", net,
                           to_torch(net), rng, group='lenet')
     n = 8 if quick else 32
-    conv_flops = 2 * n * 64 * 28 * 28 * 32 * 9
-    for backward in (False, True):
-        yield _layer_case(f"conv 32->64 3x3 pad 1, 28x28, batch {n}, "
-                          f"{'forward + backward' if backward else 'forward'}",
-                          Conv((64, 3, 3), (n, 32, 28, 28), padding=1),
-                          torch.nn.Conv2d(32, 64, 3, padding=1), (n, 32, 28, 28), rng,
-                          conv_flops, backward)
-    stride_flops = 2 * n * 64 * 14 * 14 * 32 * 9
-    yield _layer_case(f"conv 32->64 3x3 stride 2 pad 1, batch {n}, forward + backward",
-                      Conv((64, 3, 3), (n, 32, 28, 28), stride=2, padding=1),
-                      torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), (n, 32, 28, 28),
-                      rng, stride_flops, True)
+    for (c, k), stride in CONV_CASES * ('conv' in groups):
+        yield from _conv_pass_cases(Conv((k, 3, 3), (n, c, 28, 28), stride=stride,
+                                         padding=1), rng)
+    if 'layer' not in groups:
+        return
     for backward in (False, True):
         yield _layer_case(f"fully connected 800->500 relu, batch 64, "
                           f"{'forward + backward' if backward else 'forward'}",
@@ -226,14 +274,16 @@ def build_times(folder):
     return {'cold_s': seconds[0], 'warm_s': seconds[1]}
 
 
-def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print):
-    """Run every case; write ``bench.json`` and ``lenet_batch.png`` into ``out``."""
+def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print, groups=GROUPS,
+                   build=True):
+    """Run the cases of ``groups``; write ``bench.json`` and ``lenet_batch.png`` into
+    ``out`` (``build``: also time building LeNet-5 in new processes)."""
     import tempfile
     rng = np.random.default_rng(0)
     results = []
     log(f"{'case':62s} {'devito_ml ms':>12s} {'PyTorch ms':>11s} {'format':>13s} "
         f"{'ratio':>6s} {'GFLOP/s':>15s}")
-    for case in cases(rng, quick):
+    for case in cases(rng, quick, groups):
         functions = {'devito_ml': case.ours, **case.theirs}
         once = interleaved(functions, 1, 1)
         slowest = max(max(v) for v in once.values())
@@ -245,10 +295,11 @@ def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print):
         log(f"{case.name:62s} {entry['devito_ml_median_ms']:12.3f} "
             f"{entry['torch_median_ms']:11.3f} {entry['torch_format']:>13s} "
             f"{entry['ratio']:6.2f} {flops:>15s}")
-    with tempfile.TemporaryDirectory() as folder:
-        build = build_times(folder)
-    log(f"LeNet-5 operators built in a new process: {build['cold_s']:.1f} s with every "
-        f"cache empty, {build['warm_s']:.1f} s again")
+    if build:
+        with tempfile.TemporaryDirectory() as folder:
+            build = build_times(folder)
+        log(f"LeNet-5 operators built in a new process: {build['cold_s']:.1f} s with "
+            f"every cache empty, {build['warm_s']:.1f} s again")
     report = {'threads': os.environ.get('OMP_NUM_THREADS'), 'rounds': rounds,
               'cases': results, 'build': build}
     os.makedirs(out, exist_ok=True)

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from devito_ml.benchmark import GROUPS
+
 __all__ = ['main']
 
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -151,7 +153,8 @@ def _bench(args):
     torch.set_num_threads(args.threads)
     print(f"devito_ml against PyTorch {torch.__version__}, float32, {args.threads} "
           f"threads each; medians of {args.rounds} interleaved rounds")
-    run_benchmarks(args.out, rounds=args.rounds, quick=args.quick)
+    run_benchmarks(args.out, rounds=args.rounds, quick=args.quick,
+                   groups=args.only or GROUPS, build=not args.only)
     print(f"wrote {args.out}/bench.json and {args.out}/lenet_batch.png")
     return 0
 
@@ -170,6 +173,9 @@ def _parser():
                        help='interleaved rounds per case (default 7)')
     bench.add_argument('--threads', type=int, default=os.cpu_count(),
                        help=f'threads for both (default {os.cpu_count()})')
+    bench.add_argument('--only', action='append', choices=GROUPS,
+                       help='run only this group of cases (repeatable; default all, '
+                       'with build times)')
     bench.add_argument('--quick', action='store_true',
                        help='smaller cases, for a quick look')
     for command in (train, codegen):

@@ -7,9 +7,7 @@ size and then calls the compiled function directly.
 
 import functools
 
-from devito import Operator
-
-from devito_ml import compiler, operator_cache
+from devito_ml import compiler, lanes, operator_cache
 
 BATCH = 'n'
 
@@ -81,15 +79,16 @@ def lowered(equations, name, symbols=None):
     """``Operator(equations)``, from the disk cache of lowered operators when there.
 
     Built with :func:`devito_ml.compiler.compiler_name` (stale compile locks are
-    recovered; AddressSanitizer in that mode)."""
+    recovered; AddressSanitizer in that mode), lowered by
+    :func:`devito_ml.lanes.build_operator` (lane loops of register tiles vectorised)."""
     options = operator_options()
     if not operator_cache.enabled():
-        return Operator(equations, name=name, **options)
+        return lanes.build_operator(equations, name=name, **options)
     key = operator_cache.cache_key(equations, name, symbols, **options,
                                    flags=_flags(options['compiler']))
     operator = operator_cache.load(key)
     if operator is None:
-        operator = Operator(equations, name=name, **options)
+        operator = lanes.build_operator(equations, name=name, **options)
         operator_cache.store(key, operator)
     return operator
 

@@ -84,9 +84,7 @@ def pragma_of_innermost_loop(code, statement):
 NESTS = {  # (input channels, output channels) -> statements whose loop must be simd
     (3, 4): ['conv_out[n][conv_oc][conv_oh][conv_ow] += ',
              'conv_din[n][conv_in_c][conv_in_h][conv_in_w] += '],
-    (16, 16): ['conv_out_cl[n][conv_yh][conv_yw][conv_yk] += ',
-               'conv_din_cl[n][conv_xh][conv_xw][conv_xc] += ',
-               'conv_dW_cl[1][1][conv_xc][conv_yk] += '],
+    (16, 16): ['conv_dW_cl[1][1][conv_xc][conv_yk] += '],   # the rest: test_lanes.py
 }
 
 

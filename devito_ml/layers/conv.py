@@ -9,6 +9,7 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
+from devito_ml.layers.conv_tiles import MAX_TILED_TAPS, TiledCorrelation
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
@@ -182,64 +183,60 @@ import numpy as np
         return kernel_taps(r, q, self.ky, self.kx)
 
     def _create_channels_last(self):
-        """Channels-last copies of the input (padded), kernel and output.
+        """The register-tiled passes (``conv_tiles.py``) and the copies they need.
 
-        The forward loop nest runs over them with the output channels innermost:
-        measured on 32->64 channels, 3x3, 28x28, batch 32, 2 threads, 64 GFLOP/s
-        against 26 for the best NCHW nest; the copies in and out are O(activations).
-        They live on Dimensions of their own, since Devito imposes one loop order
-        per operator and NCHW tensors order channels before rows.
+        The forward pass and the input gradient run channels last on flat tensors of
+        their own when their vector channels number at least
+        ``CHANNELS_LAST_MIN_CHANNELS``; the weight gradient reads the forward pass's
+        padded input and a channels-last copy of ``dz``. Copies live on Dimensions
+        of their own: Devito imposes one loop order per operator and NCHW tensors
+        order channels before rows.
         """
         n, c, h, w = self.input_size
         _, k, oh, ow = self.output_size
         _, r, q = self.kernel_size
-        plain = lambda role: Dimension(f"{self.name}_{role}")  # noqa: E731
-        self.cl_in_dims = (self.batch_dim, plain('xh'), plain('xw'), plain('xc'))
-        self.cl_out_dims = (self.batch_dim, plain('yh'), plain('yw'), plain('yk'))
-        (ph, pw) = self.padding
-        # dz channels last, on rows and columns of its own: the weight gradient loops
-        # over them inside the input channels, while the forward pass (same operator
-        # when training) orders output rows before input channels.
-        self.dz_cl_dims = (self.batch_dim, plain('gh'), plain('gw'), self.cl_out_dims[3])
-        # only the copies a schedule reads are created (a deep net has hundreds)
+        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+        self.cl_in_dims = (self.batch_dim, self.dim('xh', h), self.dim('xw', w),
+                           self.dim('xc', c))
+        yk = self.dim('yk', k)
+        self.dz_cl_dims = (self.batch_dim, self.dim('gh', oh), self.dim('gw', ow), yk)
+        taps = [(i, j) for i in range(r) for j in range(q)]
         if self.channels_last:
-            self.input_cl = self.tensor('in_cl', self.cl_in_dims, (n, h, w, c),
-                                        Halo((0, 0), (ph, ph), (pw, pw), (0, 0)))
-            self.result_cl = self.tensor('out_cl', self.cl_out_dims, (n, oh, ow, k))
-            kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], self.cl_out_dims[3])
-            self.kernel_cl = self.tensor('W_cl', kernel_cl_dims, (r, q, c, k))
+            self.forward_tiles = TiledCorrelation(
+                f"{self.name}_fwd", self.dtype, n, c, k, (oh, ow),
+                [(i * dy, j * dx) for i, j in taps], self.stride,
+                (h + 2 * py, w + 2 * px))
+            kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], yk)
             self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
                                                    (r, q, c, k))
-        if self.channels_last or self.input_gradient_channels_last:
             self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
-        if self.input_gradient_channels_last:
-            # the kernel with input channels innermost, for the input gradient
-            self.kernel_cl_t = self.tensor('Wt_cl', (self.ky, self.kx, plain('tk'),
-                                                     plain('tc')), (r, q, k, c))
-            self.input_gradients_cl = self.tensor('din_cl', self.cl_in_dims,
-                                                  (n, h, w, c))
         halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d in
                  zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
                      self.dilation)]
-        stuffed = (stuffed_extent(oh, self.stride[0]), stuffed_extent(ow, self.stride[1]))
-        sy, sx, sk = plain('sy'), plain('sx'), plain('sk')
+        stuffed = (stuffed_extent(oh, sy), stuffed_extent(ow, sx))
         if self.input_gradient_channels_last:
-            dims, shape = (self.batch_dim, sy, sx, sk), (n,) + stuffed + (k,)
-            halo = Halo((0, 0), *halos, (0, 0))
+            (top, bottom), (left, right) = halos
+            self.stuffed_origin = (top, left)
+            self.input_gradient_tiles = TiledCorrelation(
+                f"{self.name}_bwd", self.dtype, n, k, c, (h, w),
+                [(top + py - i * dy, left + px - j * dx) for i, j in taps], (1, 1),
+                (stuffed[0] + top + bottom, stuffed[1] + left + right))
         else:
-            dims, shape = (self.batch_dim, sk, sy, sx), (n, k) + stuffed
-            halo = Halo((0, 0), (0, 0), *halos)
-        self.stuffed_gradients = self.tensor('dz_stuffed', dims, shape, halo)
+            plain = lambda role: Dimension(f"{self.name}_{role}")  # noqa: E731
+            dims = (self.batch_dim, plain('sk'), plain('sy'), plain('sx'))
+            self.stuffed_gradients = self.tensor('dz_stuffed', dims, (n, k) + stuffed,
+                                                 Halo((0, 0), (0, 0), *halos))
+
+    @property
+    def _tiled(self):
+        """Whether register tiles fit: one group, at most ``MAX_TILED_TAPS`` taps."""
+        _, r, q = self.kernel_size
+        return self.groups == 1 and r * q <= MAX_TILED_TAPS
 
     @property
     def input_gradient_channels_last(self):
-        return self.input_size[1] >= CHANNELS_LAST_MIN_CHANNELS and self.groups == 1
-
-    def _stuffed(self, n, h, w, k):
-        """The stuffed dz at (sample, row, column, channel), in its layout."""
-        if self.input_gradient_channels_last:
-            return self.stuffed_gradients[n, h, w, k]
-        return self.stuffed_gradients[n, k, h, w]
+        """The input gradient register-tiled: with >= 16 input channels."""
+        return self.input_size[1] >= CHANNELS_LAST_MIN_CHANNELS and self._tiled
 
     @property
     def channels_last(self):
@@ -248,7 +245,7 @@ import numpy as np
         Output channels are the vector lanes there; measured on LeNet-5's first
         convolution (1 -> 6 channels, 28x28, batch 64), the NCHW nest was faster.
         """
-        return self.kernel_size[0] >= CHANNELS_LAST_MIN_CHANNELS and self.groups == 1
+        return self.kernel_size[0] >= CHANNELS_LAST_MIN_CHANNELS and self._tiled
 
     @property
     def input_halo(self):
@@ -259,24 +256,21 @@ import numpy as np
         if not self.channels_last:
             return self._forward_equations_nchw()
         n, xh, xw, xc = self.cl_in_dims
-        _, yh, yw, yk = self.cl_out_dims
+        yk = self.dz_cl_dims[3]
         _, k, y, x = self.out_dims
-        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
-        taps = sum(self.kernel_cl[i, j, xc, yk]
-                   * self.input_cl[n, yh * sy + i * dy - py, yw * sx + j * dx - px, xc]
-                   for i, j in self._taps())
-        out_cl = self.result_cl[n, yh, yw, yk]
-        value = self.result_cl[n, y, x, k] + (self.bias[k] if self.has_bias else 0)
+        (py, px), (_, q) = self.padding, self.kernel_size[1:]
+        tiles = self.forward_tiles
+        value = tiles.target_at(n, y, x, k) + (self.bias[k] if self.has_bias else 0)
         # Transposing copies name their loop order: they relate the same Dimensions
         # in two orders, which Devito's dimension sort would find cyclic.
-        return [Eq(self.input_cl[n, xh, xw, xc], self.input[n, xc, xh, xw],
+        return [Eq(tiles.source_at(n, xh + py, xw + px, xc), self.input[n, xc, xh, xw],
                    implicit_dims=IgnoreDimSort((n, xh, xw, xc))),
-                Eq(self.kernel_cl[self.ky, self.kx, xc, yk],
+                Eq(tiles.weight_at(self.ky * q + self.kx, xc, yk),
                    self.kernel[yk, xc, self.ky, self.kx],
-                   implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, yk))),
-                Eq(out_cl, 0), Inc(out_cl, taps),
-                Eq(self.result[n, k, y, x], self.activation.forward(value),
-                   implicit_dims=IgnoreDimSort((n, k, y, x)))]
+                   implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, yk)))] + \
+            tiles.equations(n) + \
+            [Eq(self.result[n, k, y, x], self.activation.forward(value),
+                implicit_dims=IgnoreDimSort((n, k, y, x)))]
 
     def _forward_equations_nchw(self):
         n, k, y, x = self.out_dims
@@ -331,14 +325,14 @@ import numpy as np
         xc = self.cl_in_dims[3]
         _, yh, yw, yk = self.dz_cl.dimensions
         m = self.reduction_batch_dim
-        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
+        (sy, sx), (dy, dx) = self.stride, self.dilation
         dw = self.kernel_gradients_cl
         eqs = [Eq(dw[self.ky, self.kx, xc, yk], 0)]
         taps = self._taps()
         order = (xc, m, yh, yw, yk) if taps != [(self.ky, self.kx)] else \
             (self.ky, self.kx, xc, m, yh, yw, yk)
         for i, j in taps:
-            read = self.input_cl[m, yh * sy + i * dy - py, yw * sx + j * dx - px, xc]
+            read = self.forward_tiles.source_at(m, yh * sy + i * dy, yw * sx + j * dx, xc)
             eqs.append(Inc(dw[i, j, xc, yk], read * self.dz_cl[m, yh, yw, yk],
                            implicit_dims=IgnoreDimSort(order)))
         k, c = self.k, self.in_dims[1]
@@ -348,31 +342,27 @@ import numpy as np
         return eqs
 
     def _input_gradient_equations(self):
-        """dx as a gather from a stuffed, padded dz.
-
-        Channels last (input channels innermost) when there are at least
-        ``CHANNELS_LAST_MIN_CHANNELS`` input channels, else NCHW with image columns
-        innermost. Measured, 2 threads: 32->64 3x3 28x28 batch 32, 49 -> 20 ms
-        channels last; 6->16 5x5 14x14 batch 64, 10.1 ms channels last against
-        ~2.5 ms NCHW, since 6 channels do not fill a vector.
-        """
+        """dx as a gather from a stuffed, padded dz: register-tiled channels last
+        with at least ``CHANNELS_LAST_MIN_CHANNELS`` input channels, else NCHW with
+        image columns innermost (6 channels do not fill a vector)."""
         if not self.input_gradient_channels_last:
             return self._input_gradient_equations_nchw()
-        n, xh, xw, xc = self.cl_in_dims
-        _, ci, h, w = self.input_gradient_dims
-        (py, px), (dy, dx) = self.padding, self.dilation
-        _, _, tk, tc = self.kernel_cl_t.dimensions
-        ky, kx = self.ky, self.kx
-        stuffed, din_cl = self.stuffed_gradients, self.input_gradients_cl
-        total = sum(self.kernel_cl_t[i, j, tk, xc]
-                    * stuffed[n, xh + py - i * dy, xw + px - j * dx, tk]
-                    for i, j in self._taps())
-        return [Eq(self.kernel_cl_t[ky, kx, tk, tc], self.kernel[tk, tc, ky, kx],
-                   implicit_dims=IgnoreDimSort((ky, kx, tk, tc))),
-                Eq(din_cl[n, xh, xw, xc], 0),
-                Inc(din_cl[n, xh, xw, xc], total),
-                Eq(self.input_gradients[n, ci, h, w], din_cl[n, h, w, ci],
-                   implicit_dims=IgnoreDimSort((n, ci, h, w)))]
+        n, ci, h, w = self.input_gradient_dims
+        _, gh, gw, yk = self.dz_cl_dims
+        tk, tc = self.dim('tk', self.kernel_size[0]), self.dim('tc', self.input_size[1])
+        (sy, sx), (_, q) = self.stride, self.kernel_size[1:]
+        (top, left), tiles = self.stuffed_origin, self.input_gradient_tiles
+        dz = self.pre_activation_gradients
+        return [Eq(tiles.source_at(n, gh * sy + top, gw * sx + left, yk),
+                   dz[n, yk, gh, gw], implicit_dims=IgnoreDimSort((n, gh, gw, yk))),
+                # the kernel's channels swapped, on loops of their own (the forward
+                # copy orders input channels first)
+                Eq(tiles.weight_at(self.ky * q + self.kx, tk, tc),
+                   self.kernel[tk, tc, self.ky, self.kx],
+                   implicit_dims=IgnoreDimSort((self.ky, self.kx, tk, tc)))] + \
+            tiles.equations(n) + \
+            [Eq(self.input_gradients[n, ci, h, w], tiles.target_at(n, h, w, ci),
+                implicit_dims=IgnoreDimSort((n, ci, h, w)))]
 
     def _input_gradient_equations_nchw(self):
         n, k = self.batch_dim, self.k
@@ -384,14 +374,13 @@ import numpy as np
             k = self.group_output_start[ci] + self.dim('gk', per_group)
             local = ci - self.group_channel_start[ci]
         total = sum(self.kernel[k, local, i, j]
-                    * self._stuffed(n, h + py - i * dy, w + px - j * dx, k)
+                    * self.stuffed_gradients[n, k, h + py - i * dy, w + px - j * dx]
                     for i, j in self._taps())
         return [Eq(self.input_gradients[n, ci, h, w], 0),
                 Inc(self.input_gradients[n, ci, h, w], total)]
 
     def _backward_equations(self, training):
         n, k, y, x = self.out_dims
-        _, yh, yw, yk = self.cl_out_dims
         (sy, sx) = self.stride
         dz = self.pre_activation_gradients
         eqs = []
@@ -404,14 +393,11 @@ import numpy as np
             eqs += [Eq(self.bias_gradients[k], 0),
                     Inc(self.bias_gradients[k], dz[m, k, y, x],
                         implicit_dims=IgnoreDimSort((k, m, y, x)))]
-        _, gh, gw, _ = self.dz_cl_dims
-        if self.channels_last or self.input_gradient_channels_last:
+        _, gh, gw, yk = self.dz_cl_dims
+        if self.channels_last:
             eqs.append(Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
                           implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
-        if self.input_gradient_channels_last:
-            eqs.append(Eq(self._stuffed(n, gh * sy, gw * sx, yk),
-                          self.dz_cl[n, gh, gw, yk]))
-        else:
-            eqs.append(Eq(self._stuffed(n, y * sy, x * sx, k), dz[n, k, y, x]))
+        if not self.input_gradient_channels_last:
+            eqs.append(Eq(self.stuffed_gradients[n, k, y * sy, x * sx], dz[n, k, y, x]))
         return eqs + self._weight_gradient_equations() + \
             self._input_gradient_equations()

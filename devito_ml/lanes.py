@@ -1,0 +1,112 @@
+"""Vector lanes: loops Devito vectorises although they are not innermost.
+
+A register-tiled kernel (``layers/conv_tiles.py``) keeps a tile of outputs in
+Scalars while it runs a reduction loop: for each lane of a vector, the Scalars are
+set to zero, the reduction loop accumulates into them, and they are stored. gcc
+turns each Scalar into one vector register when the *lane* loop, the one outside
+the reduction, carries ``#pragma omp simd``. Devito's SIMD pass (4.8,
+``PragmaSimdTransformer._make_simd``) puts the pragma only on a perfect innermost
+loop, so the lane loop never gets it.
+
+This module carries the one change: loops over a :class:`LaneDimension` get the
+pragma too when Devito found them parallel. It goes through Devito's own extension
+points: a subclass of the OpenMP ``Parizer`` (the pass object every CPU operator
+takes from its ``_Target``), a target and operator classes using it, and
+:func:`build_operator`, which lowers equations with those classes following the
+steps of ``Operator.__new__``. ``tests/test_lanes.py`` pins every piece of Devito
+this relies on.
+"""
+
+from devito import CustomDimension
+from devito.core.cpu import Cpu64AdvOmpOperator
+from devito.core import Intel64AdvOmpOperator
+from devito.ir.iet import FindNodes, Iteration, Transformer
+from devito.ir.support.properties import VECTORIZED
+from devito.operator.operator import parse_kwargs
+from devito.operator.registry import operator_selector
+from devito.passes.iet.languages.openmp import Ompizer
+from devito.passes.iet.languages.targets import COmpTarget
+from devito.tools import CacheInstances, memoized_func, timed_region
+
+__all__ = ['LaneDimension', 'build_operator', 'lane_operator_class']
+
+
+class LaneDimension(CustomDimension):
+    """The lanes of a vector register: a loop of literal extent ``size``.
+
+    Parameters
+    ----------
+    name : str
+    size : int
+        Number of lanes (the machine's vector width in elements).
+    """
+
+    @classmethod
+    def of(cls, name, size):
+        """Lanes ``0 .. size - 1``."""
+        return cls(name, symbolic_min=0, symbolic_max=size - 1, symbolic_size=size)
+
+
+class LaneOmpizer(Ompizer):
+    """Devito's OpenMP pass, with ``omp simd`` on parallel lane loops as well."""
+
+    def _make_simd(self, iet):
+        iet, metadata = super()._make_simd(iet)
+        mapper = {}
+        for loop in FindNodes(Iteration).visit(iet):
+            if isinstance(loop.dim, LaneDimension) and loop.is_Parallel and \
+                    VECTORIZED not in loop.properties:
+                mapper[loop] = loop._rebuild(
+                    pragmas=loop.pragmas + self._make_simd_pragma(loop),
+                    properties=tuple(loop.properties) + (VECTORIZED,))
+        return Transformer(mapper).visit(iet), metadata
+
+
+class LaneOmpTarget(COmpTarget):
+    """The C/OpenMP target with :class:`LaneOmpizer` as its parallelizer."""
+    Parizer = LaneOmpizer
+
+
+class LaneCpu64AdvOmpOperator(Cpu64AdvOmpOperator):
+    """Devito's generic CPU OpenMP operator, vectorising lane loops."""
+    _Target = LaneOmpTarget
+
+
+class LaneIntel64AdvOmpOperator(Intel64AdvOmpOperator):
+    """Devito's Intel CPU OpenMP operator, vectorising lane loops."""
+    _Target = LaneOmpTarget
+
+
+_LANE_OPERATORS = {Cpu64AdvOmpOperator: LaneCpu64AdvOmpOperator,
+                   Intel64AdvOmpOperator: LaneIntel64AdvOmpOperator}
+
+
+def lane_operator_class(base):
+    """The lane-vectorising subclass of the operator class Devito selected.
+
+    Other targets (a GPU, another language) keep Devito's class: lane loops then
+    run as plain loops, correct and slower.
+    """
+    return _LANE_OPERATORS.get(base, base)
+
+
+def build_operator(expressions, **kwargs):
+    """``Operator(expressions, **kwargs)``, lowered with the lane-vectorising class.
+
+    The steps of Devito 4.8's ``Operator.__new__``, with the class it selects
+    replaced by :func:`lane_operator_class` of it.
+    """
+    kwargs = parse_kwargs(**kwargs)
+    cls = lane_operator_class(operator_selector(**kwargs))
+    kwargs = cls._normalize_kwargs(**kwargs)
+    cls._check_kwargs(**kwargs)
+    expressions = cls._sanitize_exprs(expressions, **kwargs)
+    with timed_region('op-compile') as region:
+        try:
+            operator = cls._build(expressions, **kwargs)
+        finally:
+            CacheInstances.clear_caches()
+            memoized_func.clear_build_caches()
+    operator._profiler.py_timers.update(region.timings)
+    operator._emit_build_profiling()
+    return operator

@@ -1,0 +1,113 @@
+"""The lane-vectorising extension of Devito and the register tiles it serves.
+
+``devito_ml.lanes`` relies on pieces of Devito 4.8 named here; a new Devito that
+changes one of them fails these tests loudly instead of silently generating scalar
+convolutions.
+"""
+
+import inspect
+import re
+import sys
+
+import devito
+import numpy as np
+import pytest
+from devito.core import Cpu64AdvOmpOperator, Intel64AdvOmpOperator
+from devito.operator.operator import Operator
+from devito.passes.iet.parpragma import PragmaSimdTransformer
+
+from devito_ml import compiled, lanes
+from devito_ml.layers.conv import Conv
+from devito_ml.layers.conv_tiles import TiledCorrelation, tile_shape, vector_lanes
+
+
+def test_pinned_devito_version():
+    assert devito.__version__.startswith('4.8.23')
+
+
+def test_operator_new_is_the_sequence_build_operator_mirrors():
+    source = inspect.getsource(Operator.__new__)
+    steps = ['parse_kwargs(**kwargs)', 'operator_selector(**kwargs)',
+             'cls._normalize_kwargs(**kwargs)', 'cls._check_kwargs(**kwargs)',
+             'cls._sanitize_exprs(expressions, **kwargs)', "timed_region('op-compile')",
+             'cls._build(expressions, **kwargs)', 'CacheInstances.clear_caches()',
+             'memoized_func.clear_build_caches()', 'op._emit_build_profiling()']
+    positions = [source.find(step) for step in steps]
+    assert -1 not in positions, [s for s, p in zip(steps, positions) if p < 0]
+    assert positions == sorted(positions)
+
+
+def test_simd_pass_is_the_method_the_extension_overrides():
+    assert 'def _make_simd(self, iet)' in inspect.getsource(PragmaSimdTransformer)
+    assert 'IsPerfectIteration' in inspect.getsource(PragmaSimdTransformer._make_simd)
+    for base in (Cpu64AdvOmpOperator, Intel64AdvOmpOperator):
+        module = inspect.getsource(sys.modules[base.__module__])
+        assert 'parizer = cls._Target.Parizer(**kwargs)' in module
+        assert 'parizer.make_simd(graph)' in module
+        assert lanes.lane_operator_class(base)._Target.Parizer is lanes.LaneOmpizer
+
+
+def _lane_pragma(code, lane):
+    """The line above the loop over ``lane``."""
+    lines = code.splitlines()
+    for i, line in enumerate(lines):
+        if re.search(rf'for \(int {lane} = 0; {lane} <= \d+; {lane} \+= 1\)', line):
+            return lines[i - 1].strip()
+    raise AssertionError(f"no loop over {lane}")
+
+
+def test_lane_loop_with_a_reduction_inside_is_vectorised():
+    """The body {scalar init; loop over c; store} is not a perfect innermost loop:
+    Devito alone leaves it scalar, the extension vectorises it."""
+    tiles = TiledCorrelation('t', np.float32, 2, 5, 11, (4, 7), [(0, 0), (1, 2)],
+                             (1, 1), (5, 9))
+    eqs = tiles.equations(devito.Dimension('n'))
+    code = str(lanes.build_operator(eqs, name='tiles', language='openmp'))
+    assert _lane_pragma(code, 't_lane').startswith('#pragma omp simd')
+    plain = str(Operator(eqs, name='tiles', language='openmp'))
+    assert not _lane_pragma(plain, 't_lane').startswith('#pragma omp simd')
+
+
+def test_wide_convolution_keeps_vectorised_lane_loops():
+    layer = Conv((24, 3, 3), (2, 20, 9, 7), stride=2, padding=1, generate_code=True)
+    forward, backward = layer.forward_operator.code, layer.backward_operator.code
+    assert _lane_pragma(forward, 'conv_fwd_lane').startswith('#pragma omp simd')
+    assert _lane_pragma(backward, 'conv_bwd_lane').startswith('#pragma omp simd')
+    assert 'fmaf(' in forward and 'fmaf(' in backward
+    assert 'atomic' not in forward + backward
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_tiled_correlation_matches_numpy(dtype):
+    """Remainders everywhere: 11 outputs (not a whole lane block), 7 columns (not a
+    whole tile), stride 2, uneven taps."""
+    rows, columns, channels, outputs, batch = 3, 7, 5, 11, 2
+    taps, stride = [(0, 0), (1, 2), (2, 1)], (2, 2)
+    tiles = TiledCorrelation('u', dtype, batch, channels, outputs, (rows, columns), taps,
+                             stride, (6, 10))
+    n = devito.Dimension('n')
+    op = compiled.CompiledOperator(tiles.equations(n), 'tiles')
+    rng = np.random.default_rng(0)
+    source = rng.standard_normal((batch, tiles.source_rows, tiles.source_columns,
+                                  channels)).astype(dtype)
+    weights = np.zeros((len(taps), channels, tiles.padded_outputs), dtype)
+    weights[..., :outputs] = rng.standard_normal((len(taps), channels, outputs))
+    tiles.source.data[:] = source.ravel()
+    tiles.weights.data[:] = weights.ravel()
+    op.run(batch)
+    got = tiles.target.data.reshape(batch, rows, tiles.columns, -1)
+    got = got[:, :, :columns, :outputs]
+    want = np.zeros((batch, rows, columns, outputs))
+    for t, (ty, tx) in enumerate(taps):
+        window = source[:, ty:ty + rows * 2:2, tx:tx + columns * 2:2, :]
+        want += np.einsum('nyxc,ck->nyxk', window.astype(np.float64),
+                          weights[t, :, :outputs].astype(np.float64))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
+
+
+def test_tile_fits_the_registers():
+    columns, blocks = tile_shape(8, 28)
+    registers = 32 if vector_lanes(np.float32) * 4 >= 64 else 16
+    assert columns * blocks + blocks + 1 <= registers - 2
+    assert tile_shape(1, 3) == (3, 1)
