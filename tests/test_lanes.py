@@ -59,9 +59,9 @@ def _lane_pragma(code, lane):
 def test_lane_loop_with_a_reduction_inside_is_vectorised():
     """The body {scalar init; loop over c; store} is not a perfect innermost loop:
     Devito alone leaves it scalar, the extension vectorises it."""
-    tiles = TiledCorrelation('t', np.float32, 2, 5, 11, (4, 7), [(0, 0), (1, 2)],
-                             (1, 1), (5, 9))
-    eqs = tiles.equations(devito.Dimension('n'))
+    tiles = TiledCorrelation('t', np.float32, devito.Dimension('n'), 2, 5, 11, (4, 7),
+                             [(0, 0), (1, 2)], (1, 1), (5, 9))
+    eqs = tiles.equations()
     code = str(lanes.build_operator(eqs, name='tiles', language='openmp'))
     assert _lane_pragma(code, 't_lane').startswith('#pragma omp simd')
     plain = str(Operator(eqs, name='tiles', language='openmp'))
@@ -83,10 +83,9 @@ def test_tiled_correlation_matches_numpy(dtype):
     whole tile), stride 2, uneven taps."""
     rows, columns, channels, outputs, batch = 3, 7, 5, 11, 2
     taps, stride = [(0, 0), (1, 2), (2, 1)], (2, 2)
-    tiles = TiledCorrelation('u', dtype, batch, channels, outputs, (rows, columns), taps,
-                             stride, (6, 10))
-    n = devito.Dimension('n')
-    op = compiled.CompiledOperator(tiles.equations(n), 'tiles')
+    tiles = TiledCorrelation('u', dtype, devito.Dimension('n'), batch, channels, outputs,
+                             (rows, columns), taps, stride, (6, 10))
+    op = compiled.CompiledOperator(tiles.equations(), 'tiles')
     rng = np.random.default_rng(0)
     source = rng.standard_normal((batch, tiles.source_rows, tiles.source_columns,
                                   channels)).astype(dtype)

@@ -201,9 +201,12 @@ import numpy as np
         yk = self.dim('yk', k)
         self.dz_cl_dims = (self.batch_dim, self.dim('gh', oh), self.dim('gw', ow), yk)
         taps = [(i, j) for i in range(r) for j in range(q)]
+        # the tiles loop over a batch of their own, bounded by the active batch like
+        # `n` (on `n`, Devito fuses them with the copies and serialises the batch)
+        tile_n = self.dim('tile_n', n)
         if self.channels_last:
             self.forward_tiles = TiledCorrelation(
-                f"{self.name}_fwd", self.dtype, n, c, k, (oh, ow),
+                f"{self.name}_fwd", self.dtype, tile_n, n, c, k, (oh, ow),
                 [(i * dy, j * dx) for i, j in taps], self.stride,
                 (h + 2 * py, w + 2 * px))
             kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], yk)
@@ -218,7 +221,7 @@ import numpy as np
             (top, bottom), (left, right) = halos
             self.stuffed_origin = (top, left)
             self.input_gradient_tiles = TiledCorrelation(
-                f"{self.name}_bwd", self.dtype, n, k, c, (h, w),
+                f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (h, w),
                 [(top + py - i * dy, left + px - j * dx) for i, j in taps], (1, 1),
                 (stuffed[0] + top + bottom, stuffed[1] + left + right))
         else:
@@ -268,7 +271,7 @@ import numpy as np
                 Eq(tiles.weight_at(self.ky * q + self.kx, xc, yk),
                    self.kernel[yk, xc, self.ky, self.kx],
                    implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, yk)))] + \
-            tiles.equations(n) + \
+            tiles.equations() + \
             [Eq(self.result[n, k, y, x], self.activation.forward(value),
                 implicit_dims=IgnoreDimSort((n, k, y, x)))]
 
@@ -360,7 +363,7 @@ import numpy as np
                 Eq(tiles.weight_at(self.ky * q + self.kx, tk, tc),
                    self.kernel[tk, tc, self.ky, self.kx],
                    implicit_dims=IgnoreDimSort((self.ky, self.kx, tk, tc)))] + \
-            tiles.equations(n) + \
+            tiles.equations() + \
             [Eq(self.input_gradients[n, ci, h, w], tiles.target_at(n, h, w, ci),
                 implicit_dims=IgnoreDimSort((n, ci, h, w)))]
 

@@ -80,6 +80,8 @@ class TiledCorrelation:
     name : str
         Prefix of its tensors and loops (``conv1_fwd``).
     dtype : numpy dtype
+    batch_dim : Dimension
+        The batch loop of the tiles (bounded by the active batch).
     batch : int
         Largest batch.
     channels, outputs : int
@@ -94,7 +96,7 @@ class TiledCorrelation:
         what whole tiles read.
     """
 
-    def __init__(self, name, dtype, batch, channels, outputs, out_size, taps,
+    def __init__(self, name, dtype, batch_dim, batch, channels, outputs, out_size, taps,
                  stride, source_size):
         self.name, self.dtype = name, np.dtype(dtype)
         self.channels, self.outputs, self.taps = channels, outputs, list(taps)
@@ -116,9 +118,13 @@ class TiledCorrelation:
         size = len(self.taps) * channels * self.padded_outputs
         self.weights = tensor(f"{name}_wts", (_extent(f"{name}_wi", size),), (size,),
                               dtype)
-        size = batch * self.rows * self.columns * self.padded_outputs
-        self.target = tensor(f"{name}_acc", (_extent(f"{name}_ti", size),), (size,),
-                             dtype)
+        # the target on the batch and row loops themselves: Devito then proves them
+        # parallel (flat, it parallelised only the tile loop, a region a row)
+        self.batch_dim, self.row = batch_dim, _extent(f"{name}_y", self.rows)
+        size = self.columns * self.padded_outputs
+        self.target = tensor(f"{name}_acc", (batch_dim, self.row,
+                                             _extent(f"{name}_xk", size)),
+                             (batch, self.rows, size), dtype)
 
     def source_at(self, n, row, column, channel):
         """The source at (sample, row, column, channel)."""
@@ -132,14 +138,13 @@ class TiledCorrelation:
 
     def target_at(self, n, row, column, output):
         """The target at (sample, row, column, output channel)."""
-        return self.target[((n * self.rows + row) * self.columns + column)
-                           * self.padded_outputs + output]
+        return self.target[n, row, column * self.padded_outputs + output]
 
-    def equations(self, batch_dim):
+    def equations(self):
         """The tiled loop nest: zero the tile, accumulate over taps and channels,
         store."""
         name, lanes = self.name, self.lanes
-        row = _extent(f"{name}_y", self.rows)
+        batch_dim, row = self.batch_dim, self.row
         tile = _extent(f"{name}_xt", self.columns // self.tile_columns)
         block = _extent(f"{name}_kt",
                         self.padded_outputs // (lanes * self.tile_blocks))
