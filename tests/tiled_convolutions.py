@@ -1,0 +1,38 @@
+"""Register-tiled convolutions against torch, run by ``test_fuzz.py`` under
+AddressSanitizer: remainders of lane blocks and tiles, strides, dilation, padding,
+1x1 to 5x5 kernels, both passes tiled (>= 16 channels each way)."""
+
+import numpy as np
+import pytest
+import torch
+
+from devito_ml import Conv
+
+SHAPES = [  # in, out channels, rows, cols, kernel rows, cols, stride, padding, dilation
+    (20, 24, 9, 7, 3, 3, 2, 1, 1),
+    (16, 17, 6, 11, 5, 5, 1, 2, 1),
+    (17, 16, 10, 8, 3, 2, 3, 0, 2),
+    (33, 40, 5, 5, 1, 1, 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize('c, k, h, w, r, q, s, p, d', SHAPES)
+def test_tiled_convolution_matches_torch(c, k, h, w, r, q, s, p, d):
+    rng = np.random.default_rng(0)
+    layer = Conv((k, r, q), (3, c, h, w), stride=s, padding=p, dilation=d,
+                 dtype=np.float64, seed=0)
+    assert layer.channels_last and layer.input_gradient_channels_last
+    x = rng.standard_normal((3, c, h, w))
+    out = layer.forward(x)
+    upstream = rng.standard_normal(out.shape)
+    layer.backward(upstream)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tw = torch.from_numpy(layer.kernel.data.copy()).requires_grad_(True)
+    tb = torch.from_numpy(layer.bias.data.copy()).requires_grad_(True)
+    reference = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p, dilation=d)
+    reference.backward(torch.from_numpy(upstream))
+    for ours, theirs in ((out, reference), (layer.input_gradients.data, tx.grad),
+                         (layer.kernel_gradients.data, tw.grad),
+                         (layer.bias_gradients.data, tb.grad)):
+        theirs = theirs.detach().numpy()
+        assert np.abs(ours - theirs).max() <= 1e-12 * max(1.0, np.abs(theirs).max())
