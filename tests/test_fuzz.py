@@ -18,21 +18,30 @@ import tiled_convolutions
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_fuzzed_networks_agree_with_torch_and_stay_in_bounds(fuzz_options):
+def _run_sanitized(test_file, options=(), extra_environment=None):
+    """Run ``test_file`` with pytest under AddressSanitizer; the run and its report.
+
+    Skips when gcc has no AddressSanitizer; fails on any sanitizer report or failure.
+    """
     try:
         environment = sanitizer_environment()
     except (OSError, subprocess.CalledProcessError) as error:
         pytest.skip(f"no gcc with AddressSanitizer here: {error}")
-    environment.update(fuzz_options)
+    environment.update(extra_environment or {})
     run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p',
-                          'no:cacheprovider',
-                          '-p', 'no:logging', '--hypothesis-show-statistics',
-                          os.path.join(HERE, 'fuzz_networks.py')],
+                          'no:cacheprovider', '-p', 'no:logging', *options,
+                          os.path.join(HERE, test_file)],
                          capture_output=True, text=True, cwd=HERE, env=environment,
                          timeout=3600)
     report = run.stdout[-6000:] + run.stderr[-6000:]
     assert 'AddressSanitizer' not in run.stderr, report
     assert run.returncode == 0, report
+    return run, report, environment
+
+
+def test_fuzzed_networks_agree_with_torch_and_stay_in_bounds(fuzz_options):
+    run, report, environment = _run_sanitized(
+        'fuzz_networks.py', ['--hypothesis-show-statistics'], fuzz_options)
     assert '1 passed' in run.stdout, report
     drawn = sum(int(n) for n in re.findall(r'(\d+) passing, ', run.stdout))
     wanted = int(environment.get('DEVITO_ML_FUZZ_EXAMPLES', '100'))
@@ -42,16 +51,5 @@ def test_fuzzed_networks_agree_with_torch_and_stay_in_bounds(fuzz_options):
 def test_tiled_convolutions_stay_in_bounds():
     """The register tiles read padded flat tensors through computed indices, which
     Devito does not check: AddressSanitizer does."""
-    try:
-        environment = sanitizer_environment()
-    except (OSError, subprocess.CalledProcessError) as error:
-        pytest.skip(f"no gcc with AddressSanitizer here: {error}")
-    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p',
-                          'no:cacheprovider', '-p', 'no:logging',
-                          os.path.join(HERE, 'tiled_convolutions.py')],
-                         capture_output=True, text=True, cwd=HERE, env=environment,
-                         timeout=1800)
-    report = run.stdout[-6000:] + run.stderr[-6000:]
-    assert 'AddressSanitizer' not in run.stderr, report
-    assert run.returncode == 0, report
+    run, report, _ = _run_sanitized('tiled_convolutions.py')
     assert f"{len(tiled_convolutions.SHAPES)} passed" in run.stdout, report
