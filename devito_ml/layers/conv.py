@@ -66,15 +66,13 @@ class Conv(WeightedLayer):
 
     where :math:`\tilde{dz}` is ``dz`` with ``s - 1`` zeros between entries and a
     zero halo: the input gradient is a gather, with no atomics. The weight gradient
-    is parallel over its own channels, the batch inside. Inside, each pass runs
-    channels last (channels innermost) when its vector channels number at least 16,
-    else NCHW (image columns innermost); the public tensors are NCHW either way.
+    is parallel over its own channels, the batch inside. Inside, the forward pass and
+    the input gradient run register tiles (``conv_tiles.py``, channels last) when their
+    vector channels number at least 16, else NCHW nests (image columns innermost);
+    the public tensors are NCHW either way.
 
     Examples
     --------
-    >>> import numbers
-
-import numpy as np
     >>> conv = Conv(kernel_size=(4, 3, 3), input_size=(2, 3, 8, 8), padding=1)
     >>> conv.kernel.shape, conv.result.shape
     ((4, 3, 3, 3), (2, 4, 8, 8))
