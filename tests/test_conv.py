@@ -84,7 +84,8 @@ def pragma_of_innermost_loop(code, statement):
 NESTS = {  # (input channels, output channels) -> statements whose loop must be simd
     (3, 4): ['conv_out[n][conv_oc][conv_oh][conv_ow] += ',
              'conv_din[n][conv_in_c][conv_in_h][conv_in_w] += '],
-    (16, 16): ['conv_dW_cl[1][1][conv_xc][conv_yk] += '],   # the rest: test_lanes.py
+    # the rest: test_lanes.py
+    (16, 16): ['conv_dW_cl[conv_ky][conv_kx][conv_xc][conv_yk] += '],
 }
 
 

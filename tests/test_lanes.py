@@ -18,7 +18,8 @@ from devito.passes.iet.parpragma import PragmaSimdTransformer
 
 from devito_ml import compiled, lanes
 from devito_ml.layers.conv import Conv
-from devito_ml.layers.conv_tiles import TiledCorrelation, tile_shape, vector_lanes
+from devito_ml.layers.conv_tiles import (TiledCorrelation, TiledWeightGradient,
+                                         gradient_tile_shape, tile_shape, vector_lanes)
 
 
 def test_pinned_devito_version():
@@ -70,9 +71,13 @@ def test_lane_loop_with_a_reduction_inside_is_vectorised():
 
 def test_wide_convolution_keeps_vectorised_lane_loops():
     layer = Conv((24, 3, 3), (2, 20, 9, 7), stride=2, padding=1, generate_code=True)
+    assert layer.weight_gradient_tiles.stride == (2, 2)
     forward, backward = layer.forward_operator.code, layer.backward_operator.code
     assert _lane_pragma(forward, 'conv_fwd_lane').startswith('#pragma omp simd')
-    assert _lane_pragma(backward, 'conv_bwd_lane').startswith('#pragma omp simd')
+    for phase in ('00', '01', '10', '11'):   # the input gradient's stride phases
+        pragma = _lane_pragma(backward, f'conv_bwd{phase}_lane')
+        assert pragma.startswith('#pragma omp simd')
+    assert _lane_pragma(backward, 'conv_dW_lane').startswith('#pragma omp simd')
     assert 'fmaf(' in forward and 'fmaf(' in backward
     assert 'atomic' not in forward + backward
 
@@ -91,7 +96,7 @@ def test_tiled_correlation_matches_numpy(dtype):
                                   channels)).astype(dtype)
     weights = np.zeros((len(taps), channels, tiles.padded_outputs), dtype)
     weights[..., :outputs] = rng.standard_normal((len(taps), channels, outputs))
-    tiles.source.data[:] = source.ravel()
+    tiles.source.data[:source.size] = source.ravel()
     tiles.weights.data[:] = weights.ravel()
     op.run(batch)
     got = tiles.target.data.reshape(batch, rows, tiles.columns, -1)
@@ -103,6 +108,53 @@ def test_tiled_correlation_matches_numpy(dtype):
                           weights[t, :, :outputs].astype(np.float64))
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('stride', [(1, 1), (2, 2), (3, 2)])
+def test_tiled_weight_gradient_matches_numpy(dtype, stride):
+    """Per-sample partial sums with remainders everywhere: 7 channels (no tile
+    divides them), 11 outputs, a 2x3 kernel with dilation (2, 1), strides 1 to 3."""
+    rows, columns, channels, outputs, batch = 3, 5, 7, 11, 2
+    kernel, dilation = (2, 3), (2, 1)
+    taps = [(i * dilation[0], j * dilation[1]) for i in range(2) for j in range(3)]
+    n = devito.Dimension('n')
+    forward = TiledCorrelation('u', dtype, n, batch, channels, outputs,
+                               (rows, columns), taps, stride, (8, 12))
+    tiles = TiledWeightGradient('g', forward, n, batch, outputs, (rows, columns),
+                                kernel, dilation)
+    op = compiled.CompiledOperator(tiles.equations(), 'weight_tiles')
+    rng = np.random.default_rng(1)
+    source = rng.standard_normal((batch, forward.source_rows, forward.source_columns,
+                                  channels)).astype(dtype)
+    gradient = np.zeros((batch, rows, tiles.width, tiles.padded_outputs), dtype)
+    gradient[:, :, :columns, :outputs] = rng.standard_normal((batch, rows, columns,
+                                                              outputs))
+    forward.source.data[:source.size] = source.ravel()
+    tiles.gradient.data[:] = gradient.ravel()
+    op.run(batch)
+    got = tiles.partial.data.reshape(batch, kernel[0], kernel[1], tiles.padded_channels,
+                                     tiles.padded_outputs)[..., :channels, :outputs]
+    want = np.zeros(got.shape)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            ty, tx = i * dilation[0], j * dilation[1]
+            sy, sx = stride
+            window = source[:, ty:ty + rows * sy:sy, tx:tx + columns * sx:sx, :]
+            want[:, i, j] = np.einsum('nyxc,nyxk->nck', window.astype(np.float64),
+                                      gradient[:, :, :columns, :outputs]
+                                      .astype(np.float64))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
+
+
+def test_weight_gradient_tile_fits_the_registers_and_hides_latency():
+    registers = 32 if vector_lanes(np.float32) * 4 >= 64 else 16
+    for channels, blocks in [(32, 8), (16, 2), (3, 2), (64, 16), (1, 1)]:
+        tile_channels, tile_blocks = gradient_tile_shape(channels, blocks)
+        assert tile_channels <= channels and tile_blocks <= blocks
+        assert tile_channels * tile_blocks + tile_blocks + 1 <= registers
+    assert np.prod(gradient_tile_shape(32, 8)) >= 8   # two FMA units, 4 cycles each
 
 
 def test_tile_fits_the_registers():

@@ -9,7 +9,8 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
-from devito_ml.layers.conv_tiles import MAX_TILED_TAPS, TiledCorrelation
+from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
+                                         TiledTransposedCorrelation, TiledWeightGradient)
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
@@ -18,6 +19,8 @@ from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
 __all__ = ['Conv']
 
 CHANNELS_LAST_MIN_CHANNELS = 16
+TILED_WEIGHT_GRADIENT_MAX_BYTES = 64 << 20
+"""Largest per-sample partial sums of a tiled weight gradient (above: the ``Inc``)."""
 
 
 class Conv(WeightedLayer):
@@ -210,19 +213,23 @@ class Conv(WeightedLayer):
             kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], yk)
             self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
                                                    (r, q, c, k))
-            self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
-        halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d in
-                 zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
-                     self.dilation)]
-        stuffed = (stuffed_extent(oh, sy), stuffed_extent(ow, sx))
+            self.weight_gradient_tiles = None
+            if TiledWeightGradient.partial_bytes(n, r * q, c, k, self.dtype) <= \
+                    TILED_WEIGHT_GRADIENT_MAX_BYTES:
+                self.weight_gradient_tiles = TiledWeightGradient(
+                    f"{self.name}_dW", self.forward_tiles, self.dim('wtile_n', n), n, k,
+                    (oh, ow), (r, q), self.dilation)
+            else:
+                self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
         if self.input_gradient_channels_last:
-            (top, bottom), (left, right) = halos
-            self.stuffed_origin = (top, left)
-            self.input_gradient_tiles = TiledCorrelation(
-                f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (h, w),
-                [(top + py - i * dy, left + px - j * dx) for i, j in taps], (1, 1),
-                (stuffed[0] + top + bottom, stuffed[1] + left + right))
+            self.input_gradient_tiles = TiledTransposedCorrelation(
+                f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (oh, ow), (h, w),
+                (r, q), self.stride, self.padding, self.dilation)
         else:
+            halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d
+                     in zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
+                            self.dilation)]
+            stuffed = (stuffed_extent(oh, sy), stuffed_extent(ow, sx))
             plain = lambda role: Dimension(f"{self.name}_{role}")  # noqa: E731
             dims = (self.batch_dim, plain('sk'), plain('sy'), plain('sx'))
             self.stuffed_gradients = self.tensor('dz_stuffed', dims, (n, k) + stuffed,
@@ -323,6 +330,8 @@ class Conv(WeightedLayer):
         """
         if not self.channels_last:
             return self._weight_gradient_equations_nchw()
+        if self.weight_gradient_tiles is not None:
+            return self._weight_gradient_equations_tiled()
         xc = self.cl_in_dims[3]
         _, yh, yw, yk = self.dz_cl.dimensions
         m = self.reduction_batch_dim
@@ -342,28 +351,51 @@ class Conv(WeightedLayer):
                       implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx))))
         return eqs
 
+    def _weight_gradient_equations_tiled(self):
+        """dW from register tiles: one partial sum a sample (``conv_tiles.py``),
+        then their sum over the batch, parallel over taps and input channels."""
+        tiles = self.weight_gradient_tiles
+        xc, yk = self.cl_in_dims[3], self.dz_cl_dims[3]
+        m, dw = self.reduction_batch_dim, self.kernel_gradients_cl
+        k, c = self.k, self.in_dims[1]
+        return tiles.equations() + [
+            Eq(dw[self.ky, self.kx, xc, yk], 0),
+            Inc(dw[self.ky, self.kx, xc, yk],
+                tiles.partial_at(m, self.ky, self.kx, xc, yk),
+                implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, m, yk))),
+            Eq(self.kernel_gradients[k, c, self.ky, self.kx], dw[self.ky, self.kx, c, k],
+               implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx)))]
+
     def _input_gradient_equations(self):
-        """dx as a gather from a stuffed, padded dz: register-tiled channels last
-        with at least ``CHANNELS_LAST_MIN_CHANNELS`` input channels, else NCHW with
-        image columns innermost (6 channels do not fill a vector)."""
+        """dx as a gather: register-tiled channels last with at least
+        ``CHANNELS_LAST_MIN_CHANNELS`` input channels, one tiled correlation a
+        stride phase (``conv_tiles.py``); else NCHW with image columns innermost,
+        from a stuffed, padded dz (6 channels do not fill a vector)."""
         if not self.input_gradient_channels_last:
             return self._input_gradient_equations_nchw()
-        n, ci, h, w = self.input_gradient_dims
+        n, ci = self.input_gradient_dims[:2]
         _, gh, gw, yk = self.dz_cl_dims
+        # the kernel's channels swapped, on loops of their own (the forward copy
+        # orders input channels first)
         tk, tc = self.dim('tk', self.kernel_size[0]), self.dim('tc', self.input_size[1])
-        (sy, sx), (_, q) = self.stride, self.kernel_size[1:]
-        (top, left), tiles = self.stuffed_origin, self.input_gradient_tiles
+        transposed = self.input_gradient_tiles
         dz = self.pre_activation_gradients
-        return [Eq(tiles.source_at(n, gh * sy + top, gw * sx + left, yk),
-                   dz[n, yk, gh, gw], implicit_dims=IgnoreDimSort((n, gh, gw, yk))),
-                # the kernel's channels swapped, on loops of their own (the forward
-                # copy orders input channels first)
-                Eq(tiles.weight_at(self.ky * q + self.kx, tk, tc),
-                   self.kernel[tk, tc, self.ky, self.kx],
-                   implicit_dims=IgnoreDimSort((self.ky, self.kx, tk, tc)))] + \
-            tiles.equations() + \
-            [Eq(self.input_gradients[n, ci, h, w], tiles.target_at(n, h, w, ci),
-                implicit_dims=IgnoreDimSort((n, ci, h, w)))]
+        eqs = [Eq(transposed.source_at(n, gh, gw, yk), dz[n, yk, gh, gw],
+                  implicit_dims=IgnoreDimSort((n, gh, gw, yk)))]
+        for phase in transposed.phases:
+            for t, (i, j) in enumerate(phase.kernel_taps):
+                eqs.append(Eq(phase.tiles.weight_at(t, tk, tc), self.kernel[tk, tc, i, j],
+                              implicit_dims=IgnoreDimSort((tk, tc))))
+        eqs += transposed.equations()
+        (sy, sx) = self.stride
+        for phase in transposed.phases:
+            a, b = phase.row_phase, phase.column_phase
+            y = self.dim(f'dx{a}{b}_y', phase.rows)
+            x = self.dim(f'dx{a}{b}_x', phase.columns)
+            value = 0 if phase.tiles is None else phase.tiles.target_at(n, y, x, ci)
+            eqs.append(Eq(self.input_gradients[n, ci, y * sy + a, x * sx + b], value,
+                          implicit_dims=IgnoreDimSort((n, ci, y, x))))
+        return eqs
 
     def _input_gradient_equations_nchw(self):
         n, k = self.batch_dim, self.k
@@ -395,7 +427,11 @@ class Conv(WeightedLayer):
                     Inc(self.bias_gradients[k], dz[m, k, y, x],
                         implicit_dims=IgnoreDimSort((k, m, y, x)))]
         _, gh, gw, yk = self.dz_cl_dims
-        if self.channels_last:
+        if self.channels_last and self.weight_gradient_tiles is not None:
+            eqs.append(Eq(self.weight_gradient_tiles.gradient_at(n, gh, gw, yk),
+                          dz[n, yk, gh, gw],
+                          implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
+        elif self.channels_last:
             eqs.append(Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
                           implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
         if not self.input_gradient_channels_last:

@@ -5,9 +5,11 @@ One loop nest computes
     target[n, y, x, k] = sum over taps t and channels c of
                          weights[t, c, k] * source[n, y*sy + ty_t, x*sx + tx_t, c]
 
-for the forward pass (source: the padded input, channels last) and for the input
-gradient (source: the stuffed, padded output gradient; weights: the kernel with its
-channels swapped). The maths of each pass stays in ``conv.py``; this is the
+for the forward pass (source: the padded input, channels last) and, one nest a
+stride phase, for the input gradient (:class:`TiledTransposedCorrelation`; source:
+the padded output gradient; weights: the kernel with its channels swapped).
+:class:`TiledWeightGradient` sums source times gradient over output positions, one
+partial sum a sample. The maths of each pass stays in ``conv.py``; this is the
 schedule, after ``../shared/notes/fast-conv.md``:
 
 - ``k`` is split into blocks of one vector register (:func:`vector_lanes`); the
@@ -34,7 +36,8 @@ from devito.types.utils import IgnoreDimSort
 from devito_ml.lanes import LaneDimension
 from devito_ml.symbolics import tensor
 
-__all__ = ['TiledCorrelation', 'vector_lanes', 'MAX_TILED_TAPS']
+__all__ = ['TiledCorrelation', 'TiledTransposedCorrelation', 'TiledWeightGradient',
+           'vector_lanes', 'MAX_TILED_TAPS']
 
 MAX_TILED_TAPS = 25
 """Above this many taps (5x5), one statement a tap and tile entry is too much code."""
@@ -94,10 +97,13 @@ class TiledCorrelation:
     source_size : pair of int
         Rows and columns of the source its writers fill; columns are widened to
         what whole tiles read.
+    source : Function, optional
+        Another correlation's source to read, as laid out by ``source_size`` (which
+        must hold what the tiles read); by default the correlation has its own.
     """
 
     def __init__(self, name, dtype, batch_dim, batch, channels, outputs, out_size, taps,
-                 stride, source_size):
+                 stride, source_size, source=None):
         self.name, self.dtype = name, np.dtype(dtype)
         self.channels, self.outputs, self.taps = channels, outputs, list(taps)
         self.stride = tuple(stride)
@@ -110,11 +116,21 @@ class TiledCorrelation:
         sy, sx = self.stride
         reach_rows = (self.rows - 1) * sy + max(t[0] for t in self.taps) + 1
         reach_columns = (self.columns - 1) * sx + max(t[1] for t in self.taps) + 1
-        self.source_rows = max(source_size[0], reach_rows)
-        self.source_columns = max(source_size[1], reach_columns)
-        size = batch * self.source_rows * self.source_columns * channels
-        self.source = tensor(f"{name}_src", (_extent(f"{name}_si", size),), (size,),
-                             dtype)
+        self.reach = (reach_rows, reach_columns)
+        if source is not None:
+            if reach_rows > source_size[0] or reach_columns > source_size[1]:
+                raise ValueError(f"{name}: tiles reach {self.reach}, beyond the shared "
+                                 f"source {tuple(source_size)}")
+            self.source_rows, self.source_columns = source_size
+            self.source = source
+        else:
+            # whole strides, so that the source splits into stride phases
+            self.source_rows = _round_up(max(source_size[0], reach_rows), sy)
+            self.source_columns = _round_up(max(source_size[1], reach_columns), sx)
+            # a row past the end: the weight gradient's tiles read whole rows a tap
+            size = (batch * self.source_rows + 1) * self.source_columns * channels
+            self.source = tensor(f"{name}_src", (_extent(f"{name}_si", size),),
+                                 (size,), dtype)
         size = len(self.taps) * channels * self.padded_outputs
         self.weights = tensor(f"{name}_wts", (_extent(f"{name}_wi", size),), (size,),
                               dtype)
@@ -171,3 +187,281 @@ class TiledCorrelation:
             eqs.append(Eq(self.target_at(batch_dim, row, tile * self.tile_columns + i,
                                          k), acc[i, b], implicit_dims=outer))
         return eqs
+
+
+FMA_CHAINS = 12
+"""Accumulators below which a weight gradient tile waits on its multiply-adds.
+
+Measured on 32->64 channels 3x3, 28x28, 8 lanes: tiles of 8 accumulators ran at
+62-81 GFLOP/s, of 12 at 100-112 (two FMA units, four cycles each, and the
+loads between them)."""
+
+
+def gradient_tile_shape(channels, blocks):
+    """``(tile channels, tile blocks)`` of a weight gradient tile.
+
+    Among the tiles whose accumulators, one vector a block and one broadcast fit
+    the registers, the one with the fewest cycles: padded work, times what limits
+    a tile (its multiply-adds, its loads, or the latency under ``FMA_CHAINS``
+    accumulators); ties go to wider tiles (fewer vector loads a multiply-add:
+    the gradient's vectors stream from L2, the broadcasts mostly hit L1; measured,
+    6x2 ran at 110 GFLOP/s where 4x3 ran at 81).
+    """
+    registers = vector_registers()
+
+    def cycles(shape):
+        a, b = shape
+        work = _round_up(channels, a) * _round_up(blocks, b)
+        return work * max(a * b, a + b, FMA_CHAINS) / (a * b), -a
+
+    shapes = [(a, b) for b in range(1, blocks + 1) for a in range(1, channels + 1)
+              if a * b + b + 1 <= registers]
+    return min(shapes, key=cycles)
+
+
+class TiledWeightGradient:
+    """The weight gradient of a :class:`TiledCorrelation`, register-tiled.
+
+    ``partial[n, t, c, k] = sum over (y, x) of source[n, y*sy + ty_t, x*sx + tx_t, c]
+    * grad[n, y, x, k]``, one partial sum a sample: the samples run in parallel and
+    each sample's source and gradient stay in cache while every tile reads them.
+    The caller sums the partials over the batch. A tile holds ``channels x blocks``
+    accumulators (consecutive channels of one tap, lane blocks of ``k``); the
+    reduction over rows and columns runs inside the lane loop.
+
+    Parameters
+    ----------
+    name : str
+    correlation : TiledCorrelation
+        The forward pass: its source, taps and stride.
+    batch_dim : Dimension
+        The batch loop of the tiles (bounded by the active batch).
+    batch, outputs : int
+        Largest batch; computed channels ``k`` (the correlation's outputs).
+    out_size : pair of int
+        Rows and columns of the correlation's target (of ``grad``).
+    kernel, dilation : pair of int
+        The taps: ``(ty, tx) = (i * dilation[0], j * dilation[1])`` for ``i, j`` in
+        ``kernel``.
+    """
+
+    def __init__(self, name, correlation, batch_dim, batch, outputs, out_size, kernel,
+                 dilation):
+        self.name, self.correlation = name, correlation
+        self.dtype, self.lanes = correlation.dtype, correlation.lanes
+        self.channels, self.outputs = correlation.channels, outputs
+        blocks = -(-outputs // self.lanes)
+        self.tile_channels, self.tile_blocks = gradient_tile_shape(self.channels,
+                                                                   blocks)
+        self.padded_channels = _round_up(self.channels, self.tile_channels)
+        self.padded_outputs = _round_up(blocks, self.tile_blocks) * self.lanes
+        self.rows, self.columns = out_size
+        self.kernel, self.dilation = tuple(kernel), tuple(dilation)
+        self.batch_dim = batch_dim
+        self.tap_row = _extent(f"{name}_ty", self.kernel[0])
+        self.tap_column = _extent(f"{name}_tx", self.kernel[1])
+        # The source read as stride phases: phase (a, b) holds the pixels at rows
+        # a, a + sy, ... and columns b, b + sx, ...; tap (ty, tx) reads phase
+        # (ty % sy, tx % sx) from (y + ty // sy, x + tx // sx). Every tap then reads
+        # rows of the phase plane, and rows as wide as the plane's make the output
+        # positions one loop, read at one displacement a tap (gcc vectorises a lane
+        # loop over one inner loop, not two). The gradient's extra columns stay zero.
+        sy, sx = self.stride = correlation.stride
+        self.phase_rows = correlation.source_rows // sy
+        self.width = correlation.source_columns // sx
+        self.position = _extent(f"{name}_p", self.rows * self.width)
+        if self.stride == (1, 1):
+            self.phases = None   # the correlation's source is the one phase
+        else:
+            # per sample, a row of slack: the last taps read past their plane
+            size = (sy * sx * self.phase_rows + 1) * self.width * self.channels
+            self.phases = tensor(f"{name}_phs", (batch_dim, _extent(f"{name}_hi", size)),
+                                 (batch, size), self.dtype)
+        # where each tap's reads start in a sample's phases
+        self.tap_offsets = tensor(f"{name}_toff", (self.tap_row, self.tap_column),
+                                  self.kernel, np.int32)
+        (dy, dx) = self.dilation
+        for i in range(self.kernel[0]):
+            for j in range(self.kernel[1]):
+                ty, tx = i * dy, j * dx
+                self.tap_offsets.data[i, j] = self._phase_offset(ty % sy, tx % sx,
+                                                                 ty // sy, tx // sx)
+        size = batch * self.rows * self.width * self.padded_outputs
+        self.gradient = tensor(f"{name}_grad", (_extent(f"{name}_gi", size),), (size,),
+                               self.dtype)
+        # on the batch and tap loops themselves, so that Devito proves them parallel
+        size = self.padded_channels * self.padded_outputs
+        self.partial = tensor(f"{name}_part", (batch_dim, self.tap_row, self.tap_column,
+                                               _extent(f"{name}_ck", size)),
+                              (batch,) + self.kernel + (size,), self.dtype)
+
+    @staticmethod
+    def partial_bytes(batch, taps, channels, outputs, dtype):
+        """Bytes of the partial sums for these sizes (before padding)."""
+        return batch * taps * channels * outputs * np.dtype(dtype).itemsize
+
+    def gradient_at(self, n, row, column, output):
+        """The output gradient at (sample, row, column, output channel)."""
+        return self.gradient[((n * self.rows + row) * self.width + column)
+                             * self.padded_outputs + output]
+
+    def _phase_offset(self, phase_row, phase_column, row, column):
+        """Offset in a sample's phases of (row, column) of phase plane (a, b)."""
+        sy, sx = self.stride
+        plane = phase_row * sx + phase_column
+        return ((plane * self.phase_rows + row) * self.width + column) * self.channels
+
+    def _source_at(self, n, offset):
+        """The source of sample ``n`` at ``offset`` in its phases."""
+        if self.phases is None:
+            correlation = self.correlation
+            sample = correlation.source_rows * correlation.source_columns * self.channels
+            return correlation.source[n * sample + offset]
+        return self.phases[n, offset]
+
+    def phase_equations(self):
+        """Copy the correlation's source into stride phases (none at stride 1)."""
+        if self.phases is None:
+            return []
+        (sy, sx), name, n = self.stride, self.name, self.batch_dim
+        a, b = _extent(f"{name}_pa", sy), _extent(f"{name}_pb", sx)
+        row = _extent(f"{name}_py", self.phase_rows)
+        column = _extent(f"{name}_px", self.width)
+        c = _extent(f"{name}_pc", self.channels)
+        return [Eq(self.phases[n, self._phase_offset(a, b, row, column) + c],
+                   self.correlation.source_at(n, row * sy + a, column * sx + b, c),
+                   implicit_dims=IgnoreDimSort((n, a, b, row, column, c)))]
+
+    def partial_at(self, n, tap_row, tap_column, channel, output):
+        """Sample ``n``'s sum for one tap, ``channel`` and ``output``."""
+        return self.partial[n, tap_row, tap_column,
+                            channel * self.padded_outputs + output]
+
+    def equations(self):
+        """The stride phases, then the tiled loop nest: zero the tile, accumulate
+        over output positions, store the sample's partial sums."""
+        name, lanes, n = self.name, self.lanes, self.batch_dim
+        tap_row, tap_column = self.tap_row, self.tap_column
+        tile = _extent(f"{name}_ct", self.padded_channels // self.tile_channels)
+        block = _extent(f"{name}_kt",
+                        self.padded_outputs // (lanes * self.tile_blocks))
+        lane = LaneDimension.of(f"{name}_lane", lanes)
+        position = self.position
+        outer = (n, tap_row, tap_column, tile, block, lane)
+        fma = 'fmaf' if self.dtype == np.float32 else 'fma'
+        entries = [(i, b) for i in range(self.tile_channels)
+                   for b in range(self.tile_blocks)]
+        acc = {e: Scalar(name=f"{name}_a{e[0]}_{e[1]}", dtype=self.dtype.type)
+               for e in entries}
+        eqs = self.phase_equations() + \
+            [Eq(acc[e], 0, implicit_dims=outer) for e in entries]
+        first = self.tap_offsets[tap_row, tap_column]
+        for i, b in entries:
+            k = (block * self.tile_blocks + b) * lanes + lane
+            c = tile * self.tile_channels + i
+            term = (self._source_at(n, first + position * self.channels + c),
+                    self.gradient[(n * self.rows * self.width + position)
+                                  * self.padded_outputs + k])
+            eqs.append(Eq(acc[i, b], DefFunction(fma, term + (acc[i, b],)),
+                          implicit_dims=IgnoreDimSort(outer + (position,))))
+        for i, b in entries:
+            k = (block * self.tile_blocks + b) * lanes + lane
+            c = tile * self.tile_channels + i
+            eqs.append(Eq(self.partial_at(n, tap_row, tap_column, c, k), acc[i, b],
+                          implicit_dims=outer))
+        return eqs
+
+
+class Phase:
+    """One stride phase of a :class:`TiledTransposedCorrelation`.
+
+    Target rows ``row_phase, row_phase + sy, ...`` (likewise columns) read only the
+    kernel taps ``kernel_taps`` (pairs ``(i, j)``); ``tiles`` computes them, target
+    row ``Y`` being row ``Y * sy + row_phase``. ``tiles`` is None when no tap
+    reaches the phase (its target is zero).
+    """
+
+    def __init__(self, row_phase, column_phase, rows, columns, kernel_taps, tiles):
+        self.row_phase, self.column_phase = row_phase, column_phase
+        self.rows, self.columns = rows, columns
+        self.kernel_taps, self.tiles = kernel_taps, tiles
+
+
+class TiledTransposedCorrelation:
+    """The adjoint of a strided correlation, as one register-tiled correlation a
+    stride phase.
+
+    ``target[n, h, w, c] = sum over taps (i, j) and k of W[i, j, k, c] *
+    grad[n, gy, gx, k]`` where ``h + py - i*dy = gy*sy`` and ``w + px - j*dx =
+    gx*sx``: a target row of phase ``h % sy`` reads only the taps whose offset the
+    stride divides, so each phase is a stride-1 :class:`TiledCorrelation` over the
+    gradient itself (no zeros stuffed between its entries); all phases share one
+    source, the gradient with a zero halo.
+
+    Parameters
+    ----------
+    name : str
+    dtype : numpy dtype
+    batch_dim : Dimension
+    batch : int
+    channels, outputs : int
+        Channels of the gradient (reduced) and of the target.
+    grad_size, out_size : pair of int
+        Rows and columns of the gradient and of the target.
+    kernel, stride, padding, dilation : pair of int
+        Of the forward correlation.
+    """
+
+    def __init__(self, name, dtype, batch_dim, batch, channels, outputs, grad_size,
+                 out_size, kernel, stride, padding, dilation):
+        self.name, self.channels = name, channels
+        (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
+        offsets = {}   # phase -> [((i, j), (row offset, column offset))]
+        for a in range(min(sy, out_size[0])):
+            for b in range(min(sx, out_size[1])):
+                offsets[a, b] = [((i, j), ((a + py - i * dy) // sy,
+                                           (b + px - j * dx) // sx))
+                                 for i in range(kernel[0]) for j in range(kernel[1])
+                                 if (a + py - i * dy) % sy == 0
+                                 and (b + px - j * dx) % sx == 0]
+        reads = [d for taps in offsets.values() for _, d in taps]
+        # the gradient's first row and column in the source: every read >= 0
+        self.origin = (max([0] + [-d[0] for d in reads]),
+                       max([0] + [-d[1] for d in reads]))
+
+        def build(size, source=None):
+            phases = []
+            for (a, b), taps in offsets.items():
+                rows, columns = -(-(out_size[0] - a) // sy), -(-(out_size[1] - b) // sx)
+                tiles = None
+                if taps:
+                    tiles = TiledCorrelation(
+                        f"{name}{a}{b}", dtype, batch_dim, batch, channels, outputs,
+                        (rows, columns),
+                        [(oy + self.origin[0], ox + self.origin[1])
+                         for _, (oy, ox) in taps],
+                        (1, 1), size, source)
+                phases.append(Phase(a, b, rows, columns, [t for t, _ in taps], tiles))
+            return phases
+
+        size = (grad_size[0] + self.origin[0], grad_size[1] + self.origin[1])
+        trial = [p.tiles for p in build(size) if p.tiles is not None]
+        size = (max([size[0]] + [t.reach[0] for t in trial]),
+                max([size[1]] + [t.reach[1] for t in trial]))
+        rows_total = batch * size[0] + 1   # a row of slack, like a correlation's own
+        length = rows_total * size[1] * channels
+        self.source = tensor(f"{name}_src", (_extent(f"{name}_si", length),), (length,),
+                             dtype)
+        self.source_rows, self.source_columns = size
+        self.phases = build(size, self.source)
+
+    def source_at(self, n, row, column, channel):
+        """Where the gradient at (sample, row, column, channel) goes in the source."""
+        row, column = row + self.origin[0], column + self.origin[1]
+        return self.source[((n * self.source_rows + row) * self.source_columns + column)
+                           * self.channels + channel]
+
+    def equations(self):
+        """Every phase's tiled loop nest."""
+        return [eq for p in self.phases if p.tiles is not None
+                for eq in p.tiles.equations()]
