@@ -40,6 +40,30 @@ def test_fully_connected_softmax_matches_torch(batch, dtype, rng):
     compare_layer(layer, module, rng)
 
 
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('outputs, features, batch', [(13, 37, 16), (5, 130, 27),
+                                                      (40, 3, 33)])
+def test_batches_of_16_or_more_run_register_tiles_and_match_torch(outputs, features,
+                                                                  batch, dtype, rng):
+    """Remainders everywhere: no tile divides the outputs, the features or the
+    batch."""
+    layer = FullyConnected((outputs, features), (batch, features), activation=ReLU(),
+                           dtype=dtype, seed=0)
+    assert layer.tiled
+    compare_layer(layer, Activated(torch.nn.Linear(features, outputs), torch.relu), rng)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_tiled_gradients_ignore_samples_past_the_active_batch(dtype, rng):
+    """A full batch leaves its samples in the tiles' copies; a smaller batch after it
+    must not sum them into the weight gradient."""
+    layer = FullyConnectedSoftmax((10, 21), (24, 21), dtype=dtype, seed=0)
+    module = Activated(torch.nn.Linear(21, 10), lambda z: torch.softmax(z, 1))
+    compare_layer(layer, module, rng)
+    module.zero_grad()
+    compare_layer(layer, module, rng, batch=17)
+
+
 @pytest.mark.parametrize('size', [(2, 3, 4, 5), (1, 2, 7, 3)])
 def test_flat_is_torch_flatten(size, rng):
     compare_layer(Flat(size, dtype=np.float64), lambda x: torch.flatten(x, 1), rng)

@@ -6,13 +6,17 @@ import sympy
 from devito import Eq, Inc
 from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
-from sympy import Max
+from sympy import Max, Min
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
+from devito_ml.layers.matmul_tiles import TiledMatmul
 from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
 
 __all__ = ['FullyConnected', 'FullyConnectedSoftmax', 'softmax_equations']
+
+TILED_MIN_BATCH = 16
+"""Smallest batch whose products are register-tiled (the batch fills the lanes)."""
 
 
 class FullyConnected(WeightedLayer):
@@ -96,6 +100,24 @@ class FullyConnected(WeightedLayer):
         self.bias = self.tensor('b', (self.o,), self.weight_size[:1])
         self.bias_gradients = self.tensor('db', (self.o,), self.weight_size[:1])
         self._create_pre_activation()
+        if self.tiled:
+            self._create_tiles()
+
+    @property
+    def tiled(self):
+        """Whether the products run as register tiles (``matmul_tiles.py``): with a
+        batch of at least ``TILED_MIN_BATCH``, vectorised over the batch; below, one
+        dot product an output, vectorised over the features."""
+        return self.input_size[0] >= TILED_MIN_BATCH
+
+    def _create_tiles(self):
+        """The three products, each with the batch or the input features as lanes:
+        ``z^T = W x^T``, ``dx^T = W^T dz^T`` and ``dW = dz^T x``."""
+        (n, i), o = self.input_size, self.out_features
+        self.forward_tiles = TiledMatmul(f"{self.name}_fwd", self.dtype, o, i, n,
+                                         lambda row, c: self.kernel[row, c])
+        self.input_gradient_tiles = TiledMatmul(f"{self.name}_dx", self.dtype, i, o, n)
+        self.weight_gradient_tiles = TiledMatmul(f"{self.name}_dW", self.dtype, o, n, i)
 
     def _create_pre_activation(self):
         if self.activation.is_identity:
@@ -116,6 +138,14 @@ class FullyConnected(WeightedLayer):
         ``z[n][o]`` in memory was not (measured, 64x800 -> 500: 2.8 GFLOP/s).
         """
         n, o, i = self.batch_dim, self.o, self.i
+        if self.tiled:
+            tiles = self.forward_tiles
+            bias = self.bias[o] if self.has_bias else 0
+            return [Eq(tiles.b_at(i, n), self.input[n, i]),
+                    *tiles.equations(),
+                    # the target is read column-major: the loop order is named
+                    Eq(z[n, o], tiles.target_at(o, n) + bias,
+                       implicit_dims=IgnoreDimSort((n, o)))]
         total = Scalar(name=f"{self.name}_acc", dtype=self.dtype.type)
         return [Eq(total, self.bias[o] if self.has_bias else 0, implicit_dims=(n, o)),
                 Eq(total, total + self.kernel[o, i] * self.input[n, i]),
@@ -145,12 +175,38 @@ class FullyConnected(WeightedLayer):
             eqs += [Eq(self.bias_gradients[o], 0),
                     Inc(self.bias_gradients[o], dz[m, o],
                         implicit_dims=IgnoreDimSort((o, m)))]
+        if self.tiled:
+            return eqs + self._tiled_gradient_equations()
         return eqs + [
             Eq(self.kernel_gradients[o, i], 0),
             Inc(self.kernel_gradients[o, i], dz[m, o] * self.input[m, i],
                 implicit_dims=IgnoreDimSort((o, m, i))),
             Eq(self.input_gradients[n, f], 0),
             Inc(self.input_gradients[n, f], self.kernel[o, f] * dz[n, o])]
+
+    def _tiled_gradient_equations(self):
+        """dx and dW as register-tiled products. dW reduces over every row of its
+        copies, so rows past the active batch are copied as zeros."""
+        n, o, i = self.batch_dim, self.o, self.i
+        f = self.input_gradient_dims[1]
+        dz = self.pre_activation_gradients
+        dx, dw = self.input_gradient_tiles, self.weight_gradient_tiles
+        rows, columns = self.dim('dwo', self.out_features), self.dim('dwi',
+                                                                     self.in_features)
+        sample = self.dim('dws', self.input_size[0])
+        # 1 for the active samples (n <= n_M), else 0
+        active = Min(Max(n.symbolic_max + 1 - sample, 0), 1)
+        return [Eq(dx.a_entry(i, o), self.kernel[o, i]),   # W, with literal strides
+                Eq(dx.b_at(o, n), dz[n, o]),
+                *dx.equations(),
+                Eq(self.input_gradients[n, f], dx.target_at(f, n),
+                   implicit_dims=IgnoreDimSort((n, f))),
+                Eq(dw.a_entry(rows, sample), dz[sample, rows] * active,
+                   implicit_dims=IgnoreDimSort((sample, rows))),
+                Eq(dw.b_at(sample, columns), self.input[sample, columns] * active,
+                   implicit_dims=IgnoreDimSort((sample, columns))),
+                *dw.equations(),
+                Eq(self.kernel_gradients[o, i], dw.target_at(o, i))]
 
 
 def softmax_equations(logits, probabilities, row_max, row_sum, n, passes):
