@@ -211,8 +211,27 @@ def _conv_pass_cases(layer, rng):
                    flops=flops, group='conv')
 
 
-GROUPS = ('train', 'lenet', 'conv', 'layer')
-"""Case groups: the tutorial step, LeNet-5 steps, convolution passes, other layers."""
+GROUPS = ('train', 'lenet', 'conv', 'layer', 'resnet')
+"""Case groups: the tutorial step, LeNet-5 steps, convolution passes, other layers,
+the small ResNet's step."""
+
+RESNET = dict(depth=18, image_size=(32, 32), in_channels=3, classes=10, width=16,
+              small_input=True, blocks=(2, 2, 2, 0))
+"""The small ResNet of the speed targets: 3 stages of 2 basic blocks, 16/32/64
+channels, BatchNorm, 3x32x32 images."""
+
+
+def _resnet_case(rng, batch):
+    from devito_ml.interop import torch_models, torch_state_dict
+    from devito_ml.models import resnet
+    net = resnet(batch_size=batch, seed=0, **RESNET)
+    twin = torch_models.resnet(RESNET['depth'], RESNET['classes'], RESNET['width'],
+                               RESNET['in_channels'], RESNET['small_input'],
+                               blocks=RESNET['blocks'])
+    twin.load_state_dict(torch_state_dict(net))
+    return _train_case(f"ResNet (3 stages x 2 basic blocks, 16/32/64, BatchNorm), "
+                       f"3x32x32, batch {batch}, train step", net, twin, rng,
+                       group='resnet')
 
 
 def cases(rng, quick=False, groups=GROUPS):
@@ -233,6 +252,8 @@ def cases(rng, quick=False, groups=GROUPS):
     for (c, k), stride in CONV_CASES * ('conv' in groups):
         yield from _conv_pass_cases(Conv((k, 3, 3), (n, c, 28, 28), stride=stride,
                                          padding=1), rng)
+    if 'resnet' in groups:
+        yield _resnet_case(rng, 8 if quick else 32)
     if 'layer' not in groups:
         return
     for backward in (False, True):

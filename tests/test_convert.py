@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import torch_models
+from devito_ml.interop import torch_models
 from devito_ml import ActivationLayer
 from devito_ml.interop import UnsupportedModuleError, from_torch, torch_state_dict
 from reference import assert_close

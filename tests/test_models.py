@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_models
+from devito_ml.interop import torch_models
 from devito_ml import Dropout
 from devito_ml.interop import load_torch_state_dict, torch_names, torch_state_dict
 from devito_ml.models import alexnet, resnet, vgg

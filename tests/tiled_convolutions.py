@@ -1,18 +1,21 @@
 """Register-tiled convolutions against torch, run by ``test_fuzz.py`` under
 AddressSanitizer: remainders of lane blocks and tiles, strides, dilation, padding,
-1x1 to 5x5 kernels, both passes tiled (>= 16 channels each way)."""
+1x1 to 5x5 kernels, 1 to 40 channels (tiled where they fill the lanes)."""
 
 import numpy as np
 import pytest
 import torch
 
 from devito_ml import Conv
+from devito_ml.layers.conv import fills_lanes
 
 SHAPES = [  # in, out channels, rows, cols, kernel rows, cols, stride, padding, dilation
     (20, 24, 9, 7, 3, 3, 2, 1, 1),
     (16, 17, 6, 11, 5, 5, 1, 2, 1),
     (17, 16, 10, 8, 3, 2, 3, 0, 2),
     (33, 40, 5, 5, 1, 1, 1, 0, 1),
+    (6, 16, 14, 13, 5, 5, 1, 0, 1),   # LeNet-5's second convolution, 6 channels
+    (1, 6, 12, 10, 5, 5, 1, 2, 1),    # one channel: weight gradient tiles over taps
 ]
 
 
@@ -21,7 +24,8 @@ def test_tiled_convolution_matches_torch(c, k, h, w, r, q, s, p, d):
     rng = np.random.default_rng(0)
     layer = Conv((k, r, q), (3, c, h, w), stride=s, padding=p, dilation=d,
                  dtype=np.float64, seed=0)
-    assert layer.channels_last and layer.input_gradient_channels_last
+    assert layer.channels_last == fills_lanes(k)
+    assert layer.input_gradient_channels_last == fills_lanes(c)
     x = rng.standard_normal((3, c, h, w))
     out = layer.forward(x)
     upstream = rng.standard_normal(out.shape)

@@ -257,9 +257,11 @@ class TiledWeightGradient:
         self.padded_outputs = _round_up(blocks, self.tile_blocks) * self.lanes
         self.rows, self.columns = out_size
         self.kernel, self.dilation = tuple(kernel), tuple(dilation)
+        self.tile_taps = self._tile_taps()
         self.batch_dim = batch_dim
         self.tap_row = _extent(f"{name}_ty", self.kernel[0])
         self.tap_column = _extent(f"{name}_tx", self.kernel[1])
+        self.tap_group = _extent(f"{name}_tg", self.kernel[1] // self.tile_taps)
         # The source read as stride phases: phase (a, b) holds the pixels at rows
         # a, a + sy, ... and columns b, b + sx, ...; tap (ty, tx) reads phase
         # (ty % sy, tx % sx) from (y + ty // sy, x + tx // sx). Every tap then reads
@@ -296,14 +298,26 @@ class TiledWeightGradient:
                               (batch,) + self.kernel + (size,), self.dtype)
 
     @staticmethod
-    def partial_bytes(batch, taps, channels, outputs, dtype):
-        """Bytes of the partial sums for these sizes (before padding)."""
-        return batch * taps * channels * outputs * np.dtype(dtype).itemsize
+    def fits(batch, taps, channels, outputs, dtype, max_bytes):
+        """Whether the partial sums for these sizes fit in ``max_bytes``."""
+        size = batch * taps * channels * outputs * np.dtype(dtype).itemsize
+        return size <= max_bytes
 
     def gradient_at(self, n, row, column, output):
         """The output gradient at (sample, row, column, output channel)."""
         return self.gradient[((n * self.rows + row) * self.width + column)
                              * self.padded_outputs + output]
+
+    def _tile_taps(self):
+        """Tap columns a tile holds: one, unless its channels and blocks make fewer
+        than ``FMA_CHAINS`` accumulators (one input channel makes one); then the
+        most of a kernel row that fit the registers, so that the multiply-adds
+        overlap (LeNet-5's first convolution: 1 channel, 6 outputs, 5x5)."""
+        entries = self.tile_channels * self.tile_blocks
+        if entries >= FMA_CHAINS:
+            return 1
+        return max(j for j in range(1, self.kernel[1] + 1) if self.kernel[1] % j == 0
+                   and j * entries + self.tile_blocks + 1 <= vector_registers())
 
     def _phase_offset(self, phase_row, phase_column, row, column):
         """Offset in a sample's phases of (row, column) of phase plane (a, b)."""
@@ -341,34 +355,35 @@ class TiledWeightGradient:
         """The stride phases, then the tiled loop nest: zero the tile, accumulate
         over output positions, store the sample's partial sums."""
         name, lanes, n = self.name, self.lanes, self.batch_dim
-        tap_row, tap_column = self.tap_row, self.tap_column
+        tap_row, tap_group = self.tap_row, self.tap_group
         tile = _extent(f"{name}_ct", self.padded_channels // self.tile_channels)
         block = _extent(f"{name}_kt",
                         self.padded_outputs // (lanes * self.tile_blocks))
         lane = LaneDimension.of(f"{name}_lane", lanes)
         position = self.position
-        outer = (n, tap_row, tap_column, tile, block, lane)
+        outer = (n, tap_row, tap_group, tile, block, lane)
         fma = 'fmaf' if self.dtype == np.float32 else 'fma'
-        entries = [(i, b) for i in range(self.tile_channels)
-                   for b in range(self.tile_blocks)]
-        acc = {e: Scalar(name=f"{name}_a{e[0]}_{e[1]}", dtype=self.dtype.type)
+        entries = [(j, i, b) for j in range(self.tile_taps)
+                   for i in range(self.tile_channels) for b in range(self.tile_blocks)]
+        acc = {e: Scalar(name=f"{name}_a{e[0]}_{e[1]}_{e[2]}", dtype=self.dtype.type)
                for e in entries}
         eqs = self.phase_equations() + \
             [Eq(acc[e], 0, implicit_dims=outer) for e in entries]
-        first = self.tap_offsets[tap_row, tap_column]
-        for i, b in entries:
+        for j, i, b in entries:
             k = (block * self.tile_blocks + b) * lanes + lane
             c = tile * self.tile_channels + i
+            first = self.tap_offsets[tap_row, tap_group * self.tile_taps + j]
             term = (self._source_at(n, first + position * self.channels + c),
                     self.gradient[(n * self.rows * self.width + position)
                                   * self.padded_outputs + k])
-            eqs.append(Eq(acc[i, b], DefFunction(fma, term + (acc[i, b],)),
+            eqs.append(Eq(acc[j, i, b], DefFunction(fma, term + (acc[j, i, b],)),
                           implicit_dims=IgnoreDimSort(outer + (position,))))
-        for i, b in entries:
+        for j, i, b in entries:
             k = (block * self.tile_blocks + b) * lanes + lane
             c = tile * self.tile_channels + i
-            eqs.append(Eq(self.partial_at(n, tap_row, tap_column, c, k), acc[i, b],
-                          implicit_dims=outer))
+            eqs.append(Eq(self.partial_at(n, tap_row, tap_group * self.tile_taps + j, c,
+                                          k),
+                          acc[j, i, b], implicit_dims=outer))
         return eqs
 
 

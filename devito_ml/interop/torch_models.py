@@ -1,11 +1,17 @@
-"""Plain torch.nn twins of the devito_ml models (no torchvision here), with the same
-options and torchvision's module names, so that state dicts load both ways."""
+"""Plain ``torch.nn`` twins of the models of :mod:`devito_ml.models`.
+
+Same options, torchvision's module names, so that state dicts load both ways
+(:func:`~devito_ml.interop.torch_state_dict`): the tests compare every model with
+its twin, and ``devito-ml bench`` times them side by side. torchvision is not
+needed (there is no build of it here). Imports torch: import this module on use.
+"""
 
 import torch
 from torch import nn
 
 
 def scaled(channels, width):
+    """``channels`` of the full-width model at ``width`` (64 is full width)."""
     return max(1, channels * width // 64)
 
 
@@ -21,6 +27,8 @@ class MaskedDropout(nn.Module):
 
 
 class BasicBlock(nn.Module):
+    """torchvision's two 3x3 convolutions with BatchNorm and a shortcut."""
+
     expansion = 1
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width):
@@ -40,6 +48,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """torchvision's 1x1, 3x3 (grouped for ResNeXt), 1x1 block with a shortcut."""
+
     expansion = 4
 
     def __init__(self, inplanes, planes, stride, downsample, groups, base_width):
@@ -63,6 +73,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    """torchvision's ResNet, with the options of :func:`devito_ml.models.resnet`."""
+
     def __init__(self, block, layers, classes, width, in_channels, small_input,
                  groups=1, width_per_group=64):
         super().__init__()
@@ -80,7 +92,8 @@ class ResNet(nn.Module):
         self.layer3 = self._stage(block, 4 * width, layers[2], 2)
         self.layer4 = self._stage(block, 8 * width, layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8 * width * block.expansion, classes)
+        # the last stage's channels (fewer than 8 width with empty stages)
+        self.fc = nn.Linear(self.inplanes, classes)
 
     def _stage(self, block, planes, count, stride):
         blocks = []
@@ -111,6 +124,21 @@ RESNETS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
 
 def resnet(depth, classes, width, in_channels, small_input, groups=1,
            width_per_group=64, blocks=None):
+    """The twin of :func:`devito_ml.models.resnet` with the same options.
+
+    Parameters
+    ----------
+    depth : int
+        18, 34, 50, 101 or 152.
+    classes, width, in_channels, small_input, groups, width_per_group
+        As :func:`devito_ml.models.resnet`.
+    blocks : tuple of 4 int, optional
+        Blocks per stage instead of the depth's; a stage of 0 blocks is left out.
+
+    Returns
+    -------
+    ResNet
+    """
     block, layers = RESNETS[depth]
     layers = blocks or layers
     return ResNet(block, layers, classes, width, in_channels, small_input, groups,
@@ -118,6 +146,7 @@ def resnet(depth, classes, width, in_channels, small_input, groups=1,
 
 
 def classifier(features, classes, hidden, alexnet=False, dropout=MaskedDropout):
+    """VGG's (or AlexNet's) three fully connected layers with dropout."""
     if alexnet:
         return nn.Sequential(dropout(), nn.Linear(features, hidden), nn.ReLU(),
                              dropout(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -148,6 +177,7 @@ VGG = {11: [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'],
 
 def vgg(depth, batch_norm, image_size, in_channels, classes, width, hidden,
         dropout=MaskedDropout):
+    """The twin of :func:`devito_ml.models.vgg` (11, 13, 16 or 19 layers)."""
     modules, channels, size = [], in_channels, list(image_size)
     for value in VGG[depth]:
         if value == 'M':
@@ -166,6 +196,7 @@ def vgg(depth, batch_norm, image_size, in_channels, classes, width, hidden,
 
 
 def alexnet(image_size, in_channels, classes, width, hidden, dropout=MaskedDropout):
+    """The twin of :func:`devito_ml.models.alexnet`."""
     c = [scaled(v, width) for v in (64, 192, 384, 256, 256)]
     features = nn.Sequential(
         nn.Conv2d(in_channels, c[0], 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
