@@ -66,12 +66,21 @@ def tile_shape(blocks, columns):
     return tile_columns, tile_blocks
 
 
-def _extent(name, size):
+def literal_extent(name, size):
+    """A loop ``0 .. size - 1`` whose bounds are literals in the C (gcc unrolls and
+    vectorises it; Devito passes no bound for it)."""
     return CustomDimension(name, symbolic_min=0, symbolic_max=size - 1,
                            symbolic_size=size)
 
 
-def _round_up(value, multiple):
+def flat_tensor(name, index, size, dtype):
+    """A one-dimensional Function of ``size`` entries on a literal extent ``index``:
+    indexed with literal strides, one displacement from its base pointer."""
+    return tensor(name, (literal_extent(index, size),), (size,), dtype)
+
+
+def round_up(value, multiple):
+    """``value`` rounded up to a whole number of ``multiple``."""
     return -(-value // multiple) * multiple
 
 
@@ -111,8 +120,8 @@ class TiledCorrelation:
         blocks = -(-outputs // self.lanes)
         self.rows, columns = out_size
         self.tile_columns, self.tile_blocks = tile_shape(blocks, columns)
-        self.columns = _round_up(columns, self.tile_columns)
-        self.padded_outputs = _round_up(blocks, self.tile_blocks) * self.lanes
+        self.columns = round_up(columns, self.tile_columns)
+        self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
         sy, sx = self.stride
         reach_rows = (self.rows - 1) * sy + max(t[0] for t in self.taps) + 1
         reach_columns = (self.columns - 1) * sx + max(t[1] for t in self.taps) + 1
@@ -125,21 +134,19 @@ class TiledCorrelation:
             self.source = source
         else:
             # whole strides, so that the source splits into stride phases
-            self.source_rows = _round_up(max(source_size[0], reach_rows), sy)
-            self.source_columns = _round_up(max(source_size[1], reach_columns), sx)
+            self.source_rows = round_up(max(source_size[0], reach_rows), sy)
+            self.source_columns = round_up(max(source_size[1], reach_columns), sx)
             # a row past the end: the weight gradient's tiles read whole rows a tap
             size = (batch * self.source_rows + 1) * self.source_columns * channels
-            self.source = tensor(f"{name}_src", (_extent(f"{name}_si", size),),
-                                 (size,), dtype)
+            self.source = flat_tensor(f"{name}_src", f"{name}_si", size, dtype)
         size = len(self.taps) * channels * self.padded_outputs
-        self.weights = tensor(f"{name}_wts", (_extent(f"{name}_wi", size),), (size,),
-                              dtype)
+        self.weights = flat_tensor(f"{name}_wts", f"{name}_wi", size, dtype)
         # the target on the batch and row loops themselves: Devito then proves them
         # parallel (flat, it parallelised only the tile loop, a region a row)
-        self.batch_dim, self.row = batch_dim, _extent(f"{name}_y", self.rows)
+        self.batch_dim, self.row = batch_dim, literal_extent(f"{name}_y", self.rows)
         size = self.columns * self.padded_outputs
         self.target = tensor(f"{name}_acc", (batch_dim, self.row,
-                                             _extent(f"{name}_xk", size)),
+                                             literal_extent(f"{name}_xk", size)),
                              (batch, self.rows, size), dtype)
 
     def source_at(self, n, row, column, channel):
@@ -161,11 +168,11 @@ class TiledCorrelation:
         store."""
         name, lanes = self.name, self.lanes
         batch_dim, row = self.batch_dim, self.row
-        tile = _extent(f"{name}_xt", self.columns // self.tile_columns)
-        block = _extent(f"{name}_kt",
-                        self.padded_outputs // (lanes * self.tile_blocks))
+        tile = literal_extent(f"{name}_xt", self.columns // self.tile_columns)
+        block = literal_extent(f"{name}_kt",
+                               self.padded_outputs // (lanes * self.tile_blocks))
         lane = LaneDimension.of(f"{name}_lane", lanes)
-        channel = _extent(f"{name}_c", self.channels)
+        channel = literal_extent(f"{name}_c", self.channels)
         outer = (batch_dim, row, tile, block, lane)
         fma = 'fmaf' if self.dtype == np.float32 else 'fma'
         entries = [(i, b) for i in range(self.tile_columns)
@@ -211,7 +218,7 @@ def gradient_tile_shape(channels, blocks):
 
     def cycles(shape):
         a, b = shape
-        work = _round_up(channels, a) * _round_up(blocks, b)
+        work = round_up(channels, a) * round_up(blocks, b)
         return work * max(a * b, a + b, FMA_CHAINS) / (a * b), -a
 
     shapes = [(a, b) for b in range(1, blocks + 1) for a in range(1, channels + 1)
@@ -253,15 +260,15 @@ class TiledWeightGradient:
         blocks = -(-outputs // self.lanes)
         self.tile_channels, self.tile_blocks = gradient_tile_shape(self.channels,
                                                                    blocks)
-        self.padded_channels = _round_up(self.channels, self.tile_channels)
-        self.padded_outputs = _round_up(blocks, self.tile_blocks) * self.lanes
+        self.padded_channels = round_up(self.channels, self.tile_channels)
+        self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
         self.rows, self.columns = out_size
         self.kernel, self.dilation = tuple(kernel), tuple(dilation)
         self.tile_taps = self._tile_taps()
         self.batch_dim = batch_dim
-        self.tap_row = _extent(f"{name}_ty", self.kernel[0])
-        self.tap_column = _extent(f"{name}_tx", self.kernel[1])
-        self.tap_group = _extent(f"{name}_tg", self.kernel[1] // self.tile_taps)
+        self.tap_row = literal_extent(f"{name}_ty", self.kernel[0])
+        self.tap_column = literal_extent(f"{name}_tx", self.kernel[1])
+        self.tap_group = literal_extent(f"{name}_tg", self.kernel[1] // self.tile_taps)
         # The source read as stride phases: phase (a, b) holds the pixels at rows
         # a, a + sy, ... and columns b, b + sx, ...; tap (ty, tx) reads phase
         # (ty % sy, tx % sx) from (y + ty // sy, x + tx // sx). Every tap then reads
@@ -271,13 +278,14 @@ class TiledWeightGradient:
         sy, sx = self.stride = correlation.stride
         self.phase_rows = correlation.source_rows // sy
         self.width = correlation.source_columns // sx
-        self.position = _extent(f"{name}_p", self.rows * self.width)
+        self.position = literal_extent(f"{name}_p", self.rows * self.width)
         if self.stride == (1, 1):
             self.phases = None   # the correlation's source is the one phase
         else:
             # per sample, a row of slack: the last taps read past their plane
             size = (sy * sx * self.phase_rows + 1) * self.width * self.channels
-            self.phases = tensor(f"{name}_phs", (batch_dim, _extent(f"{name}_hi", size)),
+            self.phases = tensor(f"{name}_phs",
+                                 (batch_dim, literal_extent(f"{name}_hi", size)),
                                  (batch, size), self.dtype)
         # where each tap's reads start in a sample's phases
         self.tap_offsets = tensor(f"{name}_toff", (self.tap_row, self.tap_column),
@@ -289,12 +297,11 @@ class TiledWeightGradient:
                 self.tap_offsets.data[i, j] = self._phase_offset(ty % sy, tx % sx,
                                                                  ty // sy, tx // sx)
         size = batch * self.rows * self.width * self.padded_outputs
-        self.gradient = tensor(f"{name}_grad", (_extent(f"{name}_gi", size),), (size,),
-                               self.dtype)
+        self.gradient = flat_tensor(f"{name}_grad", f"{name}_gi", size, self.dtype)
         # on the batch and tap loops themselves, so that Devito proves them parallel
         size = self.padded_channels * self.padded_outputs
         self.partial = tensor(f"{name}_part", (batch_dim, self.tap_row, self.tap_column,
-                                               _extent(f"{name}_ck", size)),
+                                               literal_extent(f"{name}_ck", size)),
                               (batch,) + self.kernel + (size,), self.dtype)
 
     @staticmethod
@@ -338,10 +345,10 @@ class TiledWeightGradient:
         if self.phases is None:
             return []
         (sy, sx), name, n = self.stride, self.name, self.batch_dim
-        a, b = _extent(f"{name}_pa", sy), _extent(f"{name}_pb", sx)
-        row = _extent(f"{name}_py", self.phase_rows)
-        column = _extent(f"{name}_px", self.width)
-        c = _extent(f"{name}_pc", self.channels)
+        a, b = literal_extent(f"{name}_pa", sy), literal_extent(f"{name}_pb", sx)
+        row = literal_extent(f"{name}_py", self.phase_rows)
+        column = literal_extent(f"{name}_px", self.width)
+        c = literal_extent(f"{name}_pc", self.channels)
         return [Eq(self.phases[n, self._phase_offset(a, b, row, column) + c],
                    self.correlation.source_at(n, row * sy + a, column * sx + b, c),
                    implicit_dims=IgnoreDimSort((n, a, b, row, column, c)))]
@@ -356,9 +363,9 @@ class TiledWeightGradient:
         over output positions, store the sample's partial sums."""
         name, lanes, n = self.name, self.lanes, self.batch_dim
         tap_row, tap_group = self.tap_row, self.tap_group
-        tile = _extent(f"{name}_ct", self.padded_channels // self.tile_channels)
-        block = _extent(f"{name}_kt",
-                        self.padded_outputs // (lanes * self.tile_blocks))
+        tile = literal_extent(f"{name}_ct", self.padded_channels // self.tile_channels)
+        block = literal_extent(f"{name}_kt",
+                               self.padded_outputs // (lanes * self.tile_blocks))
         lane = LaneDimension.of(f"{name}_lane", lanes)
         position = self.position
         outer = (n, tap_row, tap_group, tile, block, lane)
@@ -465,8 +472,7 @@ class TiledTransposedCorrelation:
                 max([size[1]] + [t.reach[1] for t in trial]))
         rows_total = batch * size[0] + 1   # a row of slack, like a correlation's own
         length = rows_total * size[1] * channels
-        self.source = tensor(f"{name}_src", (_extent(f"{name}_si", length),), (length,),
-                             dtype)
+        self.source = flat_tensor(f"{name}_src", f"{name}_si", length, dtype)
         self.source_rows, self.source_columns = size
         self.phases = build(size, self.source)
 

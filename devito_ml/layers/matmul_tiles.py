@@ -22,8 +22,8 @@ from devito.types.utils import IgnoreDimSort
 from sympy import Min
 
 from devito_ml.lanes import LaneDimension
-from devito_ml.layers.conv_tiles import (_extent, _round_up, gradient_tile_shape,
-                                         vector_lanes)
+from devito_ml.layers.conv_tiles import (flat_tensor, gradient_tile_shape,
+                                         literal_extent, round_up, vector_lanes)
 from devito_ml.symbolics import tensor
 
 __all__ = ['TiledMatmul']
@@ -53,18 +53,19 @@ class TiledMatmul:
         self.lanes = vector_lanes(self.dtype)
         if a_at is None:
             size = channels * rows
-            self.a = tensor(f"{name}_a", (_extent(f"{name}_ai", size),), (size,), dtype)
+            self.a = flat_tensor(f"{name}_a", f"{name}_ai", size, dtype)
             a_at = self.a_entry
         self.a_at = a_at
         blocks = -(-columns // self.lanes)
         self.tile_rows, self.tile_blocks = gradient_tile_shape(rows, blocks)
-        self.padded_rows = _round_up(rows, self.tile_rows)
-        self.padded_columns = _round_up(blocks, self.tile_blocks) * self.lanes
+        self.padded_rows = round_up(rows, self.tile_rows)
+        self.padded_columns = round_up(blocks, self.tile_blocks) * self.lanes
         size = channels * self.padded_columns
-        self.b = tensor(f"{name}_b", (_extent(f"{name}_bi", size),), (size,), dtype)
-        self.row_tile = _extent(f"{name}_mt", self.padded_rows // self.tile_rows)
+        self.b = flat_tensor(f"{name}_b", f"{name}_bi", size, dtype)
+        self.row_tile = literal_extent(f"{name}_mt", self.padded_rows // self.tile_rows)
         size = self.tile_rows * self.padded_columns
-        self.target = tensor(f"{name}_acc", (self.row_tile, _extent(f"{name}_mk", size)),
+        self.target = tensor(f"{name}_acc",
+                             (self.row_tile, literal_extent(f"{name}_mk", size)),
                              (self.padded_rows // self.tile_rows, size), dtype)
 
     def a_entry(self, row, channel):
@@ -84,9 +85,10 @@ class TiledMatmul:
     def equations(self):
         """The tiled loop nest: zero the tile, accumulate over ``c``, store."""
         name, lanes, row_tile = self.name, self.lanes, self.row_tile
-        block = _extent(f"{name}_kt", self.padded_columns // (lanes * self.tile_blocks))
+        block = literal_extent(f"{name}_kt",
+                               self.padded_columns // (lanes * self.tile_blocks))
         lane = LaneDimension.of(f"{name}_lane", lanes)
-        channel = _extent(f"{name}_c", self.channels)
+        channel = literal_extent(f"{name}_c", self.channels)
         outer = (row_tile, block, lane)
         fma = 'fmaf' if self.dtype == np.float32 else 'fma'
         entries = [(i, j) for i in range(self.tile_rows) for j in range(self.tile_blocks)]
