@@ -84,6 +84,16 @@ def round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
+def correlation_reach(dtype, outputs, out_size, taps, stride):
+    """Rows and columns of the source that a :class:`TiledCorrelation`'s tiles read
+    (columns padded to whole tiles)."""
+    blocks = -(-outputs // vector_lanes(dtype))
+    tile_columns, _ = tile_shape(blocks, out_size[1])
+    columns = round_up(out_size[1], tile_columns)
+    return ((out_size[0] - 1) * stride[0] + max(t[0] for t in taps) + 1,
+            (columns - 1) * stride[1] + max(t[1] for t in taps) + 1)
+
+
 class TiledCorrelation:
     """A register-tiled correlation and the flat tensors it runs on.
 
@@ -123,9 +133,8 @@ class TiledCorrelation:
         self.columns = round_up(columns, self.tile_columns)
         self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
         sy, sx = self.stride
-        reach_rows = (self.rows - 1) * sy + max(t[0] for t in self.taps) + 1
-        reach_columns = (self.columns - 1) * sx + max(t[1] for t in self.taps) + 1
-        self.reach = (reach_rows, reach_columns)
+        self.reach = reach_rows, reach_columns = correlation_reach(
+            self.dtype, outputs, out_size, self.taps, self.stride)
         if source is not None:
             if reach_rows > source_size[0] or reach_columns > source_size[1]:
                 raise ValueError(f"{name}: tiles reach {self.reach}, beyond the shared "
@@ -451,30 +460,25 @@ class TiledTransposedCorrelation:
         self.origin = (max([0] + [-d[0] for d in reads]),
                        max([0] + [-d[1] for d in reads]))
 
-        def build(size, source=None):
-            phases = []
-            for (a, b), taps in offsets.items():
-                rows, columns = -(-(out_size[0] - a) // sy), -(-(out_size[1] - b) // sx)
-                tiles = None
-                if taps:
-                    tiles = TiledCorrelation(
-                        f"{name}{a}{b}", dtype, batch_dim, batch, channels, outputs,
-                        (rows, columns),
-                        [(oy + self.origin[0], ox + self.origin[1])
-                         for _, (oy, ox) in taps],
-                        (1, 1), size, source)
-                phases.append(Phase(a, b, rows, columns, [t for t, _ in taps], tiles))
-            return phases
-
-        size = (grad_size[0] + self.origin[0], grad_size[1] + self.origin[1])
-        trial = [p.tiles for p in build(size) if p.tiles is not None]
-        size = (max([size[0]] + [t.reach[0] for t in trial]),
-                max([size[1]] + [t.reach[1] for t in trial]))
+        shapes = {(a, b): ((-(-(out_size[0] - a) // sy), -(-(out_size[1] - b) // sx)),
+                           [(oy + self.origin[0], ox + self.origin[1])
+                            for _, (oy, ox) in taps])
+                  for (a, b), taps in offsets.items()}
+        reaches = [correlation_reach(dtype, outputs, size, reads, (1, 1))
+                   for size, reads in shapes.values() if reads]
+        size = (max([grad_size[0] + self.origin[0]] + [r[0] for r in reaches]),
+                max([grad_size[1] + self.origin[1]] + [r[1] for r in reaches]))
         rows_total = batch * size[0] + 1   # a row of slack, like a correlation's own
         length = rows_total * size[1] * channels
         self.source = flat_tensor(f"{name}_src", f"{name}_si", length, dtype)
         self.source_rows, self.source_columns = size
-        self.phases = build(size, self.source)
+        self.phases = []
+        for (a, b), taps in offsets.items():
+            (rows, columns), reads = shapes[a, b]
+            tiles = TiledCorrelation(f"{name}{a}{b}", dtype, batch_dim, batch, channels,
+                                     outputs, (rows, columns), reads, (1, 1), size,
+                                     self.source) if taps else None
+            self.phases.append(Phase(a, b, rows, columns, [t for t, _ in taps], tiles))
 
     def source_at(self, n, row, column, channel):
         """Where the gradient at (sample, row, column, channel) goes in the source."""
