@@ -9,7 +9,12 @@ the reduction, carries ``#pragma omp simd``. Devito's SIMD pass (4.8,
 loop, so the lane loop never gets it.
 
 This module carries the one change: loops over a :class:`LaneDimension` get the
-pragma too when Devito found them parallel. It goes through Devito's own extension
+pragma too when Devito found them parallel. It also marks loops over an
+:class:`UnrolledDimension` ``#pragma GCC unroll``: a tile's taps are such loops, one
+equation a tile entry instead of one a tap and entry (Devito's lowering time grows
+with the equations), which gcc unrolls back into one statement a tap before it
+vectorises the lane loop (it vectorises a lane loop over one inner loop, not over
+a nest). It goes through Devito's own extension
 points: a subclass of the OpenMP ``Parizer`` (the pass object every CPU operator
 takes from its ``_Target``), a target and operator classes using it, and
 :func:`build_operator`, which lowers equations with those classes following the
@@ -20,7 +25,7 @@ this relies on.
 from devito import CustomDimension
 from devito.core.cpu import Cpu64AdvOmpOperator
 from devito.core import Intel64AdvOmpOperator
-from devito.ir.iet import FindNodes, Iteration, Transformer
+from devito.ir.iet import FindNodes, Iteration, Pragma, Transformer
 from devito.ir.support.properties import VECTORIZED
 from devito.operator.operator import parse_kwargs
 from devito.operator.registry import operator_selector
@@ -28,7 +33,8 @@ from devito.passes.iet.languages.openmp import Ompizer
 from devito.passes.iet.languages.targets import COmpTarget
 from devito.tools import CacheInstances, memoized_func, timed_region
 
-__all__ = ['LaneDimension', 'build_operator', 'lane_operator_class']
+__all__ = ['LaneDimension', 'UnrolledDimension', 'build_operator',
+           'lane_operator_class']
 
 
 class LaneDimension(CustomDimension):
@@ -47,8 +53,25 @@ class LaneDimension(CustomDimension):
         return cls(name, symbolic_min=0, symbolic_max=size - 1, symbolic_size=size)
 
 
+class UnrolledDimension(CustomDimension):
+    """A loop of literal extent ``size`` that the C compiler unrolls completely
+    (``#pragma GCC unroll size``).
+
+    Parameters
+    ----------
+    name : str
+    size : int
+    """
+
+    @classmethod
+    def of(cls, name, size):
+        """``0 .. size - 1``, unrolled."""
+        return cls(name, symbolic_min=0, symbolic_max=size - 1, symbolic_size=size)
+
+
 class LaneOmpizer(Ompizer):
-    """Devito's OpenMP pass, with ``omp simd`` on parallel lane loops as well."""
+    """Devito's OpenMP pass, with ``omp simd`` on parallel lane loops as well, and
+    ``GCC unroll`` on unrolled loops."""
 
     def _make_simd(self, iet):
         iet, metadata = super()._make_simd(iet)
@@ -59,7 +82,11 @@ class LaneOmpizer(Ompizer):
                 mapper[loop] = loop._rebuild(
                     pragmas=loop.pragmas + self._make_simd_pragma(loop),
                     properties=tuple(loop.properties) + (VECTORIZED,))
-        return Transformer(mapper).visit(iet), metadata
+            elif isinstance(loop.dim, UnrolledDimension):
+                size = loop.dim.symbolic_size
+                mapper[loop] = loop._rebuild(
+                    pragmas=loop.pragmas + (Pragma(f'GCC unroll {size}'),))
+        return Transformer(mapper, nested=True).visit(iet), metadata
 
 
 class LaneOmpTarget(COmpTarget):

@@ -5,7 +5,8 @@ Devito caches the compiled C by its code, but redoes the lowering (``Operator(..
 in every process: ~0.2-0.4 s per layer and pass, minutes for a ResNet-50. Operators
 pickle; a lowered operator is stored under a key that covers everything its code
 depends on (the equations as written, every Function's name, shape, dtype, halo and
-Dimensions, the implicit loop orders, Devito's version and configuration). An
+Dimensions, the implicit loop orders, Devito's version and configuration, and the
+source of :mod:`devito_ml.lanes`, the passes devito_ml adds to Devito's). An
 unpickled operator holds copies of the Functions: :class:`CompiledOperator` passes
 the net's own Functions by name on every call.
 
@@ -20,6 +21,8 @@ import tempfile
 
 import devito
 import numpy as np
+
+from devito_ml import lanes
 from devito import configuration
 from devito.symbolics import retrieve_functions
 
@@ -66,7 +69,7 @@ def _describe(symbol):
 def cache_key(equations, name, symbols=None, **options):
     """A digest of everything the lowered operator depends on (``symbols``: those
     of :func:`symbols_of`, when already found)."""
-    text = [devito.__version__, name, repr(sorted(options.items())),
+    text = [devito.__version__, _lowering_digest(), name, repr(sorted(options.items())),
             repr(sorted((k, str(v)) for k, v in configuration.items()
                         if k in ('platform', 'compiler', 'opt', 'language')))]
     for eq in equations:
@@ -80,6 +83,13 @@ def cache_key(equations, name, symbols=None, **options):
                   if getattr(d, 'is_Dimension', False)}
     text += sorted(repr(_describe_dimension(d)) for d in dimensions)
     return hashlib.sha256('\n'.join(text).encode()).hexdigest()
+
+
+def _lowering_digest():
+    """A digest of devito_ml's own lowering passes: a change to them changes the C
+    that the same equations lower to."""
+    with open(lanes.__file__, 'rb') as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def load(key):

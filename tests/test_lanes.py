@@ -19,7 +19,8 @@ from devito.passes.iet.parpragma import PragmaSimdTransformer
 from devito_ml import compiled, lanes
 from devito_ml.layers.conv import Conv
 from devito_ml.layers.conv_tiles import (TiledCorrelation, TiledWeightGradient,
-                                         gradient_tile_shape, tile_shape, vector_lanes)
+                                         gradient_tile_shape, tap_grid, tile_shape,
+                                         vector_lanes)
 
 
 def test_pinned_devito_version():
@@ -78,16 +79,32 @@ def test_wide_convolution_keeps_vectorised_lane_loops():
         pragma = _lane_pragma(backward, f'conv_bwd{phase}_lane')
         assert pragma.startswith('#pragma omp simd')
     assert _lane_pragma(backward, 'conv_dW_lane').startswith('#pragma omp simd')
+    # the taps: loops in the equations, unrolled back into statements by gcc
+    assert _lane_pragma(forward, 'conv_fwd_tu') == '#pragma GCC unroll 3'
+    assert _lane_pragma(forward, 'conv_fwd_tv') == '#pragma GCC unroll 3'
     assert 'fmaf(' in forward and 'fmaf(' in backward
     assert 'atomic' not in forward + backward
 
 
+def test_taps_of_a_grid_are_loops_others_one_statement_each():
+    assert tap_grid([(0, 0), (0, 2), (1, 0), (1, 2)]) == ((2, 0, 1), (2, 0, 2))
+    assert tap_grid([(3, 1), (1, 1)]) == ((2, 3, -2), (1, 1, 0))
+    assert tap_grid([(0, 0), (1, 2), (2, 1)]) is None          # not a grid
+    assert tap_grid([(0, 0), (0, 1), (1, 0)]) is None          # a grid, less a tap
+    assert tap_grid([(0, 0), (1, 1), (0, 1), (1, 0)]) is None  # not row by row
+    assert tap_grid([(0, 0), (0, 1), (0, 3)]) is None          # uneven steps
+
+
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-def test_tiled_correlation_matches_numpy(dtype):
+@pytest.mark.parametrize('taps', [[(0, 0), (1, 2), (2, 1)],
+                                  [(2, 3), (2, 1), (0, 3), (0, 1)]],
+                         ids=['scattered', 'grid-backwards'])
+def test_tiled_correlation_matches_numpy(dtype, taps):
     """Remainders everywhere: 11 outputs (not a whole lane block), 7 columns (not a
-    whole tile), stride 2, uneven taps."""
+    whole tile), stride 2, taps one statement each or as unrolled loops (a grid
+    walked backwards, as a stride phase of an input gradient reads it)."""
     rows, columns, channels, outputs, batch = 3, 7, 5, 11, 2
-    taps, stride = [(0, 0), (1, 2), (2, 1)], (2, 2)
+    stride = (2, 2)
     tiles = TiledCorrelation('u', dtype, devito.Dimension('n'), batch, channels, outputs,
                              (rows, columns), taps, stride, (6, 10))
     op = compiled.CompiledOperator(tiles.equations(), 'tiles')

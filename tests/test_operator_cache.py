@@ -60,3 +60,11 @@ def test_a_changed_shape_is_another_key():
                 dtype=np.float64, seed=0, name='cache_check')
     assert operator_cache.cache_key(other.forward_equations(True), 'x') != key
     assert isinstance(net.forward_operator.parts[0], CompiledOperator)
+
+
+def test_a_changed_lowering_pass_is_another_key(monkeypatch):
+    """The same equations lower to other C when devito_ml's passes change."""
+    equations = build().forward_equations(True)
+    key = operator_cache.cache_key(equations, 'x')
+    monkeypatch.setattr(operator_cache, '_lowering_digest', lambda: 'another pass')
+    assert operator_cache.cache_key(equations, 'x') != key

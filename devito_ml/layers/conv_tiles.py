@@ -33,11 +33,11 @@ from devito.symbolics import DefFunction
 from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
-from devito_ml.lanes import LaneDimension
+from devito_ml.lanes import LaneDimension, UnrolledDimension
 from devito_ml.symbolics import tensor
 
 __all__ = ['TiledCorrelation', 'TiledTransposedCorrelation', 'TiledWeightGradient',
-           'vector_lanes', 'MAX_TILED_TAPS']
+           'tap_grid', 'vector_lanes', 'MAX_TILED_TAPS']
 
 MAX_TILED_TAPS = 25
 """Above this many taps (5x5), one statement a tap and tile entry is too much code."""
@@ -92,6 +92,26 @@ def correlation_reach(dtype, outputs, out_size, taps, stride):
     columns = round_up(out_size[1], tile_columns)
     return ((out_size[0] - 1) * stride[0] + max(t[0] for t in taps) + 1,
             (columns - 1) * stride[1] + max(t[1] for t in taps) + 1)
+
+
+def tap_grid(taps):
+    """``((rows, first row, row step), (columns, first column, column step))`` when
+    ``taps`` lists a grid row by row, ``(first row + u * row step, first column + v
+    * column step)`` for ``u`` in ``range(rows)``, ``v`` in ``range(columns)``
+    (a kernel's taps, or those of one stride phase); else None."""
+    rows = list(dict.fromkeys(ty for ty, _ in taps))
+    columns = list(dict.fromkeys(tx for _, tx in taps))
+
+    def progression(values):
+        step = values[1] - values[0] if len(values) > 1 else 0
+        if values != [values[0] + u * step for u in range(len(values))]:
+            return None
+        return len(values), values[0], step
+
+    grid = progression(rows), progression(columns)
+    if None in grid or taps != [(ty, tx) for ty in rows for tx in columns]:
+        return None
+    return grid
 
 
 class TiledCorrelation:
@@ -190,19 +210,31 @@ class TiledCorrelation:
                for e in entries}
         eqs = [Eq(acc[e], 0, implicit_dims=outer) for e in entries]
         sy, sx = self.stride
-        for t, (ty, tx) in enumerate(self.taps):
+        for t, (ty, tx), taps in self._taps():
             for i, b in entries:
                 k = (block * self.tile_blocks + b) * lanes + lane
                 x = tile * self.tile_columns + i
                 term = (self.weight_at(t, channel, k),
                         self.source_at(batch_dim, row * sy + ty, x * sx + tx, channel))
                 eqs.append(Eq(acc[i, b], DefFunction(fma, term + (acc[i, b],)),
-                              implicit_dims=IgnoreDimSort(outer + (channel,))))
+                              implicit_dims=IgnoreDimSort(outer + (channel,) + taps)))
         for i, b in entries:
             k = (block * self.tile_blocks + b) * lanes + lane
             eqs.append(Eq(self.target_at(batch_dim, row, tile * self.tile_columns + i,
                                          k), acc[i, b], implicit_dims=outer))
         return eqs
+
+    def _taps(self):
+        """``(tap number, (row offset, column offset), tap loops)``, once for a grid
+        of taps (as unrolled loops: one equation a tile entry), else once a tap."""
+        grid = tap_grid(self.taps)
+        if grid is None:
+            return [(t, tap, ()) for t, tap in enumerate(self.taps)]
+        (rows, row0, row_step), (columns, column0, column_step) = grid
+        u = UnrolledDimension.of(f"{self.name}_tu", rows)
+        v = UnrolledDimension.of(f"{self.name}_tv", columns)
+        return [(u * columns + v, (row0 + u * row_step, column0 + v * column_step),
+                 (u, v))]
 
 
 FMA_CHAINS = 12
