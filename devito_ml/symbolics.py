@@ -10,17 +10,24 @@ Everything here is pinned to Devito 4.8 behaviour, measured with the version in
   in the halo, so padded reads need no branch and no copy).
 - ``tap_dimension`` gives kernel-tap loops a default extent, so a loop over taps works
   even where no Function carries that Dimension.
+- ``register_sum`` sums into a Scalar, not into the target's memory: an ``Inc`` of a
+  per-channel entry stores it at every term, and two threads storing channels of
+  one cache line took 10 ms over the 512 K values of one BatchNorm gradient (0.4 ms
+  in a register).
 """
 
 import numpy as np
 import sympy
-from devito import DefaultDimension, Function
+from devito import DefaultDimension, Eq, Function
 from devito.symbolics import CondEq, CondNe, InlineIf
+from devito.types import Scalar
+from devito.types.utils import IgnoreDimSort
 
 from devito_ml import compiler
 
 __all__ = ['Select', 'CondEq', 'CondNe', 'plain_view', 'tensor', 'tap_dimension',
-           'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps', 'MAX_UNROLLED_TAPS']
+           'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps', 'MAX_UNROLLED_TAPS',
+           'register_sum']
 
 MAX_UNROLLED_TAPS = 49
 
@@ -63,6 +70,32 @@ def tensor(name, dimensions, shape, dtype, halo=None):
     return Function(name=name, dimensions=tuple(dimensions), shape=tuple(shape),
                     dtype=np.dtype(dtype).type, space_order=0, halo=tuple(halo),
                     allocator=compiler.allocator())
+
+
+def register_sum(name, target, value, outer, inner, dtype=np.float64, finish=None):
+    """Equations for ``target = finish(sum of value over the loops inner)``, the sum
+    kept in a Scalar (a register) inside the loops ``outer``.
+
+    Parameters
+    ----------
+    name : str
+        Name of the Scalar (unique in an operator).
+    target : Indexed
+        Where the sum goes, indexed by ``outer`` only.
+    value : expression
+        The term, over ``outer + inner``.
+    outer, inner : tuple of Dimension
+        The loops around the sum (parallel) and those it runs over, in that order.
+    dtype : numpy dtype
+        Of the sum (double by default: a sum over a batch of images).
+    finish : callable, optional
+        Applied to the sum before it is stored (``lambda s: s / count``).
+    """
+    total = Scalar(name=name, dtype=np.dtype(dtype).type)
+    outer, inner = tuple(outer), tuple(inner)
+    return [Eq(total, 0, implicit_dims=outer),
+            Eq(total, total + value, implicit_dims=IgnoreDimSort(outer + inner)),
+            Eq(target, total if finish is None else finish(total), implicit_dims=outer)]
 
 
 def plain_view(function):

@@ -79,3 +79,14 @@ def test_checkpoints_carry_running_statistics_and_dropout_steps(tmp_path, rng):
     for name, value in net.state_dict().items():
         assert np.array_equal(restored.state_dict()[name], value), name
     assert restored.buffers()['dropout1_step'] == 1
+
+
+def test_per_channel_sums_stay_in_registers():
+    """A sum stored into its channel's entry at every term made two threads fight
+    over one cache line (a BatchNorm gradient took 10 ms instead of 0.4)."""
+    import re
+    layer = BatchNorm(input_size=(2, 3, 4, 5), generate_code=True)
+    code = layer.forward_operator.code + layer.backward_operator.code
+    assert not re.search(r'bn_(mean|var|dW|db)\[bn_oc\] \+=', code)
+    for total in ('bn_sum_x', 'bn_sum_dev2', 'bn_sum_dz', 'bn_sum_dz_xhat'):
+        assert f'double {total} = 0;' in code

@@ -13,7 +13,8 @@ from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
                                          TiledTransposedCorrelation, TiledWeightGradient,
                                          vector_lanes)
 from devito_ml.layers.window import padding_halo, window_output_size
-from devito_ml.symbolics import Halo, kernel_taps, stuffed_extent, stuffed_halo
+from devito_ml.symbolics import (Halo, kernel_taps, register_sum, stuffed_extent,
+                                 stuffed_halo)
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
                                   check_positive_ints)
 
@@ -438,9 +439,8 @@ class Conv(WeightedLayer):
                               self.result[n, k, y, x])))
         m = self.reduction_batch_dim
         if self.has_bias:
-            eqs += [Eq(self.bias_gradients[k], 0),
-                    Inc(self.bias_gradients[k], dz[m, k, y, x],
-                        implicit_dims=IgnoreDimSort((k, m, y, x)))]
+            eqs += register_sum(f"{self.name}_sum_dz", self.bias_gradients[k],
+                                dz[m, k, y, x], (k,), (m, y, x))
         _, gh, gw, yk = self.dz_cl_dims
         if self.channels_last and self.weight_gradient_tiles is not None:
             eqs.append(Eq(self.weight_gradient_tiles.gradient_at(n, gh, gw, yk),

@@ -11,6 +11,7 @@ from sympy import Max, Min
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
 from devito_ml.layers.matmul_tiles import TiledMatmul
+from devito_ml.symbolics import register_sum
 from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
 
 __all__ = ['FullyConnected', 'FullyConnectedSoftmax', 'softmax_equations']
@@ -172,9 +173,8 @@ class FullyConnected(WeightedLayer):
         dz = self.pre_activation_gradients
         eqs = self._pre_activation_gradient_equations()
         if self.has_bias:
-            eqs += [Eq(self.bias_gradients[o], 0),
-                    Inc(self.bias_gradients[o], dz[m, o],
-                        implicit_dims=IgnoreDimSort((o, m)))]
+            eqs += register_sum(f"{self.name}_sum_dz", self.bias_gradients[o], dz[m, o],
+                                (o,), (m,))
         if self.tiled:
             return eqs + self._tiled_gradient_equations()
         return eqs + [

@@ -2,11 +2,11 @@
 
 import numpy as np
 import sympy
-from devito import Eq, Inc
-from devito.types.utils import IgnoreDimSort
+from devito import Eq
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import Layer
+from devito_ml.symbolics import register_sum
 from devito_ml.validation import LayerArgumentError, ShapeError
 
 __all__ = ['BatchNorm']
@@ -159,14 +159,12 @@ class BatchNorm(Layer):
             return [Eq(mean, self.running_mean[c]),
                     Eq(inverse_std, 1 / sympy.sqrt(self.running_var[c] + eps))]
         count = self._count(self.mean_dims)
-        order = lambda dims: IgnoreDimSort((c,) + dims)  # noqa: E731
         momentum = self.momentum
         deviation = self._x(self.var_dims) - mean
-        return [Eq(mean, 0),
-                Inc(mean, self._x(self.mean_dims), implicit_dims=order(self.mean_dims)),
-                Eq(mean, mean / count),
-                Eq(variance, 0),
-                Inc(variance, deviation * deviation, implicit_dims=order(self.var_dims)),
+        return register_sum(f"{self.name}_sum_x", mean, self._x(self.mean_dims), (c,),
+                            self.mean_dims, finish=lambda total: total / count) + \
+            register_sum(f"{self.name}_sum_dev2", variance, deviation * deviation, (c,),
+                         self.var_dims) + [
                 Eq(inverse_std, 1 / sympy.sqrt(variance / count + eps)),
                 Eq(self.running_mean[c], (1 - momentum) * self.running_mean[c]
                    + momentum * mean),
@@ -193,11 +191,11 @@ class BatchNorm(Layer):
                           * self.activation.derivative_from_output(
                               self.result[n, c, h, w])))
         m, y, x = self.grad_dims
-        order = IgnoreDimSort((c, m, y, x))
         dgamma, dbeta = self.kernel_gradients[c], self.bias_gradients[c]
-        eqs += [Eq(dbeta, 0), Inc(dbeta, dz[m, c, y, x], implicit_dims=order),
-                Eq(dgamma, 0), Inc(dgamma, dz[m, c, y, x] * self._normalized(m, y, x),
-                                   implicit_dims=order)]
+        eqs += register_sum(f"{self.name}_sum_dz", dbeta, dz[m, c, y, x], (c,),
+                            (m, y, x))
+        eqs += register_sum(f"{self.name}_sum_dz_xhat", dgamma,
+                            dz[m, c, y, x] * self._normalized(m, y, x), (c,), (m, y, x))
         gain = (self.kernel[c] if self.affine else 1) * self.inverse_std[c]
         gradient = dz[n, c, h, w]
         if training:

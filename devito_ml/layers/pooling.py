@@ -8,7 +8,7 @@ from sympy import Max, Min
 from devito_ml.layer import Layer
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import (CondEq, CondNe, Halo, Select, kernel_taps,
-                                 stuffed_extent, stuffed_halo)
+                                 register_sum, stuffed_extent, stuffed_halo)
 from devito_ml.validation import LayerArgumentError, as_pair
 
 __all__ = ['MaxPooling', 'AvgPooling', 'Subsampling', 'GlobalAvgPooling']
@@ -289,3 +289,20 @@ class GlobalAvgPooling(AvgPooling):
         size = super()._check_input_size(input_size)
         self.kernel_size = self.stride = tuple(size[2:])
         return size
+
+    def _create_functions(self):
+        pass   # no stuffed gradient: every input position has one window
+
+    def _forward_equations(self, training):
+        n, c = self.out_dims[:2]
+        _, _, h, w = self.input_gradient_dims
+        area = self.kernel_size[0] * self.kernel_size[1]
+        return register_sum(f"{self.name}_sum_x", self.result[n, c, 0, 0],
+                            self.input[n, c, h, w], (n, c), (h, w),
+                            finish=lambda total: total / area)
+
+    def _backward_equations(self, training):
+        n, c, h, w = self.input_gradient_dims
+        area = self.kernel_size[0] * self.kernel_size[1]
+        return [Eq(self.input_gradients[n, c, h, w],
+                   self.result_gradients[n, c, 0, 0] / area)]
