@@ -1,4 +1,5 @@
-"""The ``devito-ml`` command: train a model, or write its generated C."""
+"""The devito-ml command: train a model, write its generated C, or time it against
+PyTorch."""
 
 import argparse
 import os
@@ -92,7 +93,7 @@ def _optimizer(args, net):
 
 def _train(args):
     from devito_ml.plotting import plot_history
-    from devito_ml.training import cosine_schedule, fit
+    from devito_ml.training import fit
     start = time.perf_counter()
     train, test = _data(args)
     side = minimum_image(args.model)
@@ -102,12 +103,13 @@ def _train(args):
     optimizer = _optimizer(args, net)
     os.makedirs(args.out, exist_ok=True)
     print(f"{args.model} on {args.dataset}: {len(train[1])} train / {len(test[1])} test "
-          f"images, batch {args.batch_size}, {args.optimizer} lr {args.lr} (cosine), "
+          f"images, batch {args.batch_size}, {args.optimizer} lr {args.lr} "
+          f"({args.schedule} schedule), "
           f"{args.dtype.__name__}")
     history = fit(net, optimizer, train, test, epochs=args.epochs, seed=args.seed,
                   checkpoint=os.path.join(args.out, 'checkpoint.npz'),
-                  resume=args.resume, progress=not args.no_progress,
-                  lr_schedule=cosine_schedule(args.lr, args.epochs), check_finite=True)
+                  resume=args.resume, progress=False if args.no_progress else None,
+                  lr_schedule=schedule(args), check_finite=True)
     with open(os.path.join(args.out, 'history.json'), 'w') as handle:
         handle.write(history.to_json())
     plot_history(history, os.path.join(args.out, 'history.png'))
@@ -120,6 +122,16 @@ def _train(args):
     print(f"wrote {args.out}/checkpoint.npz, history.json, history.png and the C of "
           f"{len(paths)} operators in {args.out}/code/")
     return 0
+
+
+def schedule(args):
+    """The learning rate per epoch that ``--schedule`` names."""
+    from devito_ml.training import cosine_schedule, step_schedule
+    if args.schedule == 'cosine':
+        return cosine_schedule(args.lr, args.epochs)
+    if args.schedule == 'step':
+        return step_schedule(args.lr, args.step_epochs, args.step_gamma)
+    return lambda epoch: args.lr
 
 
 def _codegen(args):
@@ -159,48 +171,106 @@ def _bench(args):
     return 0
 
 
+def _version():
+    from importlib import metadata
+    try:
+        return metadata.version('devito_ml')
+    except metadata.PackageNotFoundError:
+        return 'unknown (not installed)'
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; an option that has none shows no
+    ``(default: None)``."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser():
-    parser = argparse.ArgumentParser(prog='devito-ml', description=__doc__)
+    parser = argparse.ArgumentParser(prog='devito-ml', description=__doc__,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument('--version', action='version',
+                        version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest='command', required=True)
-    train = commands.add_parser('train', help='train a model; write its checkpoint, '
-                                'history, plot and generated C')
-    codegen = commands.add_parser('codegen', help='build a model, run forward and '
-                                  'backward on a batch of digits, write the generated C')
-    bench = commands.add_parser('bench', help='time devito_ml against PyTorch in one '
-                                'run; write OUT/bench.json and OUT/lenet_batch.png')
-    bench.add_argument('--out', default='bench', help='output folder (default bench)')
+    train = commands.add_parser(
+        'train', formatter_class=_HelpFormatter,
+        help='train a model; write its checkpoint, history, plot and generated C',
+        description='Train a model and write, under OUT: checkpoint.npz (after every '
+        'epoch), history.json, history.png and code/, the C of the operators that '
+        'trained and evaluated it. The learning rate follows --schedule.')
+    codegen = commands.add_parser(
+        'codegen', formatter_class=_HelpFormatter,
+        help='build a model, run forward and backward on a batch of digits, write '
+        'the generated C',
+        description='Build a model, run its forward and backward pass on one batch of '
+        "scikit-learn's digits (untrained), print the loss and every gradient's "
+        'norm, and write the C of its operators (forward, backward, evaluation and '
+        'the Adam train step) as OUT/<net>_<operator>.c, one file an operator part.')
+    bench = commands.add_parser(
+        'bench', formatter_class=_HelpFormatter,
+        help='time devito_ml against PyTorch in one run; write OUT/bench.json and '
+        'OUT/lenet_batch.png',
+        description='Time devito_ml against PyTorch (at its better memory format) in '
+        'interleaved rounds; print a table of ratios and write OUT/bench.json and '
+        'OUT/lenet_batch.png.')
+    bench.add_argument('--out', default='bench', help='output folder')
     bench.add_argument('--rounds', type=int, default=7,
-                       help='interleaved rounds per case (default 7)')
+                       help='interleaved rounds per case')
     bench.add_argument('--threads', type=int, default=os.cpu_count(),
-                       help=f'threads for both (default {os.cpu_count()})')
+                       help='threads for both (this machine\'s cores by default)')
     bench.add_argument('--only', action='append', choices=GROUPS,
-                       help='run only this group of cases (repeatable; default all, '
+                       help='run only this group of cases (repeatable; default: all, '
                        'with build times)')
     bench.add_argument('--quick', action='store_true',
                        help='smaller cases, for a quick look')
     for command in (train, codegen):
         command.add_argument('--model', choices=MODELS, default='lenet',
-                             help=MODELS_HELP)
+                             metavar='MODEL', help=f"one of {', '.join(MODELS)}. "
+                             + MODELS_HELP)
         command.add_argument('--width', type=int, default=16,
-                             help='channels of the first convolutions (default 16)')
+                             help='channels of the first convolutions (not lenet)')
         command.add_argument('--hidden', type=int, default=128,
-                             help='hidden classifier units of vgg and alexnet '
-                             '(default 128)')
-        command.add_argument('--out', default='out', help='output folder (default out)')
-        command.add_argument('--batch-size', type=int, default=32)
-        command.add_argument('--seed', type=int, default=0)
-        command.add_argument('--dtype', choices=('float32', 'float64'), default='float32')
-    train.add_argument('--dataset', choices=DATASETS, default='digits')
-    train.add_argument('--data-dir', help='folder of the IDX files (default for '
-                       f'fashion-mnist: {FASHION_MNIST})')
-    train.add_argument('--epochs', type=int, default=20)
-    train.add_argument('--optimizer', choices=('adam', 'adamw', 'sgd'), default='adam')
-    train.add_argument('--lr', type=float, default=3e-3)
-    train.add_argument('--momentum', type=float, default=0.9, help='for sgd')
-    train.add_argument('--weight-decay', type=float, default=0.0)
+                             help='hidden classifier units of vgg and alexnet')
+        command.add_argument('--out', default='out', help='output folder')
+        command.add_argument('--batch-size', type=int, default=32,
+                             help='images a step (the last batch of an epoch may be '
+                             'smaller)')
+        command.add_argument('--seed', type=int, default=0,
+                             help='seeds the initial parameters, the data split and '
+                             'the batch order')
+        command.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
+                             help='precision of parameters and arithmetic')
+    train.add_argument('--dataset', choices=DATASETS, default='digits',
+                       help="digits: scikit-learn's 8x8 digits (shipped, 1438 train / "
+                       "359 test); mnist and fashion-mnist: 28x28 IDX files")
+    train.add_argument('--data-dir', help='folder of the IDX files (fashion-mnist: '
+                       f'{FASHION_MNIST} by default)')
+    train.add_argument('--epochs', type=int, default=20, help='epochs to train')
+    train.add_argument('--optimizer', choices=('adam', 'adamw', 'sgd'), default='adam',
+                       help='the generated update rule')
+    train.add_argument('--lr', type=float, default=3e-3,
+                       help='initial learning rate (see --schedule)')
+    train.add_argument('--schedule', choices=('cosine', 'constant', 'step'),
+                       default='cosine',
+                       help='learning rate per epoch: cosine decays from --lr to 0 '
+                       'over --epochs along half a cosine; step multiplies it by '
+                       '--step-gamma every --step-epochs; constant keeps --lr')
+    train.add_argument('--step-epochs', type=int, default=10,
+                       help='epochs between two decays of --schedule step')
+    train.add_argument('--step-gamma', type=float, default=0.1,
+                       help='factor of each decay of --schedule step')
+    train.add_argument('--momentum', type=float, default=0.9,
+                       help='momentum of sgd (ignored by adam and adamw)')
+    train.add_argument('--weight-decay', type=float, default=0.0,
+                       help='L2 penalty (sgd, adam) or decoupled decay (adamw)')
     train.add_argument('--resume', action='store_true',
                        help='continue from OUT/checkpoint.npz when it exists')
-    train.add_argument('--no-progress', action='store_true', help='no progress bars')
+    train.add_argument('--no-progress', action='store_true',
+                       help='no progress bars (they are shown only on a terminal or '
+                       'in a notebook anyway; elsewhere one line an epoch)')
     return parser
 
 
@@ -221,6 +291,10 @@ def main(argv=None):
         parser.error(f"--epochs must be positive, got {args.epochs}")
     if getattr(args, 'lr', 1) <= 0:
         parser.error(f"--lr must be positive, got {args.lr}")
+    if getattr(args, 'step_epochs', 1) < 1:
+        parser.error(f"--step-epochs must be positive, got {args.step_epochs}")
+    if not getattr(args, 'step_gamma', 1) > 0:
+        parser.error(f"--step-gamma must be positive, got {args.step_gamma}")
     args.dtype = np.dtype(args.dtype).type
     from devito_ml.errors import NonFiniteError
     try:

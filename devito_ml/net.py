@@ -268,13 +268,17 @@ class Net:
             eqs += node.layer.net_equations(sources, training)
         return eqs
 
-    def backward_equations(self, loss=None, training=True, nodes=None):
+    def backward_equations(self, loss=None, training=True, nodes=None,
+                           input_gradient=False):
         """Loss value and gradient, then every layer's adjoint in reverse order.
 
         Where an output feeds several layers, its gradient is the sum of what each
         consumer wrote into its own buffer. Cross entropy after a
         :class:`FullyConnectedSoftmax` reads its logits and writes their gradient
         directly (exact even where a probability underflows).
+
+        With ``input_gradient``, the gradient of the network's input is computed
+        and the parameters' gradients only where it needs them (BatchNorm's).
         """
         loss = self._bound_loss(loss)
         last = self.output_layer
@@ -293,6 +297,8 @@ class Net:
                     from_logits=isinstance(loss, CrossEntropy), training=training)
             else:
                 eqs += layer.net_backprop_equations(training)
+        if input_gradient:
+            return pruned(eqs, [], self._read_elsewhere(loss, parameter_gradients=False))
         return pruned(eqs, self._network_input_gradients(), self._read_elsewhere(loss))
 
     def _network_input_gradients(self):
@@ -301,13 +307,14 @@ class Net:
         return [consumer.layer.input_gradients_of(index)
                 for consumer, index in self._edges[id(self._input_node)]]
 
-    def _read_elsewhere(self, loss):
+    def _read_elsewhere(self, loss, parameter_gradients=True):
         """Functions a pass writes that other passes, parts or the user read."""
         kept = [loss.per_sample]
         for node in self.nodes:
             layer = node.layer
-            kept += [*layer.parameters().values(), *layer.gradients().values(),
-                     layer.result, layer.result_gradients]
+            kept += [*layer.parameters().values(), layer.result, layer.result_gradients]
+            if parameter_gradients:
+                kept += layer.gradients().values()
             kept += [layer.input_gradients_of(i) for i in range(len(node.inputs))]
         return kept
 
@@ -350,6 +357,20 @@ class Net:
             self._backward_operators[key] = self._chain(
                 self._operator_name('backward', loss) + self._suffix(mode),
                 [(suffix, self.backward_equations(loss, mode, segment)) for
+                 suffix, segment in reversed(list(zip(suffixes, self._segments())))])
+        return self._backward_operators[key]
+
+    def input_gradient_operator(self, loss=None):
+        """Backward pass to the gradient of the network's input, in the current
+        mode; parameter gradients only where that needs them. Built once."""
+        loss = self._bound_loss(loss)
+        mode = self._mode(self.training)
+        key = ('input', loss.name, mode)
+        if key not in self._backward_operators:
+            suffixes = [suffix for _, suffix in self.parts()]
+            self._backward_operators[key] = self._chain(
+                self._operator_name('input_gradient', loss) + self._suffix(mode),
+                [(suffix, self.backward_equations(loss, mode, segment, True)) for
                  suffix, segment in reversed(list(zip(suffixes, self._segments())))])
         return self._backward_operators[key]
 
@@ -442,6 +463,63 @@ class Net:
         loss.set_targets(targets, self._batch)
         self.backward_operator_for(loss).run(self._batch)
         return loss.value(self._batch)
+
+    def input_gradient(self, x, targets, loss=None):
+        """The gradient of the batch's mean loss with respect to the input ``x``.
+
+        For saliency maps and adversarial examples. Runs the forward pass in the
+        current mode (:meth:`eval` for a trained net with BatchNorm or Dropout),
+        then a backward pass that computes the input's gradient and no parameter
+        gradient it does not need; ``gradients()`` are then stale.
+
+        Parameters
+        ----------
+        x : numpy array
+            A batch of inputs, shaped as :attr:`input_size` but for the batch.
+        targets : numpy array
+            As for :meth:`backward`.
+        loss : Loss or str, optional
+
+        Returns
+        -------
+        numpy array
+            Shaped as ``x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from devito_ml import Net, Conv, Flat, FullyConnected
+        >>> net = Net([Conv((2, 3, 3)), Flat(), FullyConnected(3)], batch_size=4,
+        ...           input_shape=(1, 5, 5), seed=0, dtype=np.float64)
+        >>> x = np.random.default_rng(0).random((4, 1, 5, 5))
+        >>> net.input_gradient(x, np.array([0, 1, 2, 0])).shape
+        (4, 1, 5, 5)
+        """
+        self.forward(x)
+        loss = self._bound_loss(loss)
+        loss.set_targets(targets, self._batch)
+        self.input_gradient_operator(loss).run(self._batch)
+        gradients = [np.asarray(g.data[:self._batch])
+                     for g in self._network_input_gradients()]
+        return np.array(sum(gradients[1:], gradients[0]))
+
+    def sample_losses(self, loss=None):
+        """The loss of each sample of the last batch that :meth:`backward`,
+        :meth:`evaluate`, :meth:`train_step` or :meth:`input_gradient` ran
+        (their mean is the loss they returned).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from devito_ml import Net, Flat, FullyConnected
+        >>> net = Net([Flat(), FullyConnected(3)], batch_size=2, input_shape=(1, 2, 2))
+        >>> mean, _ = net.evaluate(np.ones((2, 1, 2, 2), np.float32), np.array([0, 1]))
+        >>> bool(np.isclose(net.sample_losses().mean(), mean))
+        True
+        """
+        if self._batch is None:
+            raise RuntimeError(f"Net `{self.name}`.sample_losses: no batch has run yet")
+        return np.array(self._bound_loss(loss)._per_sample[:self._batch])
 
     def _load_batch(self, x):
         check_array(None, 'Net: x', x, self.input_size, self.dtype)
@@ -557,23 +635,25 @@ class Net:
         return self.backward_operator.code
 
     def write_code(self, directory):
-        """Write the C of every operator built so far (at least forward and backward).
+        """Write the C of every operator built so far, or of the forward and backward
+        operators when none is; nothing else is built.
 
-        Files are named after the operators: ``<name>_forward.c``,
-        ``<name>_backward.c``, ``<name>_train_sgd.c``... Returns their paths.
+        Files are named after the operators, one a part: ``<name>_forward.c``,
+        ``<name>_backward.c``, ``<name>_train_sgd.c``, ``<name>_evaluate.c``...
+        Returns their paths.
         """
         os.makedirs(directory, exist_ok=True)
-        paths = []
-        self.forward_operator, self.backward_operator    # at least these two
         operators = [*self._forward_operators.values(),
                      *self._backward_operators.values(),
                      *self._evaluation_operators.values(),
                      *self._train_operators.values()]
+        if not operators:
+            operators = [self.forward_operator, self.backward_operator]
+        paths = []
         for operator in (part for chain in operators for part in chain.parts):
-            code = operator.code
             path = os.path.join(directory, f"{operator.name}.c")
             with open(path, 'w') as handle:
-                handle.write(code)
+                handle.write(operator.code)
             paths.append(path)
         return paths
 

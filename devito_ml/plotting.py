@@ -1,16 +1,31 @@
-"""A PNG of a training history: loss and accuracy per epoch."""
+"""Loss and accuracy per epoch of a training history, as a matplotlib figure."""
 
 __all__ = ['plot_history']
 
 
-def plot_history(history, path):
-    """Write loss and accuracy curves (train and test) of ``history`` to ``path``."""
-    import matplotlib
-    matplotlib.use('Agg')
-    from matplotlib import pyplot
+def plot_history(history, path=None):
+    """Loss and accuracy curves (train and test) of ``history``.
+
+    Built on a :class:`matplotlib.figure.Figure` of its own, outside pyplot: the
+    backend of a notebook or a script is left as it was, and no figure stays open.
+
+    Parameters
+    ----------
+    history : History
+    path : str, optional
+        Where to write the figure (PNG, or any format matplotlib infers from the
+        name).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Shown by Jupyter when it ends a cell.
+    """
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure, (loss_axes, accuracy_axes) = pyplot.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
     epochs = history['epoch']
     for split in ('train', 'test'):
         if any(v is not None for v in history[f"{split}_loss"]):
@@ -24,5 +39,6 @@ def plot_history(history, path):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
+    if path is not None:
+        figure.savefig(path, dpi=100)
+    return figure

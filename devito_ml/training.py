@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 import zipfile
@@ -15,8 +16,8 @@ from tqdm.auto import tqdm
 from devito_ml.data.batches import Batches
 from devito_ml.errors import CheckpointError, NonFiniteError
 
-__all__ = ['History', 'fit', 'evaluate', 'cosine_schedule', 'save_checkpoint',
-           'load_checkpoint', 'read_checkpoint', 'checked_data',
+__all__ = ['History', 'fit', 'evaluate', 'cosine_schedule', 'step_schedule', 'watched',
+           'save_checkpoint', 'load_checkpoint', 'read_checkpoint', 'checked_data',
            'remove_stale_temporaries']
 
 
@@ -125,8 +126,19 @@ def cosine_schedule(lr, epochs, final=0.0):
     return schedule
 
 
+def step_schedule(lr, every, gamma=0.1):
+    """``epoch -> lr * gamma ** (epoch // every)``: ``lr`` multiplied by ``gamma``
+    every ``every`` epochs (PyTorch's ``StepLR``)."""
+    if not isinstance(every, (int, np.integer)) or every < 1:
+        raise ValueError(f"step_schedule: `every` must be an int >= 1, got {every!r}")
+
+    def schedule(epoch):
+        return lr * gamma ** (epoch // every)
+    return schedule
+
+
 def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
-        checkpoint=None, resume=False, progress=True, log=print, lr_schedule=None,
+        checkpoint=None, resume=False, progress=None, log=print, lr_schedule=None,
         check_finite=False):
     """Train ``net`` with ``optimizer`` for ``epochs`` epochs.
 
@@ -154,10 +166,14 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         Path of a checkpoint written atomically after every epoch.
     resume : bool
         Continue from ``checkpoint`` when it exists.
-    progress : bool
-        A progress bar per epoch.
+    progress : bool, optional
+        A progress bar per epoch, advancing every step (images, images per second,
+        the last loss). By default only where someone watches: a terminal or a
+        Jupyter notebook; written to a file or a pipe, ``log``'s line per epoch
+        says it all. False switches bars off, True forces them.
     log : callable or None
-        Receives one line per epoch.
+        Receives a line when the operators are being built, one when they are,
+        with the time it took, and one per epoch.
     lr_schedule : callable, optional
         ``epoch -> learning rate``, set before each epoch (no recompilation).
     check_finite : bool
@@ -176,8 +192,13 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
     if resume and checkpoint and os.path.exists(checkpoint):
         start, history = load_checkpoint(checkpoint, net, optimizer)
     batches = Batches(*train, batch_size=net.input_size[0], seed=seed)
+    if progress is None:
+        progress = watched()
     if start < epochs:
         began = time.perf_counter()
+        if log:
+            log("building the operators (generating and compiling C; cached for the "
+                "next run)...")
         net.train_operator(optimizer, loss)          # built once, before the clock runs
         if test:
             net.evaluation_operator(loss)
@@ -189,9 +210,9 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         if lr_schedule is not None:
             optimizer.lr = float(lr_schedule(epoch))
         total_loss, correct = 0.0, 0
-        bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch + 1}",
-                   disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
+        bar = tqdm(total=len(train[1]), desc=f"epoch {epoch + 1}/{epochs}", unit='img',
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        for step, (x, y) in enumerate(batches.epoch(epoch)):
             value, output = net.train_step(x, y, optimizer, loss)
             if not math.isfinite(value):
                 bar.close()
@@ -205,7 +226,9 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
                     "for NaN in the data (fit(check_finite=True))")
             total_loss += value * len(y)
             correct += int(np.sum(output.argmax(axis=1) == y))
-            bar.set_postfix(loss=f"{value:.4f}")
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            bar.update(len(y))
+        bar.close()
         test_loss, test_accuracy = evaluate(net, *test, loss) if test else (None, None)
         history.epochs.append({
             'epoch': epoch + 1, 'train_loss': total_loss / len(train[1]),
@@ -221,6 +244,19 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         if log:
             log(_row(history.epochs[-1]))
     return history
+
+
+def watched():
+    """Whether progress bars have someone to watch them: standard error is a
+    terminal, or this runs in a Jupyter kernel."""
+    try:
+        if sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):     # replaced or closed stream
+        return False
+    shell = sys.modules.get('IPython')
+    ipython = getattr(shell, 'get_ipython', lambda: None)()
+    return ipython is not None and 'IPKernelApp' in getattr(ipython, 'config', {})
 
 
 def save_checkpoint(path, net, optimizer, epoch, history):

@@ -11,8 +11,7 @@ from devito_ml import (Add, BatchNorm, Concat, Conv, Dropout, Flat, FullyConnect
 from reference import DTYPES, assert_close, torch_dtype
 
 
-@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
-def test_residual_and_concat_graph_matches_torch(dtype, rng):
+def _residual_and_concat_net(dtype):
     x = Input((2, 7, 6))
     a = Conv((3, 3, 3), padding=1, activation=ReLU(), name='a')(x)
     b = Conv((3, 1, 1), name='b')(x)
@@ -20,7 +19,22 @@ def test_residual_and_concat_graph_matches_torch(dtype, rng):
     p = MaxPooling(3, stride=1, padding=1)(a)        # -inf padding on a shared output
     c = Concat()(s, p, x)
     y = FullyConnected(4)(Flat()(GlobalAvgPooling()(c)))
-    net = Net(y, batch_size=3, dtype=dtype, seed=0)
+    return Net(y, batch_size=3, dtype=dtype, seed=0)
+
+
+def _torch_residual_and_concat(xt, tensors):
+    conv = torch.nn.functional.conv2d
+    at = torch.relu(conv(xt, tensors['a_W'], tensors['a_b'], padding=1))
+    bt = conv(xt, tensors['b_W'], tensors['b_b'])
+    st = torch.relu(at + bt)
+    pt = torch.nn.functional.max_pool2d(at, 3, 1, 1)
+    ct = torch.cat([st, pt, xt], 1).mean((2, 3))
+    return ct @ tensors['fc1_W'].T + tensors['fc1_b']
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_residual_and_concat_graph_matches_torch(dtype, rng):
+    net = _residual_and_concat_net(dtype)
     W = {layer.name: layer for layer in net.layers}
     t = torch_dtype(dtype)
     tensors = {name: torch.from_numpy(np.array(data)).requires_grad_(True)
@@ -28,14 +42,7 @@ def test_residual_and_concat_graph_matches_torch(dtype, rng):
     data = rng.standard_normal((3, 2, 7, 6)).astype(dtype)
     labels = np.array([0, 3, 1])
     out, loss = net.forward(data), net.backward(labels)
-    xt = torch.from_numpy(data)
-    conv = torch.nn.functional.conv2d
-    at = torch.relu(conv(xt, tensors['a_W'], tensors['a_b'], padding=1))
-    bt = conv(xt, tensors['b_W'], tensors['b_b'])
-    st = torch.relu(at + bt)
-    pt = torch.nn.functional.max_pool2d(at, 3, 1, 1)
-    ct = torch.cat([st, pt, xt], 1).mean((2, 3))
-    yt = ct @ tensors['fc1_W'].T + tensors['fc1_b']
+    yt = _torch_residual_and_concat(torch.from_numpy(data), tensors)
     lt = torch.nn.functional.cross_entropy(yt, torch.from_numpy(labels))
     lt.backward()
     assert yt.dtype == t
@@ -46,6 +53,27 @@ def test_residual_and_concat_graph_matches_torch(dtype, rng):
     assert [layer.name for layer in net.layers] == \
         ['a', 'b', 'add1', 'pool1', 'concat1', 'avgpool1', 'flat1', 'fc1']
     assert W['concat1'].output_size == (3, 8, 7, 6)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_input_gradient_sums_every_consumer_of_the_input(dtype, rng):
+    """The input feeds two convolutions and the concatenation; the gradient with
+    respect to it is what torch's autograd gives, and so are the per-sample losses."""
+    net = _residual_and_concat_net(dtype)
+    tensors = {name: torch.from_numpy(np.array(data))
+               for name, data in net.parameters().items()}
+    data = rng.standard_normal((3, 2, 7, 6)).astype(dtype)
+    labels = np.array([2, 0, 1])
+    gradient = net.input_gradient(data, labels)
+    xt = torch.from_numpy(data).requires_grad_(True)
+    yt = _torch_residual_and_concat(xt, tensors)
+    per_sample = torch.nn.functional.cross_entropy(yt, torch.from_numpy(labels),
+                                                   reduction='none')
+    per_sample.mean().backward()
+    assert gradient.shape == data.shape and gradient.dtype == dtype
+    assert_close(gradient, xt.grad.numpy(), dtype, 'input gradient')
+    assert_close(net.sample_losses(), per_sample.detach().numpy(), dtype, 'losses')
+    assert net.input_gradient(data[:2], labels[:2]).shape == (2, 2, 7, 6)
 
 
 def test_sizes_are_inferred_and_given_once():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from devito_ml import BatchNorm, Dropout, Flat, FullyConnected, Net, ReLU
+from devito_ml import BatchNorm, Conv, Dropout, Flat, FullyConnected, Net, ReLU
 from reference import DTYPES, assert_close, compare_layer, torch_dtype
 
 
@@ -90,3 +90,32 @@ def test_per_channel_sums_stay_in_registers():
     assert not re.search(r'bn_(mean|var|dW|db)\[bn_oc\] \+=', code)
     for total in ('bn_sum_x', 'bn_sum_dev2', 'bn_sum_dz', 'bn_sum_dz_xhat'):
         assert f'double {total} = 0;' in code
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+def test_input_gradient_through_batchnorm_matches_torch(dtype, training, rng):
+    """In training the input's gradient needs BatchNorm's own parameter gradients:
+    they are computed although no parameter gradient is asked for."""
+    net = Net([Conv((4, 3, 3), padding=1), BatchNorm(activation=ReLU()), Flat(),
+               FullyConnected(3)], input_shape=(2, 6, 5), batch_size=4, dtype=dtype,
+              seed=0)
+    bn = net.layers[1]
+    bn.running_mean.data[:] = rng.standard_normal(4)
+    bn.running_var.data[:] = rng.random(4) + 0.5
+    bn.kernel.data[:] = rng.random(4) + 0.5
+    mean, var = (torch.from_numpy(np.array(bn.running_mean.data)),
+                 torch.from_numpy(np.array(bn.running_var.data)))
+    net.train(training)
+    data = rng.standard_normal((4, 2, 6, 5)).astype(dtype)
+    labels = np.array([0, 2, 1, 2])
+    gradient = net.input_gradient(data, labels)
+    p = {name: torch.from_numpy(np.array(value))
+         for name, value in net.parameters().items()}
+    xt = torch.from_numpy(data).requires_grad_(True)
+    zt = torch.nn.functional.conv2d(xt, p['conv1_W'], p['conv1_b'], padding=1)
+    zt = torch.relu(torch.nn.functional.batch_norm(zt, mean, var, p['bn1_W'], p['bn1_b'],
+                                                   training=training))
+    yt = zt.flatten(1) @ p['fc1_W'].T + p['fc1_b']
+    torch.nn.functional.cross_entropy(yt, torch.from_numpy(labels)).backward()
+    assert_close(gradient, xt.grad.numpy(), dtype, 'input gradient')

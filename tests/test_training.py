@@ -77,3 +77,46 @@ def test_evaluation_computes_no_gradient(net, data):
     assert loss > 0 and 0 <= accuracy <= 1
     for name, value in net.gradients().items():
         assert np.array_equal(value, gradients[name]), name
+
+
+def test_progress_bar_advances_every_step_and_counts_images(net, data, monkeypatch):
+    """The bar's count moves with each step (it stood at 0 while the loss changed)."""
+    bars = []
+
+    class Recorder:
+        def __init__(self, total=None, disable=False, **options):
+            self.total, self.disable, self.options = total, disable, options
+            self.counts = []
+            bars.append(self)
+
+        def update(self, images):
+            self.counts.append(images)
+
+        def set_postfix(self, refresh=True, **values):
+            assert not refresh        # drawn by update, with its count
+            self.loss = values['loss']
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(training, 'tqdm', Recorder)
+    fit(fresh(net), SGD(net, lr=0.05), *data, epochs=2, progress=True, log=None)
+    assert len(bars) == 2 and not bars[0].disable and bars[0].options['unit'] == 'img'
+    for bar in bars:
+        assert bar.total == 200 and sum(bar.counts) == 200 and bar.closed
+        assert bar.counts == [32] * 6 + [8]
+    fit(fresh(net), SGD(net, lr=0.05), *data, epochs=1, progress=False, log=None)
+    assert bars[-1].disable
+
+
+def test_progress_is_shown_only_where_someone_watches(monkeypatch):
+    import io
+    monkeypatch.setattr('sys.stderr', io.StringIO())    # a pipe or a file
+    assert not training.watched()
+
+
+def test_a_run_says_when_it_builds_operators(net, data):
+    lines = []
+    fit(fresh(net), SGD(net, lr=0.05), *data, epochs=1, progress=False, log=lines.append)
+    assert lines[0].startswith('building the operators')
+    assert lines[1].startswith('operators built in')
