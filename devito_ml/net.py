@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 from devito import Dimension, Eq
 
+from devito_ml.code_map import annotate
 from devito_ml.compiled import BATCH, CompiledOperator, OperatorChain
 from devito_ml.graph import covers, sequence, shared_halo, topological_order
 from devito_ml.layer import Layer, Node, fill_halo
@@ -626,13 +627,21 @@ class Net:
 
     @property
     def forward_code(self):
-        """The generated C of the forward operator."""
-        return self.forward_operator.code
+        """The generated C of the forward operator, with the map of its sections to
+        the layers (:func:`~devito_ml.code_map.annotate`)."""
+        return '\n'.join(self._annotated(part) for part in self.forward_operator.parts)
 
     @property
     def backward_code(self):
-        """The generated C of the backward operator (loss included)."""
-        return self.backward_operator.code
+        """The generated C of the backward operator (loss included), annotated."""
+        return '\n'.join(self._annotated(part) for part in self.backward_operator.parts)
+
+    def _annotated(self, part):
+        """The C of one operator part, opening with which layer each section
+        computes."""
+        owners = [layer.name for layer in self.layers] + sorted(self._losses)
+        return annotate(part.code, owners,
+                        f"devito_ml net `{self.name}`, operator `{part.name}`")
 
     def write_code(self, directory):
         """Write the C of every operator built so far, or of the forward and backward
@@ -640,7 +649,8 @@ class Net:
 
         Files are named after the operators, one a part: ``<name>_forward.c``,
         ``<name>_backward.c``, ``<name>_train_sgd.c``, ``<name>_evaluate.c``...
-        Returns their paths.
+        Each opens with a comment mapping its sections to the layers and marks
+        every section with the layers it computes. Returns their paths.
         """
         os.makedirs(directory, exist_ok=True)
         operators = [*self._forward_operators.values(),
@@ -653,7 +663,7 @@ class Net:
         for operator in (part for chain in operators for part in chain.parts):
             path = os.path.join(directory, f"{operator.name}.c")
             with open(path, 'w') as handle:
-                handle.write(operator.code)
+                handle.write(self._annotated(operator))
             paths.append(path)
         return paths
 

@@ -108,9 +108,28 @@ def test_generated_code_carries_network_names(lenet_nets, tmp_path):
         assert name in code
     assert 'fc1_dW' in net.backward_code and 'conv1_dW' in net.backward_code
     assert 'float (*restrict conv1_W)' in code and 'double (*restrict' not in code
-    paths = net.write_code(tmp_path)
-    assert [p.split('/')[-1] for p in paths] == ['lenet5_forward.c', 'lenet5_backward.c']
-    assert open(paths[1]).read() == net.backward_code
+    paths = {p.split('/')[-1]: p for p in net.write_code(tmp_path)}
+    assert {'lenet5_forward.c', 'lenet5_backward.c'} <= set(paths)
+    assert open(paths['lenet5_backward.c']).read() == net.backward_code
+
+
+def test_generated_code_maps_its_sections_to_the_layers(lenet_nets):
+    """The C opens with which layer each timed section computes, and marks every
+    section with its layers; comments only, the code itself is Devito's."""
+    import re
+    net = lenet_nets[np.float32]
+    code = net.backward_code
+    header = code[:code.index('*/', code.index('devito_ml net'))]
+    assert 'devito_ml net `lenet5`, operator `lenet5_backward`' in header
+    for layer in net.layers:
+        assert re.search(rf'^ \*   {layer.name} +section\d', header, re.M), layer.name
+    sections = re.findall(r'START\((section\d+)\)', code)
+    marks = re.findall(r'/\* ([^*]*) \*/\n\s*START\(section\d+\)', code)
+    assert len(marks) == len(sections) > 5
+    assert any(mark.startswith('conv1: ') and 'conv1_dW' in mark for mark in marks)
+    plain = net.backward_operator.parts[0].code
+    without = re.sub(r'[ \t]*/\* (?!Devito|Flush)[^*]*(\*(?!/)[^*]*)*\*/\n', '', code)
+    assert without == plain
 
 
 def test_layers_are_numbered_per_family():

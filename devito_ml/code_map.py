@@ -1,0 +1,94 @@
+"""A map from the layers of a net to the generated C that computes them.
+
+Devito names the timed regions of an operator ``section0``, ``section1``...; which
+layer each computes is written nowhere in the C. Every tensor of a layer is named
+after it (``conv1_out``, ``conv1_fwd_src``, ``conv1_dW``), so the tensors a section
+writes say whose work it is. :func:`annotate` adds a comment at the top of the C
+listing every section with its layers and the tensors it writes, and one above each
+section naming them. Comments only: the code compiled is the same.
+"""
+
+import re
+
+__all__ = ['annotate', 'section_writers']
+
+_SECTION = re.compile(r'^(?P<indent>[ \t]*)START\((?P<name>section\d+)\)[ \t]*$', re.M)
+_WRITE = re.compile(r'^[ \t]*(?P<name>[A-Za-z_]\w*)\[[^;]*?\][ \t]*[-+*/]?=(?!=)', re.M)
+
+
+def _owner(tensor, owners):
+    """The longest name in ``owners`` that ``tensor`` is named after."""
+    matches = [o for o in owners if tensor == o or tensor.startswith(o + '_')]
+    return max(matches, key=len) if matches else None
+
+
+def section_writers(code, owners):
+    """``[(section, [(owner, [tensors written])])]`` in the order of the C.
+
+    Parameters
+    ----------
+    code : str
+        C printed by Devito.
+    owners : list of str
+        Layer names (and other prefixes, e.g. the loss's), to attribute tensors to.
+    """
+    starts = list(_SECTION.finditer(code))
+    sections = []
+    for match in starts:
+        name = match.group('name')
+        end = code.find(f"STOP({name},", match.end())
+        body = code[match.end():end if end >= 0 else len(code)]
+        written = {}
+        for write in _WRITE.finditer(body):
+            tensor = write.group('name')
+            owner = _owner(tensor, owners)
+            if owner is not None and tensor not in written.setdefault(owner, []):
+                written[owner].append(tensor)
+        sections.append((name, list(written.items())))
+    return sections
+
+
+def _describe(writers):
+    return '; '.join(f"{owner}: {', '.join(tensors)}" for owner, tensors in writers) \
+        or 'no layer tensor written'
+
+
+def annotate(code, owners, title):
+    """``code`` with the map of its sections to ``owners`` as comments.
+
+    Parameters
+    ----------
+    code : str
+        C printed by Devito.
+    owners : list of str
+        Layer names, in the net's order (and the loss's name).
+    title : str
+        First line of the map (which net and operator this is).
+
+    Returns
+    -------
+    str
+    """
+    sections = section_writers(code, owners)
+    if not sections:
+        return code
+    width = max(len(name) for name, _ in sections)
+    lines = [f"/* {title}", " * Sections (timed regions) and the layers whose tensors "
+             "they write:"]
+    for owner in owners:
+        names = [name for name, writers in sections if owner in dict(writers)]
+        if names:
+            lines.append(f" *   {owner:<14} {' '.join(names)}")
+    lines.append(" *")
+    for name, writers in sections:
+        lines.append(f" *   {name:<{width}}  {_describe(writers)}")
+    lines.append(" */")
+    header = '\n'.join(lines) + '\n'
+
+    def marked(match):
+        writers = dict(sections)[match.group('name')]
+        return f"{match.group('indent')}/* {_describe(writers)} */\n{match.group(0)}"
+
+    code = _SECTION.sub(marked, code)
+    first = code.find('\n') + 1 if code.startswith('/*') else 0
+    return code[:first] + header + code[first:]
