@@ -11,7 +11,11 @@ import time
 import zipfile
 
 import numpy as np
-from tqdm.auto import tqdm
+try:    # notebook bars need ipywidgets; without it, text bars and no warning
+    import ipywidgets  # noqa: F401
+    from tqdm.auto import tqdm
+except ImportError:
+    from tqdm import tqdm
 
 from devito_ml.data.batches import Batches
 from devito_ml.errors import CheckpointError, NonFiniteError
