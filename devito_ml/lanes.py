@@ -33,40 +33,27 @@ from devito.passes.iet.languages.openmp import Ompizer
 from devito.passes.iet.languages.targets import COmpTarget
 from devito.tools import CacheInstances, memoized_func, timed_region
 
-__all__ = ['LaneDimension', 'UnrolledDimension', 'build_operator',
-           'lane_operator_class']
+__all__ = ['LiteralDimension', 'LaneDimension', 'UnrolledDimension',
+           'build_operator', 'lane_operator_class']
 
 
-class LaneDimension(CustomDimension):
-    """The lanes of a vector register: a loop of literal extent ``size``.
-
-    Parameters
-    ----------
-    name : str
-    size : int
-        Number of lanes (the machine's vector width in elements).
-    """
+class LiteralDimension(CustomDimension):
+    """A loop ``0 .. size - 1`` whose bounds are literals in the C."""
 
     @classmethod
     def of(cls, name, size):
-        """Lanes ``0 .. size - 1``."""
+        """``0 .. size - 1``."""
         return cls(name, symbolic_min=0, symbolic_max=size - 1, symbolic_size=size)
 
 
-class UnrolledDimension(CustomDimension):
-    """A loop of literal extent ``size`` that the C compiler unrolls completely
-    (``#pragma GCC unroll size``).
+class LaneDimension(LiteralDimension):
+    """The lanes of a vector register: a loop of literal extent, the machine's
+    vector width in elements (:meth:`LiteralDimension.of`)."""
 
-    Parameters
-    ----------
-    name : str
-    size : int
-    """
 
-    @classmethod
-    def of(cls, name, size):
-        """``0 .. size - 1``, unrolled."""
-        return cls(name, symbolic_min=0, symbolic_max=size - 1, symbolic_size=size)
+class UnrolledDimension(LiteralDimension):
+    """A loop of literal extent that the C compiler unrolls completely
+    (``#pragma GCC unroll size``)."""
 
 
 class LaneOmpizer(Ompizer):

@@ -348,31 +348,24 @@ class Net:
         """The backward operator of the net's own loss, in the current mode."""
         return self.backward_operator_for()
 
-    def backward_operator_for(self, loss=None, training=None):
-        """The backward operator of ``loss`` (default: the net's), built once."""
+    def backward_operator_for(self, loss=None, training=None, input_gradient=False):
+        """The backward operator of ``loss`` (default: the net's), built once.
+
+        With ``input_gradient``, the one that computes the gradient of the network's
+        input (and the parameter gradients only where that needs them): the
+        operator of :meth:`input_gradient`.
+        """
         loss = self._bound_loss(loss)
         mode = self._mode(self.training if training is None else training)
-        key = (loss.name, mode)
+        key = (loss.name, mode, input_gradient)
         if key not in self._backward_operators:
+            kind = 'input_gradient' if input_gradient else 'backward'
             suffixes = [suffix for _, suffix in self.parts()]
             self._backward_operators[key] = self._chain(
-                self._operator_name('backward', loss) + self._suffix(mode),
-                [(suffix, self.backward_equations(loss, mode, segment)) for
-                 suffix, segment in reversed(list(zip(suffixes, self._segments())))])
-        return self._backward_operators[key]
-
-    def input_gradient_operator(self, loss=None):
-        """Backward pass to the gradient of the network's input, in the current
-        mode; parameter gradients only where that needs them. Built once."""
-        loss = self._bound_loss(loss)
-        mode = self._mode(self.training)
-        key = ('input', loss.name, mode)
-        if key not in self._backward_operators:
-            suffixes = [suffix for _, suffix in self.parts()]
-            self._backward_operators[key] = self._chain(
-                self._operator_name('input_gradient', loss) + self._suffix(mode),
-                [(suffix, self.backward_equations(loss, mode, segment, True)) for
-                 suffix, segment in reversed(list(zip(suffixes, self._segments())))])
+                self._operator_name(kind, loss) + self._suffix(mode),
+                [(suffix, self.backward_equations(loss, mode, segment, input_gradient))
+                 for suffix, segment in reversed(list(zip(suffixes,
+                                                          self._segments())))])
         return self._backward_operators[key]
 
     def evaluation_operator(self, loss=None):
@@ -499,7 +492,7 @@ class Net:
         self.forward(x)
         loss = self._bound_loss(loss)
         loss.set_targets(targets, self._batch)
-        self.input_gradient_operator(loss).run(self._batch)
+        self.backward_operator_for(loss, input_gradient=True).run(self._batch)
         gradients = [np.asarray(g.data[:self._batch])
                      for g in self._network_input_gradients()]
         return np.array(sum(gradients[1:], gradients[0]))

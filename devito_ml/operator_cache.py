@@ -14,6 +14,7 @@ The cache lives in ``$TMPDIR/devito_ml-operators-<uid>``; ``DEVITO_ML_OPERATOR_C
 turns it off. A file that cannot be read is rebuilt, never trusted.
 """
 
+import functools
 import hashlib
 import os
 import pickle
@@ -21,10 +22,10 @@ import tempfile
 
 import devito
 import numpy as np
-
-from devito_ml import lanes
 from devito import configuration
 from devito.symbolics import retrieve_functions
+
+from devito_ml import lanes
 
 __all__ = ['symbols_of', 'cache_key', 'load', 'store', 'enabled']
 
@@ -85,9 +86,10 @@ def cache_key(equations, name, symbols=None, **options):
     return hashlib.sha256('\n'.join(text).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def _lowering_digest():
     """A digest of devito_ml's own lowering passes: a change to them changes the C
-    that the same equations lower to."""
+    that the same equations lower to (read once a process)."""
     with open(lanes.__file__, 'rb') as handle:
         return hashlib.sha256(handle.read()).hexdigest()
 

@@ -11,11 +11,7 @@ import time
 import zipfile
 
 import numpy as np
-try:    # notebook bars need ipywidgets; without it, text bars and no warning
-    import ipywidgets  # noqa: F401
-    from tqdm.auto import tqdm
-except ImportError:
-    from tqdm import tqdm
+from tqdm import tqdm
 
 from devito_ml.data.batches import Batches
 from devito_ml.errors import CheckpointError, NonFiniteError
@@ -214,8 +210,9 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         if lr_schedule is not None:
             optimizer.lr = float(lr_schedule(epoch))
         total_loss, correct = 0.0, 0
-        bar = tqdm(total=len(train[1]), desc=f"epoch {epoch + 1}/{epochs}", unit='img',
-                   disable=not progress, leave=False, dynamic_ncols=True)
+        bar = _bar_class()(total=len(train[1]), desc=f"epoch {epoch + 1}/{epochs}",
+                           unit='img', disable=not progress, leave=False,
+                           dynamic_ncols=True)
         for step, (x, y) in enumerate(batches.epoch(epoch)):
             value, output = net.train_step(x, y, optimizer, loss)
             if not math.isfinite(value):
@@ -258,9 +255,27 @@ def watched():
             return True
     except (AttributeError, ValueError):     # replaced or closed stream
         return False
+    return _in_kernel()
+
+
+def _in_kernel():
     shell = sys.modules.get('IPython')
     ipython = getattr(shell, 'get_ipython', lambda: None)()
     return ipython is not None and 'IPKernelApp' in getattr(ipython, 'config', {})
+
+
+def _bar_class():
+    """tqdm's notebook widget in a Jupyter kernel that has ipywidgets, else its
+    text bar (without ipywidgets the widget only warns). Decided when a bar is
+    drawn, so that importing devito_ml never imports ipywidgets."""
+    if _in_kernel():
+        try:
+            import ipywidgets  # noqa: F401
+            from tqdm.notebook import tqdm as notebook_bar
+            return notebook_bar
+        except ImportError:
+            pass
+    return tqdm
 
 
 def save_checkpoint(path, net, optimizer, epoch, history):

@@ -28,12 +28,12 @@ schedule, after ``../shared/notes/fast-conv.md``:
 """
 
 import numpy as np
-from devito import CustomDimension, Eq, configuration
+from devito import Eq, configuration
 from devito.symbolics import DefFunction
 from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
-from devito_ml.lanes import LaneDimension, UnrolledDimension
+from devito_ml.lanes import LaneDimension, LiteralDimension, UnrolledDimension
 from devito_ml.symbolics import tensor
 
 __all__ = ['TiledCorrelation', 'TiledTransposedCorrelation', 'TiledWeightGradient',
@@ -69,8 +69,7 @@ def tile_shape(blocks, columns):
 def literal_extent(name, size):
     """A loop ``0 .. size - 1`` whose bounds are literals in the C (gcc unrolls and
     vectorises it; Devito passes no bound for it)."""
-    return CustomDimension(name, symbolic_min=0, symbolic_max=size - 1,
-                           symbolic_size=size)
+    return LiteralDimension.of(name, size)
 
 
 def flat_tensor(name, index, size, dtype):
@@ -297,13 +296,13 @@ class TiledWeightGradient:
                  dilation):
         self.name, self.correlation = name, correlation
         self.dtype, self.lanes = correlation.dtype, correlation.lanes
-        self.channels, self.outputs = correlation.channels, outputs
+        self.channels = correlation.channels
         blocks = -(-outputs // self.lanes)
         self.tile_channels, self.tile_blocks = gradient_tile_shape(self.channels,
                                                                    blocks)
         self.padded_channels = round_up(self.channels, self.tile_channels)
         self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
-        self.rows, self.columns = out_size
+        self.rows = out_size[0]
         self.kernel, self.dilation = tuple(kernel), tuple(dilation)
         self.tile_taps = self._tile_taps()
         self.batch_dim = batch_dim
