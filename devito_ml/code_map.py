@@ -3,16 +3,20 @@
 Devito names the timed regions of an operator ``section0``, ``section1``...; which
 layer each computes is written nowhere in the C. Every tensor of a layer is named
 after it (``conv1_out``, ``conv1_fwd_src``, ``conv1_dW``), so the tensors a section
-writes say whose work it is. :func:`annotate` adds a comment at the top of the C
-listing every section with its layers and the tensors it writes, and one above each
-section naming them. Comments only: the code compiled is the same.
+writes say whose work it is; so do its loops (``conv1_out_h``: see ``layer.py``,
+Loop names). :func:`annotate` adds a comment at the top of the C listing every layer
+with its sections and loops, then every section with the tensors it writes, and one
+above each section naming them. Comments only: the code compiled is the same.
 """
+
+import textwrap
 
 import re
 
-__all__ = ['annotate', 'section_writers']
+__all__ = ['annotate', 'section_writers', 'owned_loops']
 
 _SECTION = re.compile(r'^(?P<indent>[ \t]*)START\((?P<name>section\d+)\)[ \t]*$', re.M)
+_LOOP = re.compile(r'\bfor \(int (?P<name>[A-Za-z_]\w*) = ')
 _WRITE = re.compile(r'^[ \t]*(?P<name>[A-Za-z_]\w*)\[[^;]*?\][ \t]*[-+*/]?=(?!=)', re.M)
 
 
@@ -48,6 +52,25 @@ def section_writers(code, owners):
     return sections
 
 
+def owned_loops(code, owners):
+    """``{owner: [loop variables named after it]}``, in the order of the C."""
+    loops = {}
+    for match in _LOOP.finditer(code):
+        name = match.group('name')
+        owner = _owner(name, owners)
+        if owner is not None and name not in loops.setdefault(owner, []):
+            loops[owner].append(name)
+    return loops
+
+
+LEGEND = ("Loops are named <layer>_<tensor>_<axis>: axes n sample, c channel, h row, "
+          "w column, f feature, ky kx kernel taps, k a kernel's output channel, "
+          "lane pos row column sum in register tiles; "
+          "tensors out, in (as the forward reads it), din (the input gradient), or a "
+          "schedule's buffer (in_cl, dz_cl, fwd, bwd, dW tiles). `n` alone is the "
+          "batch.")
+
+
 def _describe(writers):
     return '; '.join(f"{owner}: {', '.join(tensors)}" for owner, tensors in writers) \
         or 'no layer tensor written'
@@ -72,14 +95,21 @@ def annotate(code, owners, title):
     sections = section_writers(code, owners)
     if not sections:
         return code
+    loops = owned_loops(code, owners)
     width = max(len(name) for name, _ in sections)
-    lines = [f"/* {title}", " * Sections (timed regions) and the layers whose tensors "
-             "they write:"]
+    lines = [f"/* {title}", " *"]
+    lines += textwrap.wrap(LEGEND, 84, initial_indent=' * ', subsequent_indent=' * ')
+    lines += [" *", " * Layers, the sections (timed regions) writing their tensors, and "
+              "their loops:"]
     for owner in owners:
         names = [name for name, writers in sections if owner in dict(writers)]
-        if names:
-            lines.append(f" *   {owner:<14} {' '.join(names)}")
-    lines.append(" *")
+        if names or loops.get(owner):   # loops without a write: its output, read
+            lines.append(f" *   {owner:<14} {' '.join(names) or '(reads only)'}")
+        if loops.get(owner):
+            lines += textwrap.wrap(' '.join(loops[owner]), 84,
+                                   initial_indent=f" *   {'':<14} loops: ",
+                                   subsequent_indent=f" *   {'':<14}        ")
+    lines += [" *", " * Sections and the tensors they write:"]
     for name, writers in sections:
         lines.append(f" *   {name:<{width}}  {_describe(writers)}")
     lines.append(" */")

@@ -1,5 +1,25 @@
 """The Layer base class: hyperparameters, shape inference, Function allocation (once,
-for one owner), chaining, and the standalone operators of ``generate_code=True``."""
+for one owner), chaining, and the standalone operators of ``generate_code=True``.
+
+Loop names
+----------
+Every loop of a layer's generated C is named ``<layer>_<tensor>_<axis>``: the layer,
+the tensor the loop walks, and which of its axes.
+
+- axes: ``n`` sample, ``c`` channel, ``h`` row, ``w`` column (PyTorch's NCHW),
+  ``f`` feature, ``ky`` ``kx`` kernel taps, ``k`` a kernel's output channel;
+- tensors: ``out`` the output (and its gradients, stored alike), ``in`` the input as
+  the forward pass reads it, ``din`` the input gradient as the backward pass writes
+  it; a schedule's own buffers by their names (``in_cl``, ``dz_cl``: channels-last
+  copies; ``fwd``, ``bwd00``, ``dW``: register tiles, with ``_tile`` / ``_block``
+  loops over groups of columns, channels or lanes);
+- a register tile's own axes: ``lane`` (a vector lane), ``pos`` (an output
+  position), ``row`` ``column`` ``sum`` (of a matrix product).
+
+So ``conv1_out_h`` is an output row of ``conv1``, ``fc1_in_f`` a feature of its
+input, ``conv2_fwd_ky`` a kernel row in ``conv2``'s forward tiles, and ``conv1_n`` a
+sample walked by a reduction over the batch (``n`` alone is the batch of the net).
+"""
 
 import numpy as np
 from devito import Dimension, Eq
@@ -290,7 +310,7 @@ class Layer:
     def _roles(size):
         return ('c', 'h', 'w') if len(size) == 4 else ('f',)
 
-    def _io_dims(self, prefix, size, plain=False):
+    def _io_dims(self, walked, size, plain=False):
         """Loop Dimensions over a tensor of ``size``: batch, then one per axis.
 
         Output Dimensions are plain and store the outputs: writes along a Function's
@@ -300,15 +320,16 @@ class Layer:
         """
         make = (lambda role, extent: Dimension(f"{self.name}_{role}")) if plain \
             else self.dim
-        return (self.batch_dim,) + tuple(make(prefix + r, e)
+        return (self.batch_dim,) + tuple(make(f"{walked}_{r}", e)
                                          for r, e in zip(self._roles(size), size[1:]))
 
     def _storage_dims(self, role, size):
-        """Dimensions an input tensor is stored on, never iterated by this layer.
+        """Dimensions an input tensor and its gradient are stored on, iterated only
+        by the input gradient's equations (hence named ``<layer>_din_<axis>``).
 
         Devito unfolds an access ``f[d + 1]`` along a default-extent Dimension ``d``
-        into its whole extent; storing inputs on Dimensions no loop iterates keeps
-        such accesses out of every loop bound.
+        into its whole extent; storing inputs on Dimensions the forward loops do not
+        iterate keeps such accesses out of every loop bound.
         """
         return (self.batch_dim,) + tuple(Dimension(f"{self.name}_{role}_{r}")
                                          for r in self._roles(size))
@@ -319,9 +340,9 @@ class Layer:
         return self.input_gradients.dimensions
 
     def _allocate(self, inputs, input_gradients):
-        self.in_dims = self._io_dims('i', self.input_size)
-        self.out_dims = self._io_dims('o', self.output_size, plain=True)
-        in_storage = self._storage_dims('in', self.input_size)
+        self.in_dims = self._io_dims('in', self.input_size)
+        self.out_dims = self._io_dims('out', self.output_size, plain=True)
+        in_storage = self._storage_dims('din', self.input_size)
         self.input = inputs[0]
         if self.input is None:
             self.input = self.tensor('in', in_storage, self.input_size, self.input_halo)

@@ -82,10 +82,10 @@ def pragma_of_innermost_loop(code, statement):
 
 
 NESTS = {  # (input channels, output channels) -> statements whose loop must be simd
-    (3, 4): ['conv_out[n][conv_oc][conv_oh][conv_ow] += ',
-             'conv_din[n][conv_in_c][conv_in_h][conv_in_w] += '],
+    (3, 4): ['conv_out[n][conv_out_c][conv_out_h][conv_out_w] += ',
+             'conv_din[n][conv_din_c][conv_din_h][conv_din_w] += '],
     # the rest: test_lanes.py
-    (16, 16): ['conv_dW_cl[conv_ky][conv_kx][conv_xc][conv_yk] += '],
+    (16, 16): ['conv_dW_cl[conv_ky][conv_kx][conv_in_cl_c][conv_dz_cl_k] += '],
 }
 
 
@@ -102,7 +102,7 @@ def test_few_output_channels_accumulate_weight_gradients_in_registers():
     layer = Conv((4, 3, 3), (2, 3, 8, 8), padding=1, generate_code=True)
     backward = layer.backward_operator.code
     assert 'float conv_dW_1_1 = 0;' in backward
-    assert 'conv_dW[conv_oc][conv_ic][1][1] = conv_dW_1_1;' in backward
+    assert 'conv_dW[conv_out_c][conv_in_c][1][1] = conv_dW_1_1;' in backward
 
 
 def test_weight_gradient_has_no_atomics():

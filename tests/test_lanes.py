@@ -80,8 +80,8 @@ def test_wide_convolution_keeps_vectorised_lane_loops():
         assert pragma.startswith('#pragma omp simd')
     assert _lane_pragma(backward, 'conv_dW_lane').startswith('#pragma omp simd')
     # the taps: loops in the equations, unrolled back into statements by gcc
-    assert _lane_pragma(forward, 'conv_fwd_tu') == '#pragma GCC unroll 3'
-    assert _lane_pragma(forward, 'conv_fwd_tv') == '#pragma GCC unroll 3'
+    assert _lane_pragma(forward, 'conv_fwd_ky') == '#pragma GCC unroll 3'
+    assert _lane_pragma(forward, 'conv_fwd_kx') == '#pragma GCC unroll 3'
     assert 'fmaf(' in forward and 'fmaf(' in backward
     assert 'atomic' not in forward + backward
 

@@ -87,7 +87,7 @@ def test_per_channel_sums_stay_in_registers():
     import re
     layer = BatchNorm(input_size=(2, 3, 4, 5), generate_code=True)
     code = layer.forward_operator.code + layer.backward_operator.code
-    assert not re.search(r'bn_(mean|var|dW|db)\[bn_oc\] \+=', code)
+    assert not re.search(r'bn_(mean|var|dW|db)\[bn_out_c\] \+=', code)
     for total in ('bn_sum_x', 'bn_sum_dev2', 'bn_sum_dz', 'bn_sum_dz_xhat'):
         assert f'double {total} = 0;' in code
 

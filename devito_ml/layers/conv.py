@@ -138,7 +138,7 @@ class Conv(WeightedLayer):
         self.k = self.out_dims[1]
         self.ky, self.kx = self.dim('ky', r), self.dim('kx', q)
         # the kernel's input channel: all of them, or those of one group
-        self.wc = self.in_dims[1] if g == 1 else self.dim('gc', c // g)
+        self.wc = self.in_dims[1] if g == 1 else self.dim('W_c', c // g)
         weight_dims = (self.k, self.wc, self.ky, self.kx)
         self.kernel = self.tensor('W', weight_dims, (k, c // g, r, q))
         self.kernel_gradients = self.tensor('dW', weight_dims, (k, c // g, r, q))
@@ -161,7 +161,7 @@ class Conv(WeightedLayer):
         """
         k, c, g = self.kernel_size[0], self.input_size[1], self.groups
         per_k, per_c = k // g, c // g
-        channel = self.dim('gci', c)
+        channel = self.dim('group_c', c)
         self.group_input_start = self.tensor('group_in', (self.k,), (k,),
                                              dtype=np.int32)
         self.group_input_start.data[:] = (np.arange(k) // per_k) * per_c
@@ -212,10 +212,11 @@ class Conv(WeightedLayer):
         _, k, oh, ow = self.output_size
         _, r, q = self.kernel_size
         (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
-        self.cl_in_dims = (self.batch_dim, self.dim('xh', h), self.dim('xw', w),
-                           self.dim('xc', c))
-        yk = self.dim('yk', k)
-        self.dz_cl_dims = (self.batch_dim, self.dim('gh', oh), self.dim('gw', ow), yk)
+        self.cl_in_dims = (self.batch_dim, self.dim('in_cl_h', h),
+                           self.dim('in_cl_w', w), self.dim('in_cl_c', c))
+        yk = self.dim('dz_cl_k', k)
+        self.dz_cl_dims = (self.batch_dim, self.dim('dz_cl_h', oh),
+                           self.dim('dz_cl_w', ow), yk)
         taps = [(i, j) for i in range(r) for j in range(q)]
         # the tiles loop over a batch of their own, bounded by the active batch like
         # `n` (on `n`, Devito fuses them with the copies and serialises the batch)
@@ -232,7 +233,7 @@ class Conv(WeightedLayer):
             if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
                                         TILED_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_tiles = TiledWeightGradient(
-                    f"{self.name}_dW", self.forward_tiles, self.dim('wtile_n', n), n, k,
+                    f"{self.name}_dW", self.forward_tiles, self.dim('dW_tile_n', n), n, k,
                     (oh, ow), (r, q), self.dilation)
             else:
                 self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
@@ -246,7 +247,8 @@ class Conv(WeightedLayer):
                             self.dilation)]
             stuffed = (stuffed_extent(oh, sy), stuffed_extent(ow, sx))
             plain = lambda role: Dimension(f"{self.name}_{role}")  # noqa: E731
-            dims = (self.batch_dim, plain('sk'), plain('sy'), plain('sx'))
+            dims = (self.batch_dim, plain('dz_stuffed_c'), plain('dz_stuffed_h'),
+                    plain('dz_stuffed_w'))
             self.stuffed_gradients = self.tensor('dz_stuffed', dims, (n, k) + stuffed,
                                                  Halo((0, 0), (0, 0), *halos))
 
@@ -321,7 +323,7 @@ class Conv(WeightedLayer):
             # when training) orders rows before taps, so this nest walks rows and
             # columns of its own, or Devito finds the two orders cyclic.
             _, _, oh, ow = self.output_size
-            gy, gx = self.dim('gy', oh), self.dim('gx', ow)
+            gy, gx = self.dim('dW_h', oh), self.dim('dW_w', ow)
             tap = self._tap(m, y=gy, x=gx)
             return [Eq(self.kernel_gradients[k, c, self.ky, self.kx], 0),
                     Inc(self.kernel_gradients[k, c, self.ky, self.kx],
@@ -393,7 +395,8 @@ class Conv(WeightedLayer):
         _, gh, gw, yk = self.dz_cl_dims
         # the kernel's channels swapped, on loops of their own (the forward copy
         # orders input channels first)
-        tk, tc = self.dim('tk', self.kernel_size[0]), self.dim('tc', self.input_size[1])
+        tk = self.dim('Wt_k', self.kernel_size[0])
+        tc = self.dim('Wt_c', self.input_size[1])
         transposed = self.input_gradient_tiles
         dz = self.pre_activation_gradients
         eqs = [Eq(transposed.source_at(n, gh, gw, yk), dz[n, yk, gh, gw],
@@ -406,8 +409,8 @@ class Conv(WeightedLayer):
         (sy, sx) = self.stride
         for phase in transposed.phases:
             a, b = phase.row_phase, phase.column_phase
-            y = self.dim(f'dx{a}{b}_y', phase.rows)
-            x = self.dim(f'dx{a}{b}_x', phase.columns)
+            y = self.dim(f'din{a}{b}_h', phase.rows)
+            x = self.dim(f'din{a}{b}_w', phase.columns)
             value = 0 if phase.tiles is None else phase.tiles.target_at(n, y, x, ci)
             eqs.append(Eq(self.input_gradients[n, ci, y * sy + a, x * sx + b], value,
                           implicit_dims=IgnoreDimSort((n, ci, y, x))))
@@ -420,7 +423,7 @@ class Conv(WeightedLayer):
         local = ci
         if self.groups > 1:   # only the output channels of ci's group
             per_group = self.kernel_size[0] // self.groups
-            k = self.group_output_start[ci] + self.dim('gk', per_group)
+            k = self.group_output_start[ci] + self.dim('group_k', per_group)
             local = ci - self.group_channel_start[ci]
         total = sum(self.kernel[k, local, i, j]
                     * self.stuffed_gradients[n, k, h + py - i * dy, w + px - j * dx]

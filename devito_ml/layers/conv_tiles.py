@@ -171,7 +171,7 @@ class TiledCorrelation:
         self.weights = flat_tensor(f"{name}_wts", f"{name}_wi", size, dtype)
         # the target on the batch and row loops themselves: Devito then proves them
         # parallel (flat, it parallelised only the tile loop, a region a row)
-        self.batch_dim, self.row = batch_dim, literal_extent(f"{name}_y", self.rows)
+        self.batch_dim, self.row = batch_dim, literal_extent(f"{name}_h", self.rows)
         size = self.columns * self.padded_outputs
         self.target = tensor(f"{name}_acc", (batch_dim, self.row,
                                              literal_extent(f"{name}_xk", size)),
@@ -196,8 +196,8 @@ class TiledCorrelation:
         store."""
         name, lanes = self.name, self.lanes
         batch_dim, row = self.batch_dim, self.row
-        tile = literal_extent(f"{name}_xt", self.columns // self.tile_columns)
-        block = literal_extent(f"{name}_kt",
+        tile = literal_extent(f"{name}_w_tile", self.columns // self.tile_columns)
+        block = literal_extent(f"{name}_k_block",
                                self.padded_outputs // (lanes * self.tile_blocks))
         lane = LaneDimension.of(f"{name}_lane", lanes)
         channel = literal_extent(f"{name}_c", self.channels)
@@ -230,8 +230,8 @@ class TiledCorrelation:
         if grid is None:
             return [(t, tap, ()) for t, tap in enumerate(self.taps)]
         (rows, row0, row_step), (columns, column0, column_step) = grid
-        u = UnrolledDimension.of(f"{self.name}_tu", rows)
-        v = UnrolledDimension.of(f"{self.name}_tv", columns)
+        u = UnrolledDimension.of(f"{self.name}_ky", rows)
+        v = UnrolledDimension.of(f"{self.name}_kx", columns)
         return [(u * columns + v, (row0 + u * row_step, column0 + v * column_step),
                  (u, v))]
 
@@ -306,9 +306,10 @@ class TiledWeightGradient:
         self.kernel, self.dilation = tuple(kernel), tuple(dilation)
         self.tile_taps = self._tile_taps()
         self.batch_dim = batch_dim
-        self.tap_row = literal_extent(f"{name}_ty", self.kernel[0])
-        self.tap_column = literal_extent(f"{name}_tx", self.kernel[1])
-        self.tap_group = literal_extent(f"{name}_tg", self.kernel[1] // self.tile_taps)
+        self.tap_row = literal_extent(f"{name}_ky", self.kernel[0])
+        self.tap_column = literal_extent(f"{name}_kx", self.kernel[1])
+        self.tap_group = literal_extent(f"{name}_kx_tile",
+                                        self.kernel[1] // self.tile_taps)
         # The source read as stride phases: phase (a, b) holds the pixels at rows
         # a, a + sy, ... and columns b, b + sx, ...; tap (ty, tx) reads phase
         # (ty % sy, tx % sx) from (y + ty // sy, x + tx // sx). Every tap then reads
@@ -318,7 +319,7 @@ class TiledWeightGradient:
         sy, sx = self.stride = correlation.stride
         self.phase_rows = correlation.source_rows // sy
         self.width = correlation.source_columns // sx
-        self.position = literal_extent(f"{name}_p", self.rows * self.width)
+        self.position = literal_extent(f"{name}_pos", self.rows * self.width)
         if self.stride == (1, 1):
             self.phases = None   # the correlation's source is the one phase
         else:
@@ -385,10 +386,11 @@ class TiledWeightGradient:
         if self.phases is None:
             return []
         (sy, sx), name, n = self.stride, self.name, self.batch_dim
-        a, b = literal_extent(f"{name}_pa", sy), literal_extent(f"{name}_pb", sx)
-        row = literal_extent(f"{name}_py", self.phase_rows)
-        column = literal_extent(f"{name}_px", self.width)
-        c = literal_extent(f"{name}_pc", self.channels)
+        a = literal_extent(f"{name}_phase_h0", sy)
+        b = literal_extent(f"{name}_phase_w0", sx)
+        row = literal_extent(f"{name}_phase_h", self.phase_rows)
+        column = literal_extent(f"{name}_phase_w", self.width)
+        c = literal_extent(f"{name}_phase_c", self.channels)
         return [Eq(self.phases[n, self._phase_offset(a, b, row, column) + c],
                    self.correlation.source_at(n, row * sy + a, column * sx + b, c),
                    implicit_dims=IgnoreDimSort((n, a, b, row, column, c)))]
@@ -403,8 +405,9 @@ class TiledWeightGradient:
         over output positions, store the sample's partial sums."""
         name, lanes, n = self.name, self.lanes, self.batch_dim
         tap_row, tap_group = self.tap_row, self.tap_group
-        tile = literal_extent(f"{name}_ct", self.padded_channels // self.tile_channels)
-        block = literal_extent(f"{name}_kt",
+        tile = literal_extent(f"{name}_c_tile",
+                              self.padded_channels // self.tile_channels)
+        block = literal_extent(f"{name}_k_block",
                                self.padded_outputs // (lanes * self.tile_blocks))
         lane = LaneDimension.of(f"{name}_lane", lanes)
         position = self.position

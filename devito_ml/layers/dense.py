@@ -117,7 +117,7 @@ class FullyConnected(WeightedLayer):
         (n, i), o = self.input_size, self.out_features
         self.forward_tiles = TiledMatmul(f"{self.name}_fwd", self.dtype, o, i, n,
                                          lambda row, c: self.kernel[row, c])
-        self.input_gradient_tiles = TiledMatmul(f"{self.name}_dx", self.dtype, i, o, n)
+        self.input_gradient_tiles = TiledMatmul(f"{self.name}_bwd", self.dtype, i, o, n)
         self.weight_gradient_tiles = TiledMatmul(f"{self.name}_dW", self.dtype, o, n, i)
 
     def _create_pre_activation(self):
@@ -191,9 +191,10 @@ class FullyConnected(WeightedLayer):
         f = self.input_gradient_dims[1]
         dz = self.pre_activation_gradients
         dx, dw = self.input_gradient_tiles, self.weight_gradient_tiles
-        rows, columns = self.dim('dwo', self.out_features), self.dim('dwi',
-                                                                     self.in_features)
-        sample = self.dim('dws', self.input_size[0])
+        rows = self.dim('dW_out_f', self.out_features)
+        columns = self.dim('dW_in_f', self.in_features)
+        # every row of the copies, past the active batch too (so not named `_n`)
+        sample = self.dim('dW_row', self.input_size[0])
         # 1 for the active samples (n <= n_M), else 0
         active = Min(Max(n.symbolic_max + 1 - sample, 0), 1)
         return [Eq(dx.a_entry(i, o), self.kernel[o, i]),   # W, with literal strides
@@ -259,7 +260,7 @@ class FullyConnectedSoftmax(FullyConnected):
 
     def _class_passes(self):
         classes = self.output_size[1]
-        return self.dim('o_max', classes), self.dim('o_sum', classes), self.o
+        return self.dim('max_f', classes), self.dim('sum_f', classes), self.o
 
     def _check_activation(self):
         if not self.activation.is_identity:
@@ -275,7 +276,7 @@ class FullyConnectedSoftmax(FullyConnected):
         if getattr(self, '_from_logits', False):
             return []
         n, o = self.batch_dim, self.o
-        j = self.dim('o_dot', self.output_size[1])
+        j = self.dim('dot_f', self.output_size[1])
         y, dy = self.result[n, o], self.result_gradients[n, o]
         return [Eq(self.row_dot[n], 0),
                 Inc(self.row_dot[n], self.result_gradients[n, j] * self.result[n, j]),

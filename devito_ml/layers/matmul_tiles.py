@@ -62,7 +62,8 @@ class TiledMatmul:
         self.padded_columns = round_up(blocks, self.tile_blocks) * self.lanes
         size = channels * self.padded_columns
         self.b = flat_tensor(f"{name}_b", f"{name}_bi", size, dtype)
-        self.row_tile = literal_extent(f"{name}_mt", self.padded_rows // self.tile_rows)
+        self.row_tile = literal_extent(f"{name}_row_tile",
+                                       self.padded_rows // self.tile_rows)
         size = self.tile_rows * self.padded_columns
         self.target = tensor(f"{name}_acc",
                              (self.row_tile, literal_extent(f"{name}_mk", size)),
@@ -85,10 +86,10 @@ class TiledMatmul:
     def equations(self):
         """The tiled loop nest: zero the tile, accumulate over ``c``, store."""
         name, lanes, row_tile = self.name, self.lanes, self.row_tile
-        block = literal_extent(f"{name}_kt",
+        block = literal_extent(f"{name}_column_block",
                                self.padded_columns // (lanes * self.tile_blocks))
         lane = LaneDimension.of(f"{name}_lane", lanes)
-        channel = literal_extent(f"{name}_c", self.channels)
+        channel = literal_extent(f"{name}_sum", self.channels)
         outer = (row_tile, block, lane)
         fma = 'fmaf' if self.dtype == np.float32 else 'fma'
         entries = [(i, j) for i in range(self.tile_rows) for j in range(self.tile_blocks)]

@@ -66,10 +66,10 @@ class Merge(Layer):
         return self.output_size
 
     def _allocate(self, inputs, input_gradients):
-        self.out_dims = self._io_dims('o', self.output_size, plain=True)
+        self.out_dims = self._io_dims('out', self.output_size, plain=True)
         self.inputs, self.input_gradients_list = [], []
         for index, size in enumerate(self._input_sizes):
-            storage = self._storage_dims(f"in{index}", size)
+            storage = self._storage_dims(f"din{index}", size)
             own = inputs[index] is None
             self.inputs.append(self.tensor(f"in{index}", storage, size) if own
                                else inputs[index])

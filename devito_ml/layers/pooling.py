@@ -68,8 +68,8 @@ class Pooling(Layer):
         halos = [stuffed_halo(size, out, k, s, p) for size, out, k, s, p in
                  zip((h, w), (oh, ow), self.kernel_size, self.stride, self.padding)]
         stuffed = (stuffed_extent(oh, self.stride[0]), stuffed_extent(ow, self.stride[1]))
-        dims = (self.batch_dim, self.out_dims[1], self.dim('sy', stuffed[0]),
-                self.dim('sx', stuffed[1]))
+        dims = (self.batch_dim, self.out_dims[1], self.dim('dout_stuffed_h', stuffed[0]),
+                self.dim('dout_stuffed_w', stuffed[1]))
         halo = Halo((0, 0), (0, 0), *halos)
         self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo)
         if self.reduction == 'max':

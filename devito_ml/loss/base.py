@@ -26,8 +26,10 @@ class Loss:
         self.output_size = tuple(output_size)
         self.dtype = dtype
         self.n = Dimension('n')
+        # the axes named as the layers name theirs (``layer.py``, Loop names)
+        axes = ('f',) if len(output_size) == 2 else ('c', 'h', 'w')
         self.dims = (self.n,) + tuple(tap_dimension(f"{self.name}_{axis}", extent)
-                                      for axis, extent in zip('kyx', output_size[1:]))
+                                      for axis, extent in zip(axes, output_size[1:]))
         self.k = self.dims[1]
         self.targets = tensor(f"{self.name}_targets", self.dims, output_size, dtype)
         self.per_sample = tensor(f"{self.name}_per_sample", (self.n,),

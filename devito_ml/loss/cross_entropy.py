@@ -50,9 +50,9 @@ class CrossEntropy(Loss):
         n, k, t = self.n, self.k, self.targets
         classes = self.output_size[1]
         passes = [tap_dimension(f"{self.name}_{role}", classes)
-                  for role in ('kmax', 'ksum')] + [k]
-        k_dot = tap_dimension(f"{self.name}_kdot", classes)
-        k_total = tap_dimension(f"{self.name}_ktotal", classes)
+                  for role in ('max_f', 'sum_f')] + [k]
+        k_dot = tap_dimension(f"{self.name}_dot_f", classes)
+        k_total = tap_dimension(f"{self.name}_total_f", classes)
         batch = self.batch_size()
         loss, total = self.per_sample[n], self.target_sum[n]
         log_sum = sympy.log(self.row_sum[n])
