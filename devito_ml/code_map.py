@@ -104,7 +104,9 @@ def annotate(code, owners, title):
     for owner in owners:
         names = [name for name, writers in sections if owner in dict(writers)]
         if names or loops.get(owner):   # loops without a write: its output, read
-            lines.append(f" *   {owner:<14} {' '.join(names) or '(reads only)'}")
+            lines += textwrap.wrap(' '.join(names) or '(reads only)', 84,
+                                   initial_indent=f" *   {owner:<14} ",
+                                   subsequent_indent=f" *   {'':<14} ")
         if loops.get(owner):
             lines += textwrap.wrap(' '.join(loops[owner]), 84,
                                    initial_indent=f" *   {'':<14} loops: ",

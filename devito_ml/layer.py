@@ -1,10 +1,9 @@
 """The Layer base class: hyperparameters, shape inference, Function allocation (once,
 for one owner), chaining, and the standalone operators of ``generate_code=True``.
 
-Loop names
-----------
-Every loop of a layer's generated C is named ``<layer>_<tensor>_<axis>``: the layer,
-the tensor the loop walks, and which of its axes.
+**Loop names.** Every loop of a layer's generated C is named
+``<layer>_<tensor>_<axis>``: the layer, the tensor the loop walks, and which of its
+axes.
 
 - axes: ``n`` sample, ``c`` channel, ``h`` row, ``w`` column (PyTorch's NCHW),
   ``f`` feature, ``ky`` ``kx`` kernel taps, ``k`` a kernel's output channel;
