@@ -91,29 +91,55 @@ def _optimizer(args, net):
     return kind(net, lr=args.lr, weight_decay=args.weight_decay)
 
 
+def _communicator():
+    """MPI's world when ``mpiexec`` started this process among several ranks, else
+    None (mpi4py is then never imported)."""
+    from devito_ml.distributed import launched_ranks, mpi
+    ranks = launched_ranks()
+    if ranks == 1:
+        return None
+    return mpi(f"devito-ml was started by mpiexec on {ranks} ranks").COMM_WORLD
+
+
 def _train(args):
+    from devito_ml.distributed import shard_capacity
     from devito_ml.plotting import plot_history
     from devito_ml.training import fit
     start = time.perf_counter()
+    comm = _communicator()
+    ranks = 1 if comm is None else comm.Get_size()
+    root = comm is None or comm.Get_rank() == 0
     train, test = _data(args)
     side = minimum_image(args.model)
     train, test = (pad_images(train[0], side), train[1]), \
         (pad_images(test[0], side), test[1])
-    net = _model(args, train[0].shape[2:], train[0].shape[1])
+    # each rank holds its shard of a global batch of --batch-size
+    local = argparse.Namespace(**vars(args))
+    local.batch_size = shard_capacity(args.batch_size, ranks)
+    net = _model(local, train[0].shape[2:], train[0].shape[1])
     optimizer = _optimizer(args, net)
-    os.makedirs(args.out, exist_ok=True)
-    print(f"{args.model} on {args.dataset}: {len(train[1])} train / {len(test[1])} test "
-          f"images, batch {args.batch_size}, {args.optimizer} lr {args.lr} "
-          f"({args.schedule} schedule), "
-          f"{args.dtype.__name__}")
+    if root:
+        os.makedirs(args.out, exist_ok=True)
+        over = f" over {ranks} MPI ranks ({local.batch_size} a rank)" if ranks > 1 \
+            else ""
+        print(f"{args.model} on {args.dataset}: {len(train[1])} train / "
+              f"{len(test[1])} test images, batch {args.batch_size}{over}, "
+              f"{args.optimizer} lr {args.lr} ({args.schedule} schedule), "
+              f"{args.dtype.__name__}")
+    if comm is not None:
+        comm.Barrier()     # the output folder exists before any rank resumes from it
     history = fit(net, optimizer, train, test, epochs=args.epochs, seed=args.seed,
                   checkpoint=os.path.join(args.out, 'checkpoint.npz'),
                   resume=args.resume, progress=False if args.no_progress else None,
-                  lr_schedule=schedule(args), check_finite=True)
+                  lr_schedule=schedule(args), check_finite=True,
+                  batch_size=args.batch_size, comm=comm,
+                  sync_batchnorm=args.sync_batchnorm)
+    if not root:
+        return 0
     with open(os.path.join(args.out, 'history.json'), 'w') as handle:
         handle.write(history.to_json())
     plot_history(history, os.path.join(args.out, 'history.png'))
-    paths = net.write_code(os.path.join(args.out, 'code'))
+    paths = net.write_code(os.path.join(args.out, 'code'), optimizer)
     final = history.epochs[-1] if history.epochs else None
     if final:
         print(f"test accuracy {final['test_accuracy']:.4f} after {final['epoch']} "
@@ -200,7 +226,10 @@ def _parser():
         help='train a model; write its checkpoint, history, plot and generated C',
         description='Train a model and write, under OUT: checkpoint.npz (after every '
         'epoch), history.json, history.png and code/, the C of the operators that '
-        'trained and evaluated it. The learning rate follows --schedule.')
+        'trained and evaluated it. The learning rate follows --schedule. Under '
+        '`mpiexec -n R` (pip install -e \'.[mpi]\'), data-parallel over R ranks: each '
+        'takes its shard of every global batch of --batch-size, one allreduce of the '
+        'gradients a step; rank 0 writes the files.')
     codegen = commands.add_parser(
         'codegen', formatter_class=_HelpFormatter,
         help='build a model, run forward and backward on a batch of digits, write '
@@ -236,8 +265,8 @@ def _parser():
                              help='hidden classifier units of vgg and alexnet')
         command.add_argument('--out', default='out', help='output folder')
         command.add_argument('--batch-size', type=int, default=32,
-                             help='images a step (the last batch of an epoch may be '
-                             'smaller)')
+                             help='images a step, over all ranks under mpiexec (the '
+                             'last batch of an epoch may be smaller)')
         command.add_argument('--seed', type=int, default=0,
                              help='seeds the initial parameters, the data split and '
                              'the batch order')
@@ -271,6 +300,9 @@ def _parser():
     train.add_argument('--no-progress', action='store_true',
                        help='no progress bars (they are shown only on a terminal or '
                        'in a notebook anyway; elsewhere one line an epoch)')
+    train.add_argument('--sync-batchnorm', action='store_true',
+                       help='under mpiexec: BatchNorm statistics of the global batch, '
+                       'summed over the ranks, instead of each rank\'s shard')
     return parser
 
 

@@ -11,7 +11,7 @@ from devito_ml import compiler, lanes, operator_cache
 
 BATCH = 'n'
 
-__all__ = ['CompiledOperator']
+__all__ = ['CompiledOperator', 'OperatorChain', 'SyncPoint', 'split_at_sync_points']
 
 
 class CompiledOperator:
@@ -112,6 +112,44 @@ def is_batch_dimension(dimension):
     return dimension.name == BATCH or dimension.name.endswith('_' + BATCH)
 
 
+class SyncPoint:
+    """A point in a list of equations where the generated code stops, Python runs
+    ``action(batch)``, and the next equations go on from what it left.
+
+    Synchronized BatchNorm sums its per-channel statistics over the ranks of an MPI
+    job there (``distributed.py``): a collective call the C cannot make. The
+    equations either side compile into two operators of an :class:`OperatorChain`.
+
+    Parameters
+    ----------
+    name : str
+    action : callable
+        ``action(batch)``, run between the two operators.
+    idle : callable
+        Takes part in the same collective with nothing to add: a rank whose shard
+        of the batch is empty runs ``idle()`` instead of the operators.
+    """
+
+    def __init__(self, name, action, idle):
+        self.name, self.action, self.idle = name, action, idle
+
+    def __repr__(self):
+        return f"SyncPoint({self.name})"
+
+
+def split_at_sync_points(equations):
+    """``[(equations, SyncPoint or None)]``: the runs of equations between sync
+    points, each with the point that ends it."""
+    groups, current = [], []
+    for item in equations:
+        if isinstance(item, SyncPoint):
+            groups.append((current, item))
+            current = []
+        else:
+            current.append(item)
+    return groups + [(current, None)]
+
+
 class OperatorChain:
     """Several compiled operators run one after the other, as one.
 
@@ -124,10 +162,24 @@ class OperatorChain:
     ----------
     parts : list of CompiledOperator
     name : str
+    sync_points : dict, optional
+        ``{number of parts run: [SyncPoint, ...]}``: the points run after that many
+        parts (0: before the first).
     """
 
-    def __init__(self, parts, name):
+    def __init__(self, parts, name, sync_points=None):
         self.parts, self.name = list(parts), name
+        self.sync_points = dict(sync_points or {})
+
+    def idle(self):
+        """Take part in every sync point's collective without running anything."""
+        for index in sorted(self.sync_points):
+            for point in self.sync_points[index]:
+                point.idle()
+
+    def _sync(self, index, batch):
+        for point in self.sync_points.get(index, ()):
+            point.action(batch)
 
     @property
     def code(self):
@@ -147,9 +199,13 @@ class OperatorChain:
             part.set_scalars(values)
 
     def run(self, batch):
-        for part in self.parts:
+        self._sync(0, batch)
+        for index, part in enumerate(self.parts, start=1):
             part.run(batch)
+            self._sync(index, batch)
 
     def apply(self, batch):
-        for part in self.parts:
+        self._sync(0, batch)
+        for index, part in enumerate(self.parts, start=1):
             part.apply(batch)
+            self._sync(index, batch)

@@ -189,6 +189,14 @@ class Layer:
     def before_step(self, batch, training):
         """Called by the net before each run of a forward pass (Dropout draws)."""
 
+    def skip_step(self):
+        """Count a training step this layer took no part in (a rank whose shard of
+        the global batch was empty: ``distributed.py``)."""
+
+    sample_window = None
+    """``(start, global batch)`` of the samples this layer's batch holds, when it is
+    one rank's shard of a larger batch (``distributed.py``); None otherwise."""
+
     draws_per_step = False
     """Whether :meth:`before_step` does anything (the net calls only those)."""
 

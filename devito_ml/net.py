@@ -8,7 +8,8 @@ import numpy as np
 from devito import Dimension, Eq
 
 from devito_ml.code_map import annotate
-from devito_ml.compiled import BATCH, CompiledOperator, OperatorChain
+from devito_ml.compiled import (BATCH, CompiledOperator, OperatorChain,
+                                split_at_sync_points)
 from devito_ml.graph import covers, sequence, shared_halo, topological_order
 from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
@@ -98,13 +99,18 @@ class Net:
         self._losses = {self.loss.name: self.loss}
         self._stepped = [layer for layer in self.layers if layer.draws_per_step]
         self._mode_dependent = any(layer.mode_dependent for layer in self.layers)
+        self._forget_operators()
+        self._batch = None
+        self._input_view = plain_view(self.input)
+        self._output_view = plain_view(self.output_layer.result)
+
+    def _forget_operators(self):
+        """Drop the operators built so far: the next use builds them from the layers'
+        equations as they are now (BatchNorm synchronized by ``distributed.py``)."""
         self._forward_operators = {}
         self._backward_operators = {}
         self._evaluation_operators = {}
         self._train_operators = {}
-        self._batch = None
-        self._input_view = plain_view(self.input)
-        self._output_view = plain_view(self.output_layer.result)
 
     # -- construction ------------------------------------------------------------------
 
@@ -256,9 +262,17 @@ class Net:
                 for index, segment in enumerate(segments, start=1)]
 
     def _chain(self, name, pieces):
-        """An OperatorChain from (suffix, equations) pieces, empty ones left out."""
-        return OperatorChain([CompiledOperator(eqs, name=f"{name}{suffix}")
-                              for suffix, eqs in pieces if eqs], name=name)
+        """An OperatorChain from (suffix, equations) pieces, empty ones left out;
+        a piece holding sync points (synchronized BatchNorm) is cut there."""
+        parts, sync_points = [], {}
+        for suffix, eqs in pieces:
+            for cut, (group, point) in enumerate(split_at_sync_points(eqs)):
+                if group:
+                    parts.append(CompiledOperator(
+                        group, name=f"{name}{suffix}" + (f"_sync{cut}" if cut else '')))
+                if point is not None:
+                    sync_points.setdefault(len(parts), []).append(point)
+        return OperatorChain(parts, name=name, sync_points=sync_points)
 
     def forward_equations(self, training=True, nodes=None):
         """Equations of the forward pass (of ``nodes``), each layer after its
@@ -636,7 +650,7 @@ class Net:
         return annotate(part.code, owners,
                         f"devito_ml net `{self.name}`, operator `{part.name}`")
 
-    def write_code(self, directory):
+    def write_code(self, directory, optimizer=None):
         """Write the C of every operator built so far, or of the forward and backward
         operators when none is; nothing else is built.
 
@@ -644,6 +658,13 @@ class Net:
         ``<name>_backward.c``, ``<name>_train_sgd.c``, ``<name>_evaluate.c``...
         Each opens with a comment mapping its sections to the layers and marks
         every section with the layers it computes. Returns their paths.
+
+        Parameters
+        ----------
+        directory : str
+        optimizer : Optimizer, optional
+            Also write its update operator (``<name>_<optimizer>_step.c``), when it
+            was built: data-parallel training runs it apart from the backward pass.
         """
         os.makedirs(directory, exist_ok=True)
         operators = [*self._forward_operators.values(),
@@ -652,6 +673,8 @@ class Net:
                      *self._train_operators.values()]
         if not operators:
             operators = [self.forward_operator, self.backward_operator]
+        if optimizer is not None and optimizer._update_operator is not None:
+            operators.append(optimizer._update_operator)
         paths = []
         for operator in (part for chain in operators for part in chain.parts):
             path = os.path.join(directory, f"{operator.name}.c")

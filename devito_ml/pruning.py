@@ -44,12 +44,13 @@ def pruned(equations, unwanted, keep):
     """
     dead = {f.name for f in unwanted}
     keep = {f.name for f in keep} - dead
-    written = [_written(eq) for eq in equations]
-    reads = [_read(eq) for eq in equations]
+    # sync points (``compiled.SyncPoint``) write and read nothing the C sees: kept
+    written = [_written(eq) if hasattr(eq, 'lhs') else None for eq in equations]
+    reads = [_read(eq) if hasattr(eq, 'lhs') else set() for eq in equations]
     while True:
         live_reads = set().union(*(r for r, w in zip(reads, written) if w not in dead))
-        newly = {w for w in written
-                 if w not in dead and w not in keep and w not in live_reads}
+        newly = {w for w in written if w is not None
+                 and w not in dead and w not in keep and w not in live_reads}
         if not newly:
             break
         dead |= newly

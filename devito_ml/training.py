@@ -1,5 +1,6 @@
 """Training: the epoch loop, evaluation, history and atomic checkpoints."""
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -139,7 +140,7 @@ def step_schedule(lr, every, gamma=0.1):
 
 def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         checkpoint=None, resume=False, progress=None, log=print, lr_schedule=None,
-        check_finite=False):
+        check_finite=False, batch_size=None, comm=None, sync_batchnorm=False):
     """Train ``net`` with ``optimizer`` for ``epochs`` epochs.
 
     Every step (forward, backward, update) runs in the net's fused train-step
@@ -178,6 +179,21 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         ``epoch -> learning rate``, set before each epoch (no recompilation).
     check_finite : bool
         Check the images of ``train`` and ``test`` for NaN and infinities first.
+    batch_size : int, optional
+        The global batch: samples a step takes. Default: the net's allocated batch.
+    comm : mpi4py communicator, optional
+        Data-parallel training over its ranks (:mod:`devito_ml.distributed`):
+        every rank calls ``fit`` with the same net, data and arguments, takes its
+        shard of every global batch, and the gradients are summed by one
+        allreduce a step before the update, so that the results do not depend on
+        the number of ranks. Each rank's net must hold ``ceil(batch_size /
+        ranks)`` samples. Only rank 0 logs, draws bars and writes the checkpoint
+        (every rank reads it to resume: a file system they share). An exception
+        on one rank ends every rank (``MPI_Abort``) instead of leaving them
+        waiting. One rank runs exactly as without ``comm``.
+    sync_batchnorm : bool
+        With ``comm``: BatchNorm's statistics of the global batch (three small
+        allreduces a BatchNorm a step) instead of each rank's shard.
 
     Returns
     -------
@@ -188,10 +204,45 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         test = checked_data(net, 'fit', 'test', test, check_finite)
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fit: `epochs` must be an int >= 0, got {epochs!r}")
+    batch_size = _checked_batch_size(net, batch_size, comm)
+    parallel = None
+    if comm is not None and comm.Get_size() > 1:
+        from devito_ml.distributed import DataParallel
+        parallel = DataParallel(net, comm, batch_size, sync_batchnorm)
+        if not parallel.is_root:
+            log, progress = None, False
+    with _aborting(comm, 'fit'):
+        return _fit(net, optimizer, train, test, epochs, loss, seed, checkpoint, resume,
+                    progress, log, lr_schedule, batch_size, parallel)
+
+
+def _checked_batch_size(net, batch_size, comm):
+    allocated = net.input_size[0]
+    if batch_size is None:
+        return allocated
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"fit: `batch_size` must be a positive int, got {batch_size!r}")
+    if (comm is None or comm.Get_size() == 1) and batch_size > allocated:
+        raise ValueError(f"fit: `batch_size` {batch_size} is larger than the batch of "
+                         f"{allocated} that Net `{net.name}` holds")
+    return int(batch_size)
+
+
+def _aborting(comm, what):
+    if comm is None or comm.Get_size() == 1:
+        return contextlib.nullcontext()
+    from devito_ml.distributed import abort_on_error
+    return abort_on_error(comm, what)
+
+
+def _fit(net, optimizer, train, test, epochs, loss, seed, checkpoint, resume, progress,
+         log, lr_schedule, batch_size, parallel):
     history, start = History(), 0
     if resume and checkpoint and os.path.exists(checkpoint):
         start, history = load_checkpoint(checkpoint, net, optimizer)
-    batches = Batches(*train, batch_size=net.input_size[0], seed=seed)
+    batches = Batches(*train, batch_size=batch_size, seed=seed)
+    root = parallel is None or parallel.is_root
     if progress is None:
         progress = watched()
     if start < epochs:
@@ -199,9 +250,12 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         if log:
             log("building the operators (generating and compiling C; cached for the "
                 "next run)...")
-        net.train_operator(optimizer, loss)          # built once, before the clock runs
-        if test:
-            net.evaluation_operator(loss)
+        if parallel is not None:     # rank 0 compiles, the others load its cache
+            parallel.build(optimizer, loss, evaluation=bool(test))
+        else:
+            net.train_operator(optimizer, loss)      # built once, before the clock runs
+            if test:
+                net.evaluation_operator(loss)
         if log:
             log(f"operators built in {time.perf_counter() - began:.1f} s")
             log(History().table())
@@ -214,7 +268,11 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
                            unit='img', disable=not progress, leave=False,
                            dynamic_ncols=True)
         for step, (x, y) in enumerate(batches.epoch(epoch)):
-            value, output = net.train_step(x, y, optimizer, loss)
+            if parallel is None:
+                value, output = net.train_step(x, y, optimizer, loss)
+                right = int(np.sum(output.argmax(axis=1) == y))
+            else:
+                value, right = parallel.train_step(x, y, optimizer, loss)
             if not math.isfinite(value):
                 bar.close()
                 kept = (f"the checkpoint `{checkpoint}` of epoch {start} is kept as it "
@@ -226,21 +284,28 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
                     f"training stopped and {kept}. Lower the learning rate, or look "
                     "for NaN in the data (fit(check_finite=True))")
             total_loss += value * len(y)
-            correct += int(np.sum(output.argmax(axis=1) == y))
+            correct += right
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             bar.update(len(y))
         bar.close()
-        test_loss, test_accuracy = evaluate(net, *test, loss) if test else (None, None)
+        if parallel is not None:
+            parallel.average_buffers()
+            test_loss, test_accuracy = parallel.evaluate(*test, loss) if test else \
+                (None, None)
+        else:
+            test_loss, test_accuracy = evaluate(net, *test, loss) if test else \
+                (None, None)
         history.epochs.append({
             'epoch': epoch + 1, 'train_loss': total_loss / len(train[1]),
             'train_accuracy': correct / len(train[1]), 'test_loss': test_loss,
             'test_accuracy': test_accuracy, 'seconds': time.perf_counter() - began})
         if checkpoint:
-            try:
-                save_checkpoint(checkpoint, net, optimizer, epoch + 1, history)
-            except NonFiniteError as error:
-                raise NonFiniteError(f"fit: after epoch {epoch + 1}, with a finite loss "
-                                     f"at every step: {error}") from None
+            if root:     # the parameters are the same on every rank
+                try:
+                    save_checkpoint(checkpoint, net, optimizer, epoch + 1, history)
+                except NonFiniteError as error:
+                    raise NonFiniteError(f"fit: after epoch {epoch + 1}, with a finite "
+                                         f"loss at every step: {error}") from None
             start = epoch + 1
         if log:
             log(_row(history.epochs[-1]))

@@ -47,7 +47,7 @@ def test_help_for_each_command():
             name = option.split()[0]
             assert len(option.split()) > 2, f"{command} {name} has no help"
             if name not in ('-h,', '--resume', '--no-progress', '--quick', '--only',
-                            '--data-dir'):
+                            '--data-dir', '--sync-batchnorm'):
                 assert '(default:' in ' '.join(option.split()), f"{command} {name}"
     assert 'cosine' in devito_ml('train', '--help').stdout
     assert '`' not in devito_ml('--help').stdout

@@ -80,9 +80,15 @@ class Dropout(Layer):
         if not training:
             return
         rng = np.random.default_rng([self.mask_seed, int(self.step)])
-        keep = rng.random((batch,) + tuple(self.output_size[1:])) >= self.p
+        start, total = self.sample_window or (0, batch)
+        # a shard's rows of the global batch's mask: the same masks on any ranks
+        keep = rng.random((total,) + tuple(self.output_size[1:]))[start:start + batch] \
+            >= self.p
         scale = 0.0 if self.p == 1 else 1 / (1 - self.p)
         self.mask.data[:batch] = keep * scale
+        self.step += 1
+
+    def skip_step(self):
         self.step += 1
 
     def _forward_equations(self, training):

@@ -5,6 +5,7 @@ import sympy
 from devito import Eq
 
 from devito_ml.activations import as_activation
+from devito_ml.compiled import SyncPoint
 from devito_ml.layer import Layer
 from devito_ml.symbolics import register_sum
 from devito_ml.validation import LayerArgumentError, ShapeError
@@ -141,6 +142,9 @@ class BatchNorm(Layer):
                              "(use eval mode)")
         self.num_batches_tracked += 1
 
+    def skip_step(self):
+        self.num_batches_tracked += 1
+
     def _count(self, dims):
         """M, the values per channel in the active batch, in a pass over ``dims``."""
         m = dims[0]
@@ -151,7 +155,15 @@ class BatchNorm(Layer):
         m, h, w = dims
         return self.input[m, self.c, h, w]
 
+    sync = None
+    """Set by :class:`~devito_ml.distributed.DataParallel` to synchronize the
+    statistics of training over the ranks of an MPI job (PyTorch's SyncBatchNorm):
+    an object with ``allreduce(array)`` and the step's ``shard`` and ``total``
+    batch sizes. None: the statistics of this process's batch."""
+
     def _statistics_equations(self, training):
+        if training and self.sync is not None:
+            return self._synchronized_statistics_equations()
         c, eps = self.c, self.eps
         mean, variance, inverse_std = self.mean[c], self.variance[c], \
             self.inverse_std[c]
@@ -170,6 +182,71 @@ class BatchNorm(Layer):
                    + momentum * mean),
                 Eq(self.running_var[c], (1 - momentum) * self.running_var[c]
                    + momentum * variance / (count - 1))]
+
+    # -- synchronized over MPI ranks: sums in C, summed over ranks in Python ----------
+
+    def _synchronized_statistics_equations(self):
+        """Each rank sums its shard; the sums meet between two operators
+        (:class:`~devito_ml.compiled.SyncPoint`), where the mean, the inverse
+        standard deviation and the running statistics are finished in numpy."""
+        c = self.c
+        deviation = self._x(self.var_dims) - self.mean[c]
+        return register_sum(f"{self.name}_sum_x", self.mean[c], self._x(self.mean_dims),
+                            (c,), self.mean_dims) + [
+            SyncPoint(f"{self.name}_mean", self._sync_mean,
+                      lambda: self._idle(self.mean, self._sync_mean))] + \
+            register_sum(f"{self.name}_sum_dev2", self.variance[c],
+                         deviation * deviation, (c,), self.var_dims) + [
+            SyncPoint(f"{self.name}_variance", self._sync_variance,
+                      lambda: self._idle(self.variance, self._sync_variance))]
+
+    def _global_count(self):
+        _, _, h, w = self.input_size
+        return self.sync.total * h * w
+
+    def _idle(self, sums, action):
+        sums.data[:] = 0
+        action(0)
+
+    def _sync_mean(self, batch):
+        self.mean.data[:] = self.sync.allreduce(self.mean.data) / self._global_count()
+
+    def _sync_variance(self, batch):
+        count, m = self._global_count(), self.momentum
+        total = self.sync.allreduce(self.variance.data)
+        self.variance.data[:] = total
+        self.inverse_std.data[:] = 1 / np.sqrt(total / count + self.eps)
+        self.running_mean.data[:] = (1 - m) * self.running_mean.data \
+            + m * self.mean.data
+        self.running_var.data[:] = (1 - m) * self.running_var.data \
+            + m * total / (count - 1)
+
+    def _synchronized_gradient_means(self):
+        """Sums of dz and dz * x_hat over every rank, per value of this rank's
+        shard (its dz is of its own shard's mean loss)."""
+        if not hasattr(self, 'dz_mean'):
+            channels, c = (self.c,), self.input_size[1]
+            self.dz_mean = self.tensor('dz_mean', channels, (c,), dtype=np.float64)
+            self.dz_xhat_mean = self.tensor('dz_xhat_mean', channels, (c,),
+                                            dtype=np.float64)
+        return self.dz_mean[self.c], self.dz_xhat_mean[self.c]
+
+    def _sync_gradient_sums(self, batch):
+        """Rank r's dz is d(its shard's mean loss); scaled by shard / total the
+        sums add up to those of the global mean loss, and back in rank r's terms
+        they are divided by its own count of values."""
+        _, c, h, w = self.input_size
+        shard, total = self.sync.shard, self.sync.total
+        local = np.concatenate([self.bias_gradients.data, self.kernel_gradients.data])
+        summed = self.sync.allreduce(local.astype(np.float64) * (shard / total))
+        if shard:
+            self.dz_mean.data[:] = summed[:c] / (shard * h * w)
+            self.dz_xhat_mean.data[:] = summed[c:] / (shard * h * w)
+
+    def _idle_gradient_sums(self):
+        self.bias_gradients.data[:] = 0
+        self.kernel_gradients.data[:] = 0
+        self._sync_gradient_sums(0)
 
     def _normalized(self, n, h, w):
         return (self.input[n, self.c, h, w] - self.mean[self.c]) * \
@@ -198,6 +275,14 @@ class BatchNorm(Layer):
                             dz[m, c, y, x] * self._normalized(m, y, x), (c,), (m, y, x))
         gain = (self.kernel[c] if self.affine else 1) * self.inverse_std[c]
         gradient = dz[n, c, h, w]
+        if training and self.sync is not None:
+            mean_dz, mean_dz_xhat = self._synchronized_gradient_means()
+            return eqs + [
+                SyncPoint(f"{self.name}_gradient_sums", self._sync_gradient_sums,
+                          lambda: self._idle_gradient_sums()),
+                Eq(self.input_gradients[n, c, h, w],
+                   gain * (gradient - mean_dz
+                           - self._normalized(n, h, w) * mean_dz_xhat))]
         if training:
             count = self._count(self.grad_dims)
             gradient = gradient - dbeta / count \

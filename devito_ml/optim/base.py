@@ -137,16 +137,22 @@ class Optimizer:
     def finish_step(self):
         self.step_count += 1
 
-    def step(self):
-        """Apply the update to every parameter from its current gradient."""
+    @property
+    def update_operator(self):
+        """The operator of the update alone (what :meth:`step` runs), built once."""
         if self._update_operator is None:
             self._update_operator = self.attach(OperatorChain(
                 [CompiledOperator(self.equations(part),
                                   name=f"{self.net.name}_{self.name}_step{suffix}")
                  for part, suffix in self.net.parts() if self.selected(part)],
                 name=f"{self.net.name}_{self.name}_step"))
+        return self._update_operator
+
+    def step(self):
+        """Apply the update to every parameter from its current gradient."""
+        operator = self.update_operator
         self.prepare_step()
-        self._update_operator.run(self.net.input_size[0])
+        operator.run(self.net.input_size[0])
         self.finish_step()
 
     # -- state ------------------------------------------------------------------------
