@@ -11,7 +11,8 @@ Each run times ``--steps`` training steps (forward, backward, allreduce where th
 are ranks, Adam's update) after ``--warmup`` steps, on random float32 images of the
 model's size, and prints images per second, milliseconds a step, and the time in
 the gradient allreduce a step (waiting for the slower rank included), with the size
-of the buffer it sums. One rank runs the fused train-step operator, as ``fit`` does
+of the buffer it sums and the median time of the allreduce alone (both ranks
+ready). One rank runs the fused train-step operator, as ``fit`` does
 without MPI.
 """
 
@@ -73,6 +74,15 @@ def main():
     for _ in range(args.steps):
         step()
     seconds = (time.perf_counter() - began) / args.steps
+    bare = []
+    if comm is not None:     # the allreduce alone, both ranks ready: no waiting
+        MPI = mpi()
+        copy = parallel.buffer.copy()
+        for _ in range(50):
+            comm.Barrier()
+            start = time.perf_counter()
+            comm.Allreduce(MPI.IN_PLACE, copy, op=MPI.SUM)
+            bare.append(time.perf_counter() - start)
     if rank == 0:
         threads = os.environ.get('OMP_NUM_THREADS', '?')
         line = (f"{args.model} global batch {args.batch}: {ranks} rank(s) x {threads} "
@@ -82,7 +92,8 @@ def main():
             reduce = parallel.allreduce_seconds / args.steps
             size = parallel.buffer.nbytes
             line += (f", allreduce {reduce * 1e3:.3f} ms a step "
-                     f"({size / 1e3:.0f} kB, {100 * reduce / seconds:.1f}% of it)")
+                     f"({size / 1e3:.0f} kB, {100 * reduce / seconds:.1f}% of it; "
+                     f"{np.median(bare) * 1e3:.3f} ms alone)")
         print(line, flush=True)
 
 

@@ -42,25 +42,25 @@ def section_writers(code, owners):
         name = match.group('name')
         end = code.find(f"STOP({name},", match.end())
         body = code[match.end():end if end >= 0 else len(code)]
-        written = {}
-        for write in _WRITE.finditer(body):
-            tensor = write.group('name')
-            owner = _owner(tensor, owners)
-            if owner is not None and tensor not in written.setdefault(owner, []):
-                written[owner].append(tensor)
-        sections.append((name, list(written.items())))
+        sections.append((name, list(_by_owner(_WRITE, body, owners).items())))
     return sections
 
 
 def owned_loops(code, owners):
     """``{owner: [loop variables named after it]}``, in the order of the C."""
-    loops = {}
-    for match in _LOOP.finditer(code):
+    return _by_owner(_LOOP, code, owners)
+
+
+def _by_owner(pattern, code, owners):
+    """``{owner: [names]}``: the ``name`` group of every match of ``pattern``,
+    once each, under the owner it is named after."""
+    found = {}
+    for match in pattern.finditer(code):
         name = match.group('name')
         owner = _owner(name, owners)
-        if owner is not None and name not in loops.setdefault(owner, []):
-            loops[owner].append(name)
-    return loops
+        if owner is not None and name not in found.setdefault(owner, []):
+            found[owner].append(name)
+    return found
 
 
 LEGEND = ("Loops are named <layer>_<tensor>_<axis>: axes n sample, c channel, h row, "
