@@ -22,6 +22,24 @@ ranks either.
 
 ``mpi4py`` is optional (``pip install -e '.[mpi]'``): it is imported only when MPI
 is asked for, and its absence is then an error saying how to install it.
+
+**Across nodes.** Nothing here assumes one machine: ``mpiexec -n 8 --hostfile hosts
+--map-by ppr:1:node --bind-to none -x OMP_NUM_THREADS=32 devito-ml train ...`` runs
+one rank a node, each with its node's cores for OpenMP; every rank reads the data
+set and takes its shard by rank (the shuffled order depends only on the seed and
+the epoch, so ranks agree without talking), and rank 0 writes to a file system the
+ranks share (which ``--resume`` reads on every rank). What would change at 64 ranks:
+one allreduce of the whole gradient after the backward pass leaves the network idle
+during it and the cores idle during the allreduce; PyTorch's DDP instead sums
+gradients in buckets of ~25 MB as the backward pass produces them, overlapping the
+communication with the rest of the backward pass. Here that means nonblocking
+``Iallreduce`` of each operator part's gradients (a deep net is already compiled in
+parts, run last layer first) as soon as its part has run, and waiting for all of
+them before the update. The global batch also has to grow with the ranks (a shard
+of a few samples leaves the cores of a node idle), with the learning rate scaled
+and warmed up accordingly; and synchronized BatchNorm's three small allreduces a
+layer become latency-bound (merging each layer's into one, as PyTorch's
+SyncBatchNorm does with the sum and the sum of squares, halves them).
 """
 
 import atexit
