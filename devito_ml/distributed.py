@@ -237,7 +237,7 @@ class DataParallel:
         self.comm.Allreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM)
         self.allreduce_seconds += time.perf_counter() - began
         for gradient, at, end in zip(self._gradients, self._offsets, self._offsets[1:]):
-            gradient.reshape(-1)[:] = buffer[at:end]
+            np.copyto(gradient, buffer[at:end].reshape(gradient.shape))
         optimizer.step()
         self.steps += 1
         return float(buffer[-2]) / total, int(round(float(buffer[-1])))
@@ -259,7 +259,7 @@ class DataParallel:
         packed /= self.ranks
         at = 0
         for array in arrays:
-            array.reshape(-1)[:] = packed[at:at + array.size]
+            np.copyto(array, packed[at:at + array.size].reshape(array.shape))
             at += array.size
 
     def evaluate(self, images, labels, loss=None):
