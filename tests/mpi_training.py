@@ -22,7 +22,8 @@ GLOBAL_BATCH, SAMPLES, EPOCHS, SEED = 10, 101, 2, 3
 
 def small_net(batch_size, batchnorm=False):
     """Convolution, Dropout and dense layers; with ``batchnorm``, a BatchNorm after
-    the convolution and another after a second one."""
+    the convolution and another after a second one, compiled three layers an
+    operator (sync points inside parts and between them)."""
     from devito_ml import (BatchNorm, Conv, Dropout, Flat, FullyConnected, Input, Net,
                            ReLU)
     x = Input((1, 8, 8))
@@ -35,7 +36,8 @@ def small_net(batch_size, batchnorm=False):
         h = Conv((4, 3, 3), padding=1, activation=ReLU())(x)
     h = Dropout(0.25)(Flat()(h))
     y = FullyConnected(10)(FullyConnected(16, activation=ReLU())(h))
-    return Net(y, batch_size=batch_size, dtype=np.float64, seed=SEED)
+    parts = {'layers_per_operator': 3} if batchnorm else {}
+    return Net(y, batch_size=batch_size, dtype=np.float64, seed=SEED, **parts)
 
 
 def data():
