@@ -110,6 +110,19 @@ def test_batchnorm_cut_at_its_sync_points_computes_what_it_computes_whole():
                                    err_msg=name)
 
 
+def test_synchronized_batchnorm_counts_every_ranks_values():
+    """One sample of 1x1 maps on this rank is enough when another rank has one."""
+    from devito_ml import BatchNorm
+    from devito_ml.errors import ShapeError
+    layer = BatchNorm(input_size=(1, 3, 1, 1))
+    with pytest.raises(ShapeError, match='more than one value per channel'):
+        layer.before_step(1, True)
+    layer.sync = _SumsOfOneRank()
+    layer.sync.shard, layer.sync.total = 1, 2
+    layer.before_step(1, True)
+    assert layer.num_batches_tracked == 1
+
+
 def _mpiexec(tmp_path, *arguments, timeout=600, program=None):
     """``mpi_training.py`` (or ``program``, a list) on two ranks, one thread each."""
     environment = dict(os.environ, OMP_NUM_THREADS='1', OMPI_ALLOW_RUN_AS_ROOT='1',

@@ -136,6 +136,8 @@ class BatchNorm(Layer):
         if not training:
             return
         _, _, h, w = self.input_size
+        # synchronized: the values of every rank's shard count
+        batch = batch if self.sync is None else self.sync.total
         if batch * h * w < 2:
             raise ShapeError(f"BatchNorm `{self.name}`: training needs more than one "
                              f"value per channel, got batch {batch} of {h}x{w} maps "
