@@ -1,5 +1,6 @@
 """Pooling against torch: max and avg, kernels 2 and 3 (and 3x2), strides 1-3,
-paddings 0-1, ties routed to the first maximum, and the tutorial's Subsampling."""
+paddings 0-1, disjoint windows with and without a remainder, ties routed to the
+first maximum, and the tutorial's Subsampling."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,11 @@ from reference import DTYPES, assert_close, compare_layer
 
 CASES = [((2, 3, 8, 8), 2, None, 0), ((1, 2, 7, 9), 3, 1, 1), ((3, 2, 9, 8), 3, 2, 1),
          ((2, 2, 10, 7), 2, 3, 0), ((2, 1, 9, 9), (3, 2), (2, 1), (1, 1)),
-         ((1, 2, 10, 9), (8, 7), 1, (1, 3))]    # above MAX_UNROLLED_TAPS: tap loops
+         ((1, 2, 10, 9), (8, 7), 1, (1, 3)),    # above MAX_UNROLLED_TAPS: tap loops
+         # disjoint windows (stride = kernel, no padding): max's adjoint is a scatter,
+         # with values past the last window left at zero
+         ((2, 2, 9, 7), 2, None, 0), ((1, 2, 7, 8), (3, 2), None, 0),
+         ((1, 1, 17, 15), (8, 7), None, 0)]
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)

@@ -30,7 +30,9 @@ class Pooling(Layer):
             \tilde{g}_{n,c,h+p-r,w+p-q}\,[\tilde{a}_{n,c,h+p-r,w+p-q} = rQ + q]
 
     where :math:`a_{ncij}` is the first tap (in row-major order) that holds the
-    window's maximum, as PyTorch routes ties.
+    window's maximum, as PyTorch routes ties. Max pooling with windows that
+    neither overlap nor pad (stride = kernel) scatters instead: each window's
+    gradient goes straight to its maximum.
     """
 
     reduction = None   # 'max' or 'avg'
@@ -71,11 +73,13 @@ class Pooling(Layer):
         dims = (self.batch_dim, self.out_dims[1], self.dim('dout_stuffed_h', stuffed[0]),
                 self.dim('dout_stuffed_w', stuffed[1]))
         halo = Halo((0, 0), (0, 0), *halos)
-        self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo)
         if self.reduction == 'max':
             self.argmax = self.tensor('argmax', self.out_storage, self.output_size)
+            if self._disjoint_max:
+                return          # a scatter: no stuffed copies
             self.stuffed_argmax = self.tensor('argmax_stuffed', dims, (n, c) + stuffed,
                                               halo)
+        self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo)
 
     def _tap(self, ky=None, kx=None):
         n, c, y, x = self.out_dims
@@ -121,7 +125,36 @@ class Pooling(Layer):
                            Select(CondEq(tap, out), i * q + j, first))
         return [Eq(arg, first)]
 
+    @property
+    def _disjoint_max(self):
+        """Max pooling whose windows neither overlap nor pad (stride = kernel, the
+        common 2x2): each input value lies in at most one window."""
+        return self.reduction == 'max' and self.stride == self.kernel_size and \
+            self.padding == (0, 0)
+
+    def _disjoint_max_gradient(self):
+        r"""The adjoint as a scatter, no stuffed copies: each window's gradient to
+        its first maximum, zeros to the rest of the window,
+        :math:`\partial x_{n,c,yR+i,xQ+j} = g_{ncyx}\,[a_{ncyx} = iQ + j]`, and
+        zeros past the last whole window."""
+        n, c, y, x = self.out_dims
+        r, q = self.kernel_size
+        arg = self.argmax[n, c, y, x]
+        gradient = self.result_gradients[n, c, y, x]
+        din = self.input_gradients
+        eqs = []
+        _, _, h, w = self.input_size
+        _, _, oh, ow = self.output_size
+        if (h, w) != (oh * r, ow * q):
+            eqs.append(Eq(din[self.input_gradient_dims], 0))
+        eqs += self._first_maximum(arg)
+        return eqs + [Eq(din[n, c, y * r + i, x * q + j],
+                         Select(CondEq(arg, i * q + j), gradient, 0))
+                      for i, j in self._taps()]
+
     def _backward_equations(self, training):
+        if self._disjoint_max:
+            return self._disjoint_max_gradient()
         n, c, y, x = self.out_dims
         _, ci, h, w = self.input_gradient_dims
         (sy, sx), (py, px) = self.stride, self.padding
