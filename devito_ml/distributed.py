@@ -55,7 +55,8 @@ from devito_ml.layers.normalization import BatchNorm
 __all__ = ['mpi', 'launched_ranks', 'shard_bounds', 'shard_capacity', 'DataParallel',
            'RankSums', 'abort_on_error']
 
-_SIZE_VARIABLES = ('OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'PMIX_SIZE', 'MPI_LOCALNRANKS')
+# the world size, as Open MPI's launcher and MPICH's (Hydra, Intel MPI, Slurm PMI) set it
+_SIZE_VARIABLES = ('OMPI_COMM_WORLD_SIZE', 'PMI_SIZE')
 
 
 def mpi(purpose="MPI was asked for"):
