@@ -199,13 +199,14 @@ class OperatorChain:
             part.set_scalars(values)
 
     def run(self, batch):
-        self._sync(0, batch)
-        for index, part in enumerate(self.parts, start=1):
-            part.run(batch)
-            self._sync(index, batch)
+        self._each('run', batch)
 
     def apply(self, batch):
+        self._each('apply', batch)
+
+    def _each(self, call, batch):
+        """``part.<call>(batch)`` for every part, the sync points between them."""
         self._sync(0, batch)
         for index, part in enumerate(self.parts, start=1):
-            part.apply(batch)
+            getattr(part, call)(batch)
             self._sync(index, batch)

@@ -51,6 +51,7 @@ import time
 import numpy as np
 
 from devito_ml.layers.normalization import BatchNorm
+from devito_ml.training import correct_answers, evaluation_sums
 
 __all__ = ['mpi', 'launched_ranks', 'shard_bounds', 'shard_capacity', 'DataParallel',
            'RankSums', 'abort_on_error']
@@ -124,7 +125,7 @@ def abort_on_error(comm, what='training'):
         yield
     except BaseException as error:
         if comm is None or comm.Get_size() == 1:
-            raise
+            raise       # nobody waits for this rank
         sys.stderr.write(f"devito_ml: rank {comm.Get_rank()} of {comm.Get_size()} "
                          f"failed during {what}: {type(error).__name__}: {error}\n"
                          "devito_ml: aborting every rank of the job (MPI_Abort)\n")
@@ -226,7 +227,7 @@ class DataParallel:
                                          self._offsets[1:]):
                 np.multiply(gradient.reshape(-1), scale, out=buffer[at:end])
             buffer[-2] = value * (stop - start)
-            buffer[-1] = _correct(output, y[start:stop])
+            buffer[-1] = correct_answers(output, y[start:stop])
         else:
             buffer[:] = 0
             for layer in net._stepped:
@@ -266,16 +267,9 @@ class DataParallel:
     def evaluate(self, images, labels, loss=None):
         """Mean loss and accuracy over a data set: each rank evaluates its shard,
         one allreduce sums them."""
-        from devito_ml.data.batches import Batches
         start, stop = shard_bounds(len(labels), self.ranks, self.rank)
-        totals = np.zeros(2, dtype=np.float64)
-        net = self.net
-        net.eval()
-        for x, y in Batches(images[start:stop], labels[start:stop], net.input_size[0],
-                            shuffle=False).epoch(0):
-            value, output = net.evaluate(x, y, loss)
-            totals += (value * len(y), _correct(output, y))
-        net.train()
+        totals = np.array(evaluation_sums(self.net, images[start:stop],
+                                          labels[start:stop], loss), dtype=np.float64)
         self.comm.Allreduce(self._MPI.IN_PLACE, totals, op=self._MPI.SUM)
         return totals[0] / len(labels), totals[1] / len(labels)
 
@@ -305,10 +299,3 @@ class RankSums:
         summed = np.array(values, dtype=np.float64)
         self.comm.Allreduce(self._MPI.IN_PLACE, summed, op=self._MPI.SUM)
         return summed
-
-
-def _correct(output, labels):
-    labels = np.asarray(labels)
-    if labels.ndim > 1:        # probabilities: their most likely class
-        labels = labels.argmax(axis=1)
-    return int(np.sum(output.argmax(axis=1) == labels))

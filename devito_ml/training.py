@@ -1,6 +1,5 @@
 """Training: the epoch loop, evaluation, history and atomic checkpoints."""
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -17,7 +16,8 @@ from tqdm import tqdm
 from devito_ml.data.batches import Batches
 from devito_ml.errors import CheckpointError, NonFiniteError
 
-__all__ = ['History', 'fit', 'evaluate', 'cosine_schedule', 'step_schedule', 'watched',
+__all__ = ['History', 'fit', 'evaluate', 'evaluation_sums', 'correct_answers',
+           'cosine_schedule', 'step_schedule', 'watched',
            'save_checkpoint', 'load_checkpoint', 'read_checkpoint', 'checked_data',
            'remove_stale_temporaries']
 
@@ -67,14 +67,30 @@ def _row(entry):
 def evaluate(net, images, labels, loss=None):
     """Mean loss and accuracy over a data set, in evaluation mode, no gradients."""
     images, labels = checked_data(net, 'evaluate', 'data', (images, labels))
+    total_loss, correct = evaluation_sums(net, images, labels, loss)
+    return total_loss / len(labels), correct / len(labels)
+
+
+def evaluation_sums(net, images, labels, loss=None):
+    """``(sum of the losses, number of correct answers)`` over ``images``, in
+    evaluation mode; the net is left in training mode."""
     net.eval()
     total_loss, correct = 0.0, 0
     for x, y in Batches(images, labels, net.input_size[0], shuffle=False).epoch(0):
         value, output = net.evaluate(x, y, loss)
         total_loss += value * len(y)
-        correct += int(np.sum(output.argmax(axis=1) == y))
+        correct += correct_answers(output, y)
     net.train()
-    return total_loss / len(labels), correct / len(labels)
+    return total_loss, correct
+
+
+def correct_answers(output, labels):
+    """How many rows of ``output`` have their largest entry at the label (at the
+    most likely class, for labels given as probabilities)."""
+    labels = np.asarray(labels)
+    if labels.ndim > 1:
+        labels = labels.argmax(axis=1)
+    return int(np.sum(output.argmax(axis=1) == labels))
 
 
 def checked_data(net, owner, role, data, check_finite=False):
@@ -211,7 +227,8 @@ def fit(net, optimizer, train, test=None, epochs=1, loss=None, seed=0,
         parallel = DataParallel(net, comm, batch_size, sync_batchnorm)
         if not parallel.is_root:
             log, progress = None, False
-    with _aborting(comm, 'fit'):
+    from devito_ml.distributed import abort_on_error   # imports no MPI
+    with abort_on_error(comm, 'fit'):
         return _fit(net, optimizer, train, test, epochs, loss, seed, checkpoint, resume,
                     progress, log, lr_schedule, batch_size, parallel)
 
@@ -227,13 +244,6 @@ def _checked_batch_size(net, batch_size, comm):
         raise ValueError(f"fit: `batch_size` {batch_size} is larger than the batch of "
                          f"{allocated} that Net `{net.name}` holds")
     return int(batch_size)
-
-
-def _aborting(comm, what):
-    if comm is None or comm.Get_size() == 1:
-        return contextlib.nullcontext()
-    from devito_ml.distributed import abort_on_error
-    return abort_on_error(comm, what)
 
 
 def _fit(net, optimizer, train, test, epochs, loss, seed, checkpoint, resume, progress,
@@ -270,7 +280,7 @@ def _fit(net, optimizer, train, test, epochs, loss, seed, checkpoint, resume, pr
         for step, (x, y) in enumerate(batches.epoch(epoch)):
             if parallel is None:
                 value, output = net.train_step(x, y, optimizer, loss)
-                right = int(np.sum(output.argmax(axis=1) == y))
+                right = correct_answers(output, y)
             else:
                 value, right = parallel.train_step(x, y, optimizer, loss)
             if not math.isfinite(value):

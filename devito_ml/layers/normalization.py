@@ -196,18 +196,20 @@ class BatchNorm(Layer):
         return register_sum(f"{self.name}_sum_x", self.mean[c], self._x(self.mean_dims),
                             (c,), self.mean_dims) + [
             SyncPoint(f"{self.name}_mean", self._sync_mean,
-                      lambda: self._idle(self.mean, self._sync_mean))] + \
+                      lambda: self._idle((self.mean,), self._sync_mean))] + \
             register_sum(f"{self.name}_sum_dev2", self.variance[c],
                          deviation * deviation, (c,), self.var_dims) + [
             SyncPoint(f"{self.name}_variance", self._sync_variance,
-                      lambda: self._idle(self.variance, self._sync_variance))]
+                      lambda: self._idle((self.variance,), self._sync_variance))]
 
     def _global_count(self):
         _, _, h, w = self.input_size
         return self.sync.total * h * w
 
     def _idle(self, sums, action):
-        sums.data[:] = 0
+        """A rank without samples: its sums are zeros, the collective goes on."""
+        for function in sums:
+            function.data[:] = 0
         action(0)
 
     def _sync_mean(self, batch):
@@ -245,11 +247,6 @@ class BatchNorm(Layer):
             self.dz_mean.data[:] = summed[:c] / (shard * h * w)
             self.dz_xhat_mean.data[:] = summed[c:] / (shard * h * w)
 
-    def _idle_gradient_sums(self):
-        self.bias_gradients.data[:] = 0
-        self.kernel_gradients.data[:] = 0
-        self._sync_gradient_sums(0)
-
     def _normalized(self, n, h, w):
         return (self.input[n, self.c, h, w] - self.mean[self.c]) * \
             self.inverse_std[self.c]
@@ -281,7 +278,9 @@ class BatchNorm(Layer):
             mean_dz, mean_dz_xhat = self._synchronized_gradient_means()
             return eqs + [
                 SyncPoint(f"{self.name}_gradient_sums", self._sync_gradient_sums,
-                          lambda: self._idle_gradient_sums()),
+                          lambda: self._idle((self.bias_gradients,
+                                              self.kernel_gradients),
+                                             self._sync_gradient_sums)),
                 Eq(self.input_gradients[n, c, h, w],
                    gain * (gradient - mean_dz
                            - self._normalized(n, h, w) * mean_dz_xhat))]
