@@ -12,8 +12,9 @@ are ranks, Adam's update) after ``--warmup`` steps, on random float32 images of 
 model's size, and prints images per second, milliseconds a step, and the time in
 the gradient allreduce a step (waiting for the slower rank included), with the size
 of the buffer it sums and the median time of the allreduce alone (both ranks
-ready). One rank runs the fused train-step operator, as ``fit`` does
-without MPI.
+ready). One rank runs the fused train-step operator, as ``fit`` does without MPI;
+with ``--torch`` it is also timed against the same model in PyTorch (Adam, the same
+threads, the better of NCHW and channels_last) in interleaved rounds.
 """
 
 import os
@@ -38,6 +39,36 @@ def build(model, batch):
                   classes=10, width=16, small_input=True, seed=0)
 
 
+def torch_twin(model, net):
+    """The same model in torch.nn, with the net's weights."""
+    from devito_ml.interop import to_torch, torch_models, torch_state_dict
+    if model == 'lenet':
+        return to_torch(net)
+    twin = torch_models.resnet(18, 10, 16, 3, True)
+    twin.load_state_dict(torch_state_dict(net))
+    return twin
+
+
+def against_torch(args, net, step, x, y):
+    """Milliseconds a step of ours and of PyTorch (Adam, the same threads) at its
+    better memory format, in interleaved rounds of one run."""
+    import torch
+    from devito_ml.benchmark import interleaved, torch_train_step
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
+    functions = {'devito_ml': step}
+    for name, fmt in (('nchw', torch.contiguous_format),
+                      ('channels_last', torch.channels_last)):
+        functions[name] = torch_train_step(torch, torch_twin(args.model, net), x, y,
+                                           fmt, adam=True)
+    times = {k: 1e3 * float(np.median(v)) for k, v in
+             interleaved(functions, rounds=5, repeat=max(1, args.steps // 5)).items()}
+    best = min(('nchw', 'channels_last'), key=times.get)
+    return (f"  same run, interleaved: devito_ml {times['devito_ml']:.2f} ms, PyTorch "
+            f"{times[best]:.2f} ms ({best}; nchw {times['nchw']:.2f}, channels_last "
+            f"{times['channels_last']:.2f}), "
+            f"ratio {times['devito_ml'] / times[best]:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -45,6 +76,8 @@ def main():
     parser.add_argument('--batch', type=int, default=256, help='global batch')
     parser.add_argument('--steps', type=int, default=30)
     parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--torch', action='store_true',
+                        help='one rank: also PyTorch (Adam) at its better format')
     args = parser.parse_args()
     ranks = launched_ranks()
     comm = mpi("bench_mpi under mpiexec").COMM_WORLD if ranks > 1 else None
@@ -95,6 +128,8 @@ def main():
                      f"({size / 1e3:.0f} kB, {100 * reduce / seconds:.1f}% of it; "
                      f"{np.median(bare) * 1e3:.3f} ms alone)")
         print(line, flush=True)
+    if comm is None and args.torch:
+        print(against_torch(args, net, step, x, y), flush=True)
 
 
 if __name__ == '__main__':

@@ -75,12 +75,15 @@ def _summary(case, times):
 
 # -- cases ----------------------------------------------------------------------------
 
-def _torch_train_step(torch, model, x, labels, memory_format):
+def torch_train_step(torch, model, x, labels, memory_format, adam=False):
+    """A callable running one PyTorch training step of ``model`` (cross entropy,
+    SGD with momentum, or Adam) on ``x`` in ``memory_format``."""
     model = model.to(memory_format=memory_format)
     x = torch.from_numpy(x).contiguous(memory_format=memory_format) if x.ndim == 4 \
         else torch.from_numpy(x)
     labels = torch.from_numpy(labels)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3) if adam else \
+        torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step():
         optimizer.zero_grad(set_to_none=False)
@@ -99,7 +102,7 @@ def _train_case(name, net, torch_model, rng, group=None):
     formats = {'nchw': torch.contiguous_format}
     if x.ndim == 4:
         formats['channels_last'] = torch.channels_last
-    theirs = {key: _torch_train_step(torch, _copy(torch_model), x, labels, fmt)
+    theirs = {key: torch_train_step(torch, _copy(torch_model), x, labels, fmt)
               for key, fmt in formats.items()}
     return Case(name, lambda: net.train_step(x, labels, optimizer), theirs,
                 group=group)
