@@ -197,6 +197,12 @@ def _bench(args):
     return 0
 
 
+def _info(args):
+    from devito_ml.machine_info import machine_report
+    print('\n'.join(machine_report()))
+    return 0
+
+
 def _version():
     from importlib import metadata
     try:
@@ -245,6 +251,14 @@ def _parser():
         description='Time devito_ml against PyTorch (at its better memory format) in '
         'interleaved rounds; print a table of ratios and write OUT/bench.json and '
         'OUT/lenet_batch.png.')
+    commands.add_parser(
+        'info', formatter_class=_HelpFormatter,
+        help='print the versions, compiler, CPU and vector width operators are built '
+        'for here, and the schedules that width selects',
+        description='Print devito_ml\'s, Devito\'s and Python\'s versions, the C '
+        'compiler and its flags, the CPU and its vector extensions, the vector width '
+        'the schedules are made for (detected, or forced with DEVITO_ML_LANES=4|8|16) '
+        'and which register tiles that width selects.')
     bench.add_argument('--out', default='bench', help='output folder')
     bench.add_argument('--rounds', type=int, default=7,
                        help='interleaved rounds per case')
@@ -310,12 +324,16 @@ def main(argv=None):
     """Entry point of ``devito-ml``."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == 'info':
+        return _reporting_errors(_info, args)
     if args.command == 'bench':
         if args.rounds < 1 or args.threads < 1:
             parser.error("--rounds and --threads must be positive")
         return _bench(args)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    if args.seed < 0:
+        parser.error(f"--seed must be a non-negative integer, got {args.seed}")
     for option in ('width', 'hidden'):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be positive, got {getattr(args, option)}")
@@ -328,9 +346,14 @@ def main(argv=None):
     if not getattr(args, 'step_gamma', 1) > 0:
         parser.error(f"--step-gamma must be positive, got {args.step_gamma}")
     args.dtype = np.dtype(args.dtype).type
+    return _reporting_errors({'train': _train, 'codegen': _codegen}[args.command], args)
+
+
+def _reporting_errors(command, args):
+    """``command(args)``, with the errors a user can cause reported in one line."""
     from devito_ml.errors import NonFiniteError
     try:
-        return {'train': _train, 'codegen': _codegen}[args.command](args)
+        return command(args)
     except NonFiniteError as error:    # a run that diverged: exit 1, nothing saved
         print(f"devito-ml: error: {error}", file=sys.stderr)
         return 1

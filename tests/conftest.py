@@ -6,6 +6,9 @@ import logging
 import numpy as np
 import pytest
 
+from devito_ml.vector_width import LANES_VARIABLE
+from widths import WIDTHS
+
 
 class _RaiseOnDevitoWarning(logging.Handler):
     def emit(self, record):
@@ -24,6 +27,14 @@ def devito_warnings_are_errors():
     yield
     logger.removeHandler(handler)
     logger.setLevel(previous)
+
+
+@pytest.fixture(params=WIDTHS, ids=lambda lanes: f'{lanes}lanes')
+def width(request, monkeypatch):
+    """float32 lanes: schedules made for each vector width in turn (``DEVITO_ML_LANES``), whatever
+    this CPU's own width."""
+    monkeypatch.setenv(LANES_VARIABLE, str(request.param))
+    return request.param
 
 
 @pytest.fixture

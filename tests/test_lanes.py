@@ -19,8 +19,8 @@ from devito.passes.iet.parpragma import PragmaSimdTransformer
 from devito_ml import compiled, lanes
 from devito_ml.layers.conv import Conv
 from devito_ml.layers.conv_tiles import (TiledCorrelation, TiledWeightGradient,
-                                         gradient_tile_shape, tap_grid, tile_shape,
-                                         vector_lanes)
+                                         gradient_tile_shape, tap_grid, tile_shape)
+from devito_ml.vector_width import vector_registers
 
 
 def test_pinned_devito_version():
@@ -58,7 +58,7 @@ def _lane_pragma(code, lane):
     raise AssertionError(f"no loop over {lane}")
 
 
-def test_lane_loop_with_a_reduction_inside_is_vectorised():
+def test_lane_loop_with_a_reduction_inside_is_vectorised(width):
     """The body {scalar init; loop over c; store} is not a perfect innermost loop:
     Devito alone leaves it scalar, the extension vectorises it."""
     tiles = TiledCorrelation('t', np.float32, devito.Dimension('n'), 2, 5, 11, (4, 7),
@@ -66,12 +66,17 @@ def test_lane_loop_with_a_reduction_inside_is_vectorised():
     eqs = tiles.equations()
     code = str(lanes.build_operator(eqs, name='tiles', language='openmp'))
     assert _lane_pragma(code, 't_lane').startswith('#pragma omp simd')
+    assert f'for (int t_lane = 0; t_lane <= {width - 1}; t_lane += 1)' in code
     plain = str(Operator(eqs, name='tiles', language='openmp'))
     assert not _lane_pragma(plain, 't_lane').startswith('#pragma omp simd')
 
 
-def test_wide_convolution_keeps_vectorised_lane_loops():
-    layer = Conv((24, 3, 3), (2, 20, 9, 7), stride=2, padding=1, generate_code=True)
+def test_wide_convolution_keeps_vectorised_lane_loops(width):
+    """24 output and 16 input channels fill the lanes of every width: every pass
+    is register-tiled, its lane loops vectorised."""
+    layer = Conv((24, 3, 3), (2, 16, 9, 7), stride=2, padding=1, generate_code=True)
+    assert layer.channels_last and layer.input_gradient_channels_last
+    assert layer.forward_tiles.lanes == width
     assert layer.weight_gradient_tiles.stride == (2, 2)
     forward, backward = layer.forward_operator.code, layer.backward_operator.code
     assert _lane_pragma(forward, 'conv_fwd_lane').startswith('#pragma omp simd')
@@ -99,7 +104,7 @@ def test_taps_of_a_grid_are_loops_others_one_statement_each():
 @pytest.mark.parametrize('taps', [[(0, 0), (1, 2), (2, 1)],
                                   [(2, 3), (2, 1), (0, 3), (0, 1)]],
                          ids=['scattered', 'grid-backwards'])
-def test_tiled_correlation_matches_numpy(dtype, taps):
+def test_tiled_correlation_matches_numpy(dtype, taps, width):
     """Remainders everywhere: 11 outputs (not a whole lane block), 7 columns (not a
     whole tile), stride 2, taps one statement each or as unrolled loops (a grid
     walked backwards, as a stride phase of an input gradient reads it)."""
@@ -129,7 +134,7 @@ def test_tiled_correlation_matches_numpy(dtype, taps):
 
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
 @pytest.mark.parametrize('stride', [(1, 1), (2, 2), (3, 2)])
-def test_tiled_weight_gradient_matches_numpy(dtype, stride):
+def test_tiled_weight_gradient_matches_numpy(dtype, stride, width):
     """Per-sample partial sums with remainders everywhere: 7 channels (no tile
     divides them), 11 outputs, a 2x3 kernel with dilation (2, 1), strides 1 to 3."""
     rows, columns, channels, outputs, batch = 3, 5, 7, 11, 2
@@ -165,8 +170,8 @@ def test_tiled_weight_gradient_matches_numpy(dtype, stride):
     assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
 
 
-def test_weight_gradient_tile_fits_the_registers_and_hides_latency():
-    registers = 32 if vector_lanes(np.float32) * 4 >= 64 else 16
+def test_weight_gradient_tile_fits_the_registers_and_hides_latency(width):
+    registers = vector_registers()
     for channels, blocks in [(32, 8), (16, 2), (3, 2), (64, 16), (1, 1)]:
         tile_channels, tile_blocks = gradient_tile_shape(channels, blocks)
         assert tile_channels <= channels and tile_blocks <= blocks
@@ -174,8 +179,8 @@ def test_weight_gradient_tile_fits_the_registers_and_hides_latency():
     assert np.prod(gradient_tile_shape(32, 8)) >= 8   # two FMA units, 4 cycles each
 
 
-def test_tile_fits_the_registers():
+def test_tile_fits_the_registers(width):
     columns, blocks = tile_shape(8, 28)
-    registers = 32 if vector_lanes(np.float32) * 4 >= 64 else 16
-    assert columns * blocks + blocks + 1 <= registers - 2
+    assert columns * blocks + blocks + 1 <= vector_registers() - 2
+    assert columns * blocks >= 8     # enough independent multiply-adds in flight
     assert tile_shape(1, 3) == (3, 1)

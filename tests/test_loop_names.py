@@ -10,6 +10,8 @@ from devito_ml import (Add, AvgPooling, BatchNorm, Concat, Conv, Dropout, Flat,
                        FullyConnected, FullyConnectedSoftmax, GlobalAvgPooling, Input,
                        MaxPooling, Net, ReLU)
 from devito_ml.code_map import owned_loops
+from devito_ml.vector_width import LANES_VARIABLE
+from widths import WIDTHS
 
 AXES = r'(n|c|h|w|f|ky|kx|k)'
 TILE_AXES = r'(lane|pos|row|column|sum)'   # a register tile's own (conv_tiles.py)
@@ -20,9 +22,10 @@ LOOP = re.compile(rf'^({TENSORS}_)*({AXES}|{TILE_AXES})(\d+)?(_(tile|block))?$')
 
 def _every_layer_kind_net():
     """Convolutions tiled and not, strided, grouped; normalization, dropout, both
-    merges, the three poolings, dense layers and the softmax head."""
-    x = Input((3, 10, 10))
-    a = Conv((8, 3, 3), padding=1, activation=ReLU())(x)
+    merges, the three poolings, dense layers and the softmax head. Whatever the
+    vector width, 2 channels are too few to tile and 16 enough."""
+    x = Input((2, 10, 10))
+    a = Conv((16, 3, 3), padding=1, activation=ReLU())(x)
     a = BatchNorm()(a)
     b = Conv((8, 3, 3), stride=2, padding=1)(a)
     g = Conv((8, 3, 3), padding=1, groups=4)(a)
@@ -33,16 +36,19 @@ def _every_layer_kind_net():
     return Net(y, batch_size=2, dtype=np.float32, seed=0)
 
 
-@pytest.fixture(scope='module')
-def net_code(tmp_path_factory):
-    """The net and the C of every operator it built (the input gradient's too)."""
-    net = _every_layer_kind_net()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
-    net.forward(x)
-    net.input_gradient(x, np.array([0, 2]))
-    paths = net.write_code(tmp_path_factory.mktemp('c'))
-    return net, [open(path).read() for path in paths]
+@pytest.fixture(scope='module', params=WIDTHS, ids=lambda lanes: f'{lanes}lanes')
+def net_code(request, tmp_path_factory):
+    """The net and the C of every operator it built (the input gradient's too), with
+    the schedules of each vector width."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(LANES_VARIABLE, str(request.param))
+        net = _every_layer_kind_net()
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 2, 10, 10)).astype(np.float32)
+        net.forward(x)
+        net.input_gradient(x, np.array([0, 2]))
+        paths = net.write_code(tmp_path_factory.mktemp('c'))
+        return net, [open(path).read() for path in paths]
 
 
 def _names(net):

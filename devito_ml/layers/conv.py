@@ -10,13 +10,13 @@ from devito.types.utils import IgnoreDimSort
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
 from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
-                                         TiledTransposedCorrelation, TiledWeightGradient,
-                                         vector_lanes)
+                                         TiledTransposedCorrelation, TiledWeightGradient)
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import (Halo, kernel_taps, register_sum, stuffed_extent,
                                  stuffed_halo)
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
                                   check_positive_ints)
+from devito_ml.vector_width import vector_lanes
 
 __all__ = ['Conv']
 

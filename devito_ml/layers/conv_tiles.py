@@ -12,7 +12,7 @@ the padded output gradient; weights: the kernel with its channels swapped).
 partial sum a sample. The maths of each pass stays in ``conv.py``; this is the
 schedule, after ``../shared/notes/fast-conv.md``:
 
-- ``k`` is split into blocks of one vector register (:func:`vector_lanes`); the
+- ``k`` is split into blocks of one vector register (:func:`~devito_ml.vector_width.vector_lanes`); the
   lane loop is a :class:`~devito_ml.lanes.LaneDimension`, vectorised by
   :mod:`devito_ml.lanes` although a reduction loop runs inside it.
 - A tile of ``columns x blocks`` outputs lives in Scalars (one vector register
@@ -28,29 +28,20 @@ schedule, after ``../shared/notes/fast-conv.md``:
 """
 
 import numpy as np
-from devito import Eq, configuration
+from devito import Eq
 from devito.symbolics import DefFunction
 from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.lanes import LaneDimension, LiteralDimension, UnrolledDimension
 from devito_ml.symbolics import tensor
+from devito_ml.vector_width import vector_lanes, vector_registers
 
 __all__ = ['TiledCorrelation', 'TiledTransposedCorrelation', 'TiledWeightGradient',
-           'tap_grid', 'vector_lanes', 'MAX_TILED_TAPS']
+           'tap_grid', 'MAX_TILED_TAPS']
 
 MAX_TILED_TAPS = 25
 """Above this many taps (5x5), one statement a tap and tile entry is too much code."""
-
-
-def vector_lanes(dtype):
-    """Elements of ``dtype`` in one vector register of this machine."""
-    return configuration['platform'].simd_reg_nbytes // np.dtype(dtype).itemsize
-
-
-def vector_registers():
-    """Architectural vector registers: 32 with AVX-512, else 16."""
-    return 32 if configuration['platform'].simd_reg_nbytes >= 64 else 16
 
 
 def tile_shape(blocks, columns):

@@ -23,8 +23,9 @@ from sympy import Min
 
 from devito_ml.lanes import LaneDimension
 from devito_ml.layers.conv_tiles import (flat_tensor, gradient_tile_shape,
-                                         literal_extent, round_up, vector_lanes)
+                                         literal_extent, round_up)
 from devito_ml.symbolics import tensor
+from devito_ml.vector_width import vector_lanes
 
 __all__ = ['TiledMatmul']
 
