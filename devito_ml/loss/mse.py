@@ -4,7 +4,7 @@ import numpy as np
 from devito import Eq, Inc
 
 from devito_ml.loss.base import Loss
-from devito_ml.validation import check_size
+from devito_ml.validation import ShapeError
 
 __all__ = ['MSE', 'mse']
 
@@ -32,7 +32,14 @@ class MSE(Loss):
                 Eq(loss, 0), Inc(loss, error * error / elements)]
 
     def set_targets(self, targets, batch):
-        check_size(None, 'targets', (batch,) + self.output_size[1:], targets.shape)
+        """Targets of the batch's outputs' shape (a numpy array or nested lists)."""
+        targets = np.asarray(targets)
+        expected = (batch,) + self.output_size[1:]
+        if targets.shape != expected or not np.issubdtype(targets.dtype, np.number):
+            raise ShapeError(f"mse: `targets` must be of shape {expected}, got "
+                             f"{targets.dtype} {targets.shape}")
+        if not np.all(np.isfinite(targets)):
+            raise ValueError("mse: `targets` must be finite, got NaN or infinity")
         self._targets[:batch] = targets
 
 
