@@ -9,7 +9,8 @@ from devito_ml.layers.conv import Conv
 from devito_ml.layers.dropout import Dropout
 from devito_ml.layers.elementwise import ActivationLayer
 from devito_ml.layers.dense import FullyConnected, FullyConnectedSoftmax
-from devito_ml.layers.pooling import (AvgPooling, GlobalAvgPooling, MaxPooling,
+from devito_ml.layers.pooling import (AdaptiveAvgPooling, AdaptiveMaxPooling,
+                                      AvgPooling, GlobalAvgPooling, MaxPooling,
                                       Subsampling)
 from devito_ml.layers.merge import Add, Concat
 from devito_ml.layers.normalization import BatchNorm
@@ -18,6 +19,7 @@ from devito_ml.net import Net
 from devito_ml.validation import LayerArgumentError, ShapeError
 
 __all__ = ['Layer', 'Input', 'Conv', 'MaxPooling', 'AvgPooling', 'GlobalAvgPooling',
+           'AdaptiveAvgPooling', 'AdaptiveMaxPooling',
            'Subsampling', 'Flat', 'BatchNorm', 'Dropout', 'Add', 'Concat',
            'ActivationLayer',
            'FullyConnected', 'FullyConnectedSoftmax', 'Net',

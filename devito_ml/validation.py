@@ -7,7 +7,8 @@ import re
 import numpy as np
 
 __all__ = ['ShapeError', 'LayerArgumentError', 'as_pair', 'check_positive_ints',
-           'check_size', 'check_dtype', 'check_array', 'check_float_dtype', 'check_name']
+           'check_size', 'check_dtype', 'check_array', 'check_float_dtype', 'check_name',
+           'check_flag']
 
 _C_KEYWORDS = frozenset('''auto break case char const continue default do double else
 enum extern float for goto if inline int long register restrict return short signed
@@ -93,6 +94,14 @@ def check_float_dtype(layer, argument, dtype):
         raise TypeError(f"{_owner(layer)}: `{argument}` must be float32 or float64, "
                         f"got {dtype!r}")
     return value
+
+
+def check_flag(layer, argument, value):
+    """A bool (numpy's too), else a LayerArgumentError naming the culprit."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise LayerArgumentError(f"{_owner(layer)}: `{argument}` must be True or False, "
+                                 f"got {value!r}")
+    return bool(value)
 
 
 def check_name(layer, argument, name):

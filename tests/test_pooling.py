@@ -7,7 +7,9 @@ import pytest
 import torch
 from sympy import Max
 
-from devito_ml import AvgPooling, LayerArgumentError, MaxPooling, Subsampling
+from devito_ml import (AdaptiveAvgPooling, AdaptiveMaxPooling, AvgPooling,
+                       LayerArgumentError, MaxPooling, Subsampling)
+from devito_ml.layers.window_tables import adaptive_windows
 from reference import DTYPES, assert_close, compare_layer
 
 CASES = [((2, 3, 8, 8), 2, None, 0), ((1, 2, 7, 9), 3, 1, 1), ((3, 2, 9, 8), 3, 2, 1),
@@ -91,3 +93,91 @@ def test_max_pooling_propagates_nan_as_torch(kernel):
     np.testing.assert_array_equal(y, y_torch.detach().numpy())     # NaN == NaN here
     np.testing.assert_array_equal(dx, x_torch.grad.numpy())
     assert np.isnan(y[0, 0, 0, 0])
+
+
+ADAPTIVE = [((2, 3, 1, 1), (7, 7)),    # VGG's pool on a 1x1 map: every output repeats
+            ((1, 2, 5, 5), (2, 2)),    # overlapping windows of 3
+            ((2, 2, 6, 4), (6, 6)),    # a map smaller than the output in one axis
+            ((1, 2, 13, 11), (6, 6)),  # AlexNet's pool on a 13x11 map
+            ((2, 1, 14, 14), (7, 7)),  # regular: 2x2 windows, stride 2
+            ((1, 2, 9, 7), (3, None)),  # None keeps the columns
+            ((2, 2, 4, 10), (3, 4))]   # regular rows (2, stride 1), irregular columns
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('size, output_size', ADAPTIVE)
+@pytest.mark.parametrize('kind', ['max', 'avg'])
+def test_adaptive_pooling_matches_torch(kind, size, output_size, dtype, rng):
+    layer_class, function = {
+        'max': (AdaptiveMaxPooling, torch.nn.functional.adaptive_max_pool2d),
+        'avg': (AdaptiveAvgPooling, torch.nn.functional.adaptive_avg_pool2d)}[kind]
+    layer = layer_class(output_size, size, dtype=dtype)
+    compare_layer(layer, lambda x: function(x, output_size), rng)
+
+
+def test_adaptive_windows_follow_torch_formula():
+    windows = adaptive_windows(5, 3)
+    assert windows.taps == ((0, 1), (1, 2, 3), (3, 4))
+    assert adaptive_windows(2, 4).taps == ((0,), (0,), (1,), (1,))
+    assert adaptive_windows(4, 3).regular == (2, 1)
+    assert adaptive_windows(5, 3).regular is None
+
+
+SLIDING = [  # size, kernel, stride, padding, dilation, ceil_mode, count_include_pad
+    ((2, 2, 7, 8), 3, 2, 0, 1, True, True),       # ceil adds a cut window
+    ((1, 2, 8, 9), 2, 2, 0, 1, True, True),       # disjoint windows and a cut one
+    ((2, 1, 10, 9), 3, 2, 1, 1, True, True),      # ceil with padding
+    ((1, 2, 6, 7), (3, 2), (2, 3), (1, 1), 1, True, False),
+    ((2, 2, 7, 7), 3, 1, 1, 1, False, False),     # padding not counted
+    ((1, 2, 11, 10), 3, 2, 1, 2, False, True),    # dilation (max)
+    ((2, 1, 9, 12), (2, 3), 1, (1, 0), (3, 2), True, True)]
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize('size, kernel, stride, padding, dilation, ceil, counted',
+                         SLIDING)
+@pytest.mark.parametrize('kind', ['max', 'avg'])
+def test_ceil_mode_dilation_and_uncounted_padding_match_torch(
+        kind, size, kernel, stride, padding, dilation, ceil, counted, dtype, rng):
+    if kind == 'max':
+        layer = MaxPooling(kernel, size, stride=stride, padding=padding, dtype=dtype,
+                           dilation=dilation, ceil_mode=ceil)
+        function = lambda x: torch.nn.functional.max_pool2d(  # noqa: E731
+            x, kernel, stride, padding, dilation, ceil_mode=ceil)
+    else:
+        if dilation != 1:
+            pytest.skip('average pooling has no dilation (torch neither)')
+        layer = AvgPooling(kernel, size, stride=stride, padding=padding, dtype=dtype,
+                           ceil_mode=ceil, count_include_pad=counted)
+        function = lambda x: torch.nn.functional.avg_pool2d(  # noqa: E731
+            x, kernel, stride, padding, ceil_mode=ceil, count_include_pad=counted)
+    assert layer.tabled == (kind == 'avg' or ceil or dilation != 1)
+    compare_layer(layer, function, rng)
+
+
+def test_tabled_max_pooling_routes_ties_to_first_maximum():
+    layer = AdaptiveMaxPooling(3, (1, 1, 5, 5), dtype=np.float64)
+    assert layer.tabled
+    x = np.zeros((1, 1, 5, 5))
+    upstream = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3) + 1
+    layer.forward(x)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    torch.nn.functional.adaptive_max_pool2d(x_torch, 3).backward(
+        torch.from_numpy(upstream))
+    assert_close(layer.backward(upstream), x_torch.grad.numpy(), np.float64, 'ties')
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(dilation=2), r"`dilation` is for max pooling only"),
+    (dict(ceil_mode='yes'), r"`ceil_mode` must be True or False, got 'yes'"),
+    (dict(count_include_pad=None), r"`count_include_pad` must be True or False")])
+def test_bad_pooling_options_are_named(arguments, message):
+    with pytest.raises(LayerArgumentError, match=message):
+        AvgPooling(2, **arguments)
+
+
+@pytest.mark.parametrize('output_size', [0, (2, 0), (1, 2, 3), 'seven', 2.5])
+def test_bad_adaptive_output_size_is_named(output_size):
+    with pytest.raises(LayerArgumentError, match=r"AdaptiveAvgPooling `avgpool`: "
+                       r"`output_size` must be a positive int or a pair"):
+        AdaptiveAvgPooling(output_size)

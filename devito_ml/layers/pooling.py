@@ -1,17 +1,22 @@
 """Pooling: a generic window reduction with max and average wrappers."""
 
+import numbers
+
 import numpy as np
 import sympy
 from devito import Eq, Inc
 from sympy import Max, Min
 
 from devito_ml.layer import Layer
-from devito_ml.layers.window import padding_halo, window_output_size
+from devito_ml.layers.window import output_extent, padding_halo, window_output_size
+from devito_ml.layers.window_tables import (WindowTables, adaptive_windows,
+                                            sliding_windows)
 from devito_ml.symbolics import (CondEq, CondNe, Halo, Select, kernel_taps,
                                  register_sum, stuffed_extent, stuffed_halo)
-from devito_ml.validation import LayerArgumentError, as_pair
+from devito_ml.validation import LayerArgumentError, as_pair, check_flag
 
-__all__ = ['MaxPooling', 'AvgPooling', 'Subsampling', 'GlobalAvgPooling']
+__all__ = ['MaxPooling', 'AvgPooling', 'Subsampling', 'GlobalAvgPooling',
+           'AdaptiveAvgPooling', 'AdaptiveMaxPooling']
 
 
 class Pooling(Layer):
@@ -36,33 +41,83 @@ class Pooling(Layer):
     """
 
     reduction = None   # 'max' or 'avg'
+    dilation = (1, 1)
+    ceil_mode = False
+    count_include_pad = True
 
     def __init__(self, kernel_size, input_size=None, stride=None, padding=0, name=None,
-                 dtype=None, generate_code=False):
+                 dtype=None, generate_code=False, *, dilation=1, ceil_mode=False,
+                 count_include_pad=True):
         self.name = name or self.family
         self.kernel_size = as_pair(self, 'kernel_size', kernel_size, minimum=1)
         self.stride = self.kernel_size if stride is None else \
             as_pair(self, 'stride', stride, minimum=1)
         self.padding = as_pair(self, 'padding', padding, minimum=0)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+        self.dilation = as_pair(self, 'dilation', dilation, minimum=1)
+        if self.dilation != (1, 1) and self.reduction != 'max':
+            raise LayerArgumentError(f"{type(self).__name__} `{self.name}`: `dilation` "
+                                     f"is for max pooling only, got {dilation!r}")
+        self.ceil_mode = check_flag(self, 'ceil_mode', ceil_mode)
+        self.count_include_pad = check_flag(self, 'count_include_pad',
+                                            count_include_pad)
+        reach = [d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation)]
+        if any(2 * p > k for p, k in zip(self.padding, reach)):
             raise LayerArgumentError(
                 f"{type(self).__name__} `{self.name}`: `padding` must be at most half "
-                f"the kernel {self.kernel_size}, got {self.padding}")
+                f"the kernel {self.kernel_size}"
+                + (f" dilated by {self.dilation}" if self.dilation != (1, 1) else "")
+                + f", got {self.padding}")
         super().__init__(input_size, name, dtype, generate_code)
 
     @property
     def input_fill(self):
         return -np.inf if self.reduction == 'max' else 0.0
 
+    def axis_windows(self):
+        """The windows of the rows and of the columns (:class:`AxisWindows`), or
+        None where a kernel does not fit."""
+        _, _, h, w = self.input_size
+        return tuple(sliding_windows(size, k, s, p, d, self.ceil_mode,
+                                     self.count_include_pad)
+                     for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride,
+                                                 self.padding, self.dilation))
+
+    @property
+    def tabled(self):
+        """Whether the windows are read through index tables (``window_tables.py``):
+        ceil_mode adding a window, dilation, or a mean that does not count the
+        padding. Other windows are loops with affine indices."""
+        if self.reduction is None:
+            return False
+        windows = self.axis_windows()
+        if None in windows:
+            return False
+        _, _, h, w = self.input_size
+        floor = [output_extent(size, k, s, p, 1) for size, k, s, p in
+                 zip((h, w), self.kernel_size, self.stride, self.padding)]
+        return self.dilation != (1, 1) or \
+            [axis.outputs for axis in windows] != floor or \
+            (self.reduction == 'avg' and not self.count_include_pad and
+             self.padding != (0, 0))
+
     @property
     def output_size(self):
-        return window_output_size(self, self.input_size[1], self.kernel_size)
+        if self.tabled:
+            rows, columns = self.axis_windows()
+            return self.input_size[:2] + (rows.outputs, columns.outputs)
+        return window_output_size(self, self.input_size[1], self.kernel_size,
+                                  self.dilation)
 
     @property
     def input_halo(self):
-        return padding_halo(self.padding)
+        return Halo.none(4) if self.tabled else padding_halo(self.padding)
 
     def _create_functions(self):
+        if self.tabled:
+            if self.reduction == 'max':
+                self.argmax = self.tensor('argmax', self.out_storage, self.output_size)
+            self.tables = WindowTables(self, *self.axis_windows(), self.reduction)
+            return
         _, c, h, w = self.input_size
         n, _, oh, ow = self.output_size
         r, q = self.kernel_size
@@ -92,6 +147,8 @@ class Pooling(Layer):
         return kernel_taps(*self.kernel_size, self.ky, self.kx)
 
     def _forward_equations(self, training):
+        if self.tabled:
+            return self.tables.forward_equations()
         out = self.result[self.out_dims]
         taps = [self._tap(i, j) for i, j in self._taps()]
         if self.reduction == 'max':
@@ -153,6 +210,8 @@ class Pooling(Layer):
                       for i, j in self._taps()]
 
     def _backward_equations(self, training):
+        if self.tabled:
+            return self.tables.backward_equations()
         if self._disjoint_max:
             return self._disjoint_max_gradient()
         n, c, y, x = self.out_dims
@@ -339,3 +398,92 @@ class GlobalAvgPooling(AvgPooling):
         area = self.kernel_size[0] * self.kernel_size[1]
         return [Eq(self.input_gradients[n, c, h, w],
                    self.result_gradients[n, c, 0, 0] / area)]
+
+
+class AdaptivePooling(Pooling):
+    """Base of adaptive pooling: ``output_size`` windows whatever the input size,
+    output ``i`` over inputs ``floor(i * in / out)`` to ``ceil((i + 1) * in / out)``
+    (excluded), as ``torch.nn.AdaptiveAvgPool2d`` / ``AdaptiveMaxPool2d``: windows
+    may differ in size, overlap, or repeat inputs (more outputs than inputs).
+
+    Windows that are all one kernel at one stride run as such (7x7 from 14x14:
+    2x2, stride 2); others read index tables (``window_tables.py``).
+    """
+
+    def __init__(self, output_size, input_size=None, name=None, dtype=None,
+                 generate_code=False):
+        self.name = name or self.family
+        sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) \
+            else (output_size, output_size)
+        if len(sizes) != 2 or not all(
+                s is None or (isinstance(s, numbers.Integral) and s >= 1) for s in sizes):
+            raise LayerArgumentError(
+                f"{type(self).__name__} `{self.name}`: `output_size` must be a positive "
+                f"int or a pair of them (None keeps the input's extent), got "
+                f"{output_size!r}")
+        self.target_size = tuple(None if s is None else int(s) for s in sizes)
+        self.kernel_size = self.stride = (1, 1)
+        self.padding = (0, 0)
+        Layer.__init__(self, input_size, name, dtype, generate_code)
+
+    def _check_input_size(self, input_size):
+        size = super()._check_input_size(input_size)
+        rows, columns = self._windows(size)
+        if rows.regular and columns.regular:
+            (kh, sh), (kw, sw) = rows.regular, columns.regular
+            self.kernel_size, self.stride = (kh, kw), (sh, sw)
+        return size
+
+    def _windows(self, input_size):
+        _, _, h, w = input_size
+        return tuple(adaptive_windows(size, size if out is None else out)
+                     for size, out in zip((h, w), self.target_size))
+
+    def axis_windows(self):
+        return self._windows(self.input_size)
+
+    @property
+    def tabled(self):
+        return any(axis.regular is None for axis in self.axis_windows())
+
+
+class AdaptiveAvgPooling(AdaptivePooling):
+    """Average pooling to ``output_size``, as ``torch.nn.AdaptiveAvgPool2d``.
+
+    Parameters
+    ----------
+    output_size : int or pair of int
+        Rows and columns of the output (None in a pair keeps the input's).
+    input_size : tuple of int, optional
+        ``(batch, channels, rows, cols)``; inferred inside a net.
+
+    Shape
+    -----
+    ``(N, C, H, W) -> (N, C, OH, OW)``.
+
+    Examples
+    --------
+    >>> AdaptiveAvgPooling(7, input_size=(1, 2, 3, 3)).output_size
+    (1, 2, 7, 7)
+    >>> AdaptiveAvgPooling((2, None), input_size=(1, 2, 5, 4)).output_size
+    (1, 2, 2, 4)
+    """
+
+    family = 'avgpool'
+    reduction = 'avg'
+
+
+class AdaptiveMaxPooling(AdaptivePooling):
+    """Max pooling to ``output_size``, as ``torch.nn.AdaptiveMaxPool2d`` (the
+    gradient goes to each window's first maximum).
+
+    Parameters are those of :class:`AdaptiveAvgPooling`.
+
+    Examples
+    --------
+    >>> AdaptiveMaxPooling((3, 2), input_size=(1, 2, 8, 5)).output_size
+    (1, 2, 3, 2)
+    """
+
+    family = 'pool'
+    reduction = 'max'
