@@ -120,3 +120,24 @@ def test_weight_gradient_has_no_atomics():
 def test_bad_arguments_are_named(arguments, message):
     with pytest.raises((LayerArgumentError, ShapeError), match=message):
         Conv(**arguments)
+
+
+@pytest.mark.parametrize('kernel, dilation', [((3, 3), 1), ((5, 3), (1, 2)),
+                                              ((4, 3), (2, 1))])
+def test_same_padding_keeps_the_size_and_matches_torch(kernel, dilation, rng):
+    layer = Conv((3,) + kernel, (2, 2, 7, 6), padding='same', dilation=dilation,
+                 dtype=np.float64)
+    assert layer.output_size == (2, 3, 7, 6)
+    compare_layer(layer, torch.nn.Conv2d(2, 3, kernel, padding='same',
+                                         dilation=dilation), rng)
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (dict(padding='full'), r"`padding` must be an int, a pair of ints, 'valid' or "
+     r"'same', got 'full'"),
+    (dict(padding='same', stride=2), r"padding='same' needs stride 1"),
+    (dict(kernel_size=(2, 4, 4), padding='same'), r"pads one more row or column")])
+def test_bad_string_padding_is_named(arguments, message):
+    arguments = {'kernel_size': (2, 3, 3), **arguments}
+    with pytest.raises(LayerArgumentError, match=message):
+        Conv(**arguments)

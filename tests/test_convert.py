@@ -51,12 +51,26 @@ def test_vgg_and_alexnet_style(rng):
           (3, 32, 32), 2, rng)
 
 
+def test_pooling_options_same_padding_and_adaptive_pools(rng):
+    """ceil_mode, dilation, uncounted padding, padding='same', adaptive pools to
+    sizes that neither divide nor equal their input (and a larger one)."""
+    module = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding='same'), nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        nn.Conv2d(4, 4, (3, 5), padding='same', dilation=(2, 1)),
+        nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        nn.MaxPool2d(2, stride=1, padding=1, dilation=2),
+        nn.AdaptiveMaxPool2d((3, 2)), nn.Conv2d(4, 3, 1, padding='valid'),
+        nn.AdaptiveAvgPool2d(5), nn.Flatten(), nn.Linear(75, 4))
+    check(module, (2, 13, 12), 2, rng)
+
+
 @pytest.mark.parametrize('module, path, culprit', [
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.ReLU(), nn.GELU())), '1.1',
      'GELU'),
-    (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), '0', 'MaxPool2d'),
-    (nn.Sequential(nn.Conv2d(1, 2, 3, padding='same')), '0', 'Conv2d'),
-    (nn.Sequential(nn.AdaptiveAvgPool2d(2)), '0', 'AdaptiveAvgPool2d'),
+    (nn.Sequential(nn.MaxPool2d(2, return_indices=True)), '0', 'MaxPool2d'),
+    (nn.Sequential(nn.Conv2d(1, 2, 4, padding='same')), '0', 'Conv2d'),
+    (nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), '0', 'AvgPool2d'),
 ])
 def test_unsupported_modules_are_named_with_their_path(module, path, culprit):
     with pytest.raises(UnsupportedModuleError, match=f"`{culprit}` at `{path}`"):

@@ -12,7 +12,8 @@ from devito_ml.layers.dropout import Dropout
 from devito_ml.layers.elementwise import ActivationLayer
 from devito_ml.layers.merge import Add
 from devito_ml.layers.normalization import BatchNorm
-from devito_ml.layers.pooling import AvgPooling, GlobalAvgPooling, MaxPooling
+from devito_ml.layers.pooling import (AdaptiveAvgPooling, AdaptiveMaxPooling,
+                                      AvgPooling, GlobalAvgPooling, MaxPooling)
 from devito_ml.layers.reshape import Flat
 from devito_ml.models.common import at
 from devito_ml.net import Net
@@ -32,9 +33,10 @@ def from_torch(module, input_shape, batch_size, dtype=np.float32, name='net',
                loss='cross_entropy'):
     """A :class:`~devito_ml.Net` computing what ``module`` computes, with its weights.
 
-    Supported: ``Sequential``, ``Conv2d`` (zero padding), ``BatchNorm2d``,
-    ``MaxPool2d``, ``AvgPool2d`` (padding counted), ``AdaptiveAvgPool2d`` to 1x1
-    (or to the size it is given, the identity), ``Dropout``, ``ReLU``,
+    Supported: ``Sequential``, ``Conv2d`` (zero padding; ``'same'`` where it pads
+    both sides alike), ``BatchNorm2d``, ``MaxPool2d`` and ``AvgPool2d`` (every
+    option but ``return_indices`` and ``divisor_override``), ``AdaptiveAvgPool2d``
+    and ``AdaptiveMaxPool2d`` to any size, ``Dropout``, ``ReLU``,
     ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``Identity``, ``Flatten``, ``Linear``;
     torchvision-style ``BasicBlock``/``Bottleneck`` (``conv1``, ``bn1``, ...,
     ``downsample``), ResNets (``conv1``, ``bn1``, ``relu``, ``maxpool``,
@@ -162,8 +164,13 @@ class _Converter:
     def leaf(self, module, path):
         nn = self.nn
         if isinstance(module, nn.Conv2d):
-            if module.padding_mode != 'zeros' or isinstance(module.padding, str):
-                self.refuse(module, path, 'only numeric zero padding')
+            if module.padding_mode != 'zeros':
+                self.refuse(module, path, 'only zero padding')
+            if module.padding == 'same' and any(
+                    d * (k - 1) % 2 for k, d in zip(module.kernel_size, module.dilation)):
+                self.refuse(module, path, "padding='same' padding one more row or "
+                            "column after than before (an even kernel): devito_ml pads "
+                            "both sides alike")
             return Conv((module.out_channels,) + tuple(module.kernel_size),
                         stride=module.stride, padding=module.padding,
                         dilation=module.dilation, groups=module.groups,
@@ -174,24 +181,28 @@ class _Converter:
             return BatchNorm(eps=module.eps, momentum=module.momentum,
                              affine=module.affine)
         if isinstance(module, nn.MaxPool2d):
-            if module.ceil_mode or module.dilation not in (1, (1, 1)):
-                self.refuse(module, path, 'no ceil_mode, no dilation')
+            if module.return_indices:
+                self.refuse(module, path, 'no return_indices')
             return MaxPooling(module.kernel_size, stride=module.stride,
-                              padding=module.padding)
+                              padding=module.padding, dilation=module.dilation,
+                              ceil_mode=module.ceil_mode)
         if isinstance(module, nn.AvgPool2d):
-            if module.ceil_mode or not module.count_include_pad or \
-                    module.divisor_override is not None:
-                self.refuse(module, path, 'only count_include_pad=True, no ceil_mode')
+            if module.divisor_override is not None:
+                self.refuse(module, path, 'no divisor_override')
             return AvgPooling(module.kernel_size, stride=module.stride,
-                              padding=module.padding)
+                              padding=module.padding, ceil_mode=module.ceil_mode,
+                              count_include_pad=module.count_include_pad)
         if isinstance(module, nn.AdaptiveAvgPool2d):
             given, produced = self.shapes.get(path, (None, None))
             if produced is not None and produced[1:] == (1, 1):
                 return GlobalAvgPooling()
             if produced is not None and produced == given:
                 return IDENTITY
-            self.refuse(module, path, f"output size {module.output_size} is neither 1 "
-                        "nor its input size")
+            return AdaptiveAvgPooling(module.output_size)
+        if isinstance(module, nn.AdaptiveMaxPool2d):
+            if module.return_indices:
+                self.refuse(module, path, 'no return_indices')
+            return AdaptiveMaxPooling(module.output_size)
         if isinstance(module, nn.Dropout):
             return Dropout(module.p)
         if isinstance(module, nn.Flatten):

@@ -48,7 +48,9 @@ class Conv(WeightedLayer):
         ``(batch, channels, rows, cols)``; inside a net it is inferred from what
         feeds the layer.
     stride, padding, dilation : int or pair of int
-        As ``torch.nn.Conv2d``; padding is zeros.
+        As ``torch.nn.Conv2d``; padding is zeros, and may be ``'valid'`` (none) or
+        ``'same'`` (stride 1, where it pads both sides alike: an odd kernel, or an
+        even reach ``dilation * (kernel - 1)``).
     bias : bool
         Whether to add a learnt bias per output channel.
     activation : Activation or callable, optional
@@ -104,8 +106,8 @@ class Conv(WeightedLayer):
         self.name = name or self.family
         self.kernel_size = check_positive_ints(self, 'kernel_size', kernel_size, 3)
         self.stride = as_pair(self, 'stride', stride, minimum=1)
-        self.padding = as_pair(self, 'padding', padding, minimum=0)
         self.dilation = as_pair(self, 'dilation', dilation, minimum=1)
+        self.padding = self._padding(padding)
         if not isinstance(groups, numbers.Integral) or groups < 1:
             raise LayerArgumentError(f"Conv `{self.name}`: `groups` must be a positive "
                                      f"int, got {groups!r}")
@@ -117,6 +119,28 @@ class Conv(WeightedLayer):
         self.has_bias = bool(bias)
         self.activation = as_activation(activation)
         super().__init__(input_size, name, dtype, generate_code, seed)
+
+    def _padding(self, padding):
+        """``padding`` as a pair of ints; ``'valid'`` is none, ``'same'`` keeps the
+        input size at stride 1 (as torch), where it is symmetric."""
+        if not isinstance(padding, str):
+            return as_pair(self, 'padding', padding, minimum=0)
+        if padding == 'valid':
+            return (0, 0)
+        if padding != 'same':
+            raise LayerArgumentError(f"Conv `{self.name}`: `padding` must be an int, a "
+                                     f"pair of ints, 'valid' or 'same', got {padding!r}")
+        if self.stride != (1, 1):
+            raise LayerArgumentError(f"Conv `{self.name}`: padding='same' needs stride "
+                                     f"1 (as torch), got stride {self.stride}")
+        reach = [d * (k - 1) for k, d in zip(self.kernel_size[1:], self.dilation)]
+        if any(r % 2 for r in reach):
+            raise LayerArgumentError(
+                f"Conv `{self.name}`: padding='same' with kernel "
+                f"{self.kernel_size[1:]} and dilation {self.dilation} pads one more "
+                "row or column after than before (torch does), and devito_ml pads "
+                "both sides alike; use an odd kernel, or pad the input yourself")
+        return tuple(r // 2 for r in reach)
 
     def _check_input_size(self, input_size):
         size = super()._check_input_size(input_size)
