@@ -14,10 +14,13 @@ __all__ = ['main']
 
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 DATASETS = ('digits', 'mnist', 'fashion-mnist')
-MODELS = ('lenet', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-          'resnext50', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'vgg11_bn', 'vgg13_bn',
-          'vgg16_bn', 'vgg19_bn', 'alexnet')
-MODELS_HELP = ("lenet: LeNet-5. resnet*/resnext50: torchvision's blocks with the "
+RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
+           'resnext50_32x4d', 'resnext101_32x8d', 'wide_resnet50_2', 'wide_resnet101_2')
+MODELS = ('lenet',) + RESNETS + ('resnext50', 'vgg11', 'vgg13', 'vgg16', 'vgg19',
+                                 'vgg11_bn', 'vgg13_bn', 'vgg16_bn', 'vgg19_bn',
+                                 'alexnet')
+MODELS_HELP = ("lenet: LeNet-5. resnet*, resnext*, wide_resnet* (torchvision's names; "
+               "resnext50 is resnext50_32x4d): torchvision's blocks with the "
                "small-input stem (3x3 stride 1, no max pooling), WIDTH channels in "
                "the first stage. vgg*: images zero-padded to at least 32x32 (five "
                "poolings), WIDTH channels first, HIDDEN classifier units. alexnet: "
@@ -71,10 +74,9 @@ def _model(args, image_size, channels=1, classes=10):
                              classes=classes, dtype=args.dtype, seed=args.seed)
     common.update(image_size=tuple(image_size), in_channels=channels, classes=classes,
                   width=args.width)
-    if args.model.startswith('resnet'):
-        return models.resnet(int(args.model[6:]), small_input=True, **common)
-    if args.model == 'resnext50':
-        return models.resnext50_32x4d(small_input=True, **common)
+    if args.model in RESNETS or args.model == 'resnext50':
+        name = 'resnext50_32x4d' if args.model == 'resnext50' else args.model
+        return getattr(models, name)(small_input=True, **common)
     if args.model.startswith('vgg'):
         depth = int(args.model[3:5])
         return models.vgg(depth, batch_norm=args.model.endswith('_bn'),

@@ -13,6 +13,7 @@ import torch
 from devito_ml.interop import torch_models
 from devito_ml import Dropout
 from devito_ml.interop import load_torch_state_dict, torch_names, torch_state_dict
+from devito_ml import models
 from devito_ml.models import alexnet, resnet, vgg
 from reference import TOLERANCE, assert_close, torch_dtype
 
@@ -157,3 +158,28 @@ def test_vgg_structure_is_torchvisions(depth, batch_norm):
     ours = {name: tuple(data.shape) for name, data in torch_names(net).items()}
     assert ours == {name: tuple(value.shape)
                     for name, value in twin.state_dict().items()}
+
+
+@pytest.mark.parametrize('name, depth, groups, width_per_group, width', [
+    ('resnext101_32x8d', 101, 32, 8, 8), ('wide_resnet50_2', 50, 1, 128, 2),
+    ('wide_resnet101_2', 101, 1, 128, 2)])
+def test_wide_and_resnext_structures_are_torchvisions(name, depth, groups,
+                                                      width_per_group, width):
+    """The full-depth nets under torchvision's names, by parameter name and shape."""
+    net = getattr(models, name)(batch_size=1, image_size=(32, 32), classes=10,
+                                width=width)
+    assert net.name == name
+    twin = torch_models.resnet(depth, 10, width, 3, False, groups=groups,
+                               width_per_group=width_per_group)
+    ours = {key: tuple(data.shape) for key, data in torch_names(net).items()}
+    assert ours == {key: tuple(value.shape) for key, value in twin.state_dict().items()}
+    load_torch_state_dict(net, twin.state_dict())
+
+
+def test_wide_resnet_matches_torch_at_reduced_width(rng):
+    net = models.wide_resnet50_2(batch_size=2, image_size=(10, 9), classes=3, width=2,
+                                 small_input=True, blocks=SHALLOW, dtype=np.float64,
+                                 seed=2)
+    compare_model(net, lambda: torch_models.resnet(50, 3, 2, 3, True,
+                                                   width_per_group=128,
+                                                   blocks=SHALLOW), rng, True)

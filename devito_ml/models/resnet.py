@@ -15,7 +15,8 @@ from devito_ml.models.common import at, kaiming_normal
 from devito_ml.net import Net
 
 __all__ = ['resnet', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-           'resnext50_32x4d', 'DEPTHS']
+           'resnext50_32x4d', 'resnext101_32x8d', 'wide_resnet50_2', 'wide_resnet101_2',
+           'DEPTHS']
 
 DEPTHS = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
           50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3)),
@@ -105,7 +106,8 @@ def resnet(depth=18, batch_size=8, image_size=(224, 224), in_channels=3, classes
                                  stride, groups, width_per_group)
     h = Flat()(at(GlobalAvgPooling(), 'avgpool')(h))
     h = at(FullyConnected(classes), 'fc')(h)
-    label = name or (f"resnext{depth}" if groups > 1 else f"resnet{depth}")
+    label = name or (f"resnext{depth}" if groups > 1 else f"resnet{depth}"
+                     if width_per_group == 64 else f"wide_resnet{depth}")
     net = Net(h, batch_size=batch_size, dtype=dtype, seed=seed, name=label, loss=loss)
     return kaiming_normal(net, seed)
 
@@ -142,3 +144,28 @@ def resnext50_32x4d(**options):
     options.setdefault('groups', 32)
     options.setdefault('width_per_group', 4)
     return resnet(50, **options)
+
+
+def resnext101_32x8d(**options):
+    """ResNeXt-101 32x8d: ResNet-101 whose 3x3 convolutions have 32 groups of width
+    8; options as :func:`resnet` (see :func:`resnext50_32x4d` on reduced widths)."""
+    options.setdefault('groups', 32)
+    options.setdefault('width_per_group', 8)
+    options.setdefault('name', 'resnext101_32x8d')
+    return resnet(101, **options)
+
+
+def wide_resnet50_2(**options):
+    """Wide ResNet-50-2: ResNet-50 with bottlenecks twice as wide (width per group
+    128); options as :func:`resnet`."""
+    options.setdefault('width_per_group', 128)
+    options.setdefault('name', 'wide_resnet50_2')
+    return resnet(50, **options)
+
+
+def wide_resnet101_2(**options):
+    """Wide ResNet-101-2: ResNet-101 with bottlenecks twice as wide (width per group
+    128); options as :func:`resnet`."""
+    options.setdefault('width_per_group', 128)
+    options.setdefault('name', 'wide_resnet101_2')
+    return resnet(101, **options)
