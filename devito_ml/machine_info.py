@@ -88,7 +88,8 @@ def machine_report():
         f"CPU: {cpu.get('brand') or platform.processor() or platform.machine()}, "
         f"{cpu.get('physical')} cores; {present}",
         f"compiler: {_compiler_line()}",
-        f"threads: {os.environ.get('OMP_NUM_THREADS', 'all cores (OMP_NUM_THREADS unset)')}",
+        "threads: " + os.environ.get(
+            'OMP_NUM_THREADS', 'all cores (OMP_NUM_THREADS unset)'),
         f"vector width: {lanes} float32 lanes, {lanes // 2} float64, "
         f"{vector_registers()} registers; {source}",
         "schedules this width selects:",

@@ -31,8 +31,8 @@ def devito_warnings_are_errors():
 
 @pytest.fixture(params=WIDTHS, ids=lambda lanes: f'{lanes}lanes')
 def width(request, monkeypatch):
-    """float32 lanes: schedules made for each vector width in turn (``DEVITO_ML_LANES``), whatever
-    this CPU's own width."""
+    """float32 lanes: schedules made for each vector width in turn
+    (``DEVITO_ML_LANES``), whatever this CPU's own width."""
     monkeypatch.setenv(LANES_VARIABLE, str(request.param))
     return request.param
 

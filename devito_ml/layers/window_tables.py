@@ -17,7 +17,8 @@ stores them as integer tables and writes the equations:
         g_{n,c,\\bar{R}_{hs},\\bar{C}_{wt}}\\\\
     \\text{max:}\\quad y_{ncij} &= \\max_{u,v} x_{n,c,R_{iu},C_{jv}},\\qquad
     \\partial x_{nchw} = \\sum_{s,t} \\bar{a}_{hs} \\bar{b}_{wt}\\,
-        g_{n,c,\\bar{R}_{hs},\\bar{C}_{wt}}\\,[p_{n,c,\\bar{R}_{hs},\\bar{C}_{wt}} = hW + w]
+        g_{n,c,\\bar{R}_{hs},\\bar{C}_{wt}}\\,
+        [p_{n,c,\\bar{R}_{hs},\\bar{C}_{wt}} = hW + w]
 
 where :math:`R_{iu}` is the ``u``-th input row of output row ``i`` (the window's
 first row again past its end: a repeated tap changes neither a maximum nor,
