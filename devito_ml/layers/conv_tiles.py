@@ -14,7 +14,8 @@ schedule, after ``../shared/notes/fast-conv.md``:
 
 - ``k`` is split into blocks of one vector register
   (:func:`~devito_ml.vector_width.vector_lanes`); the lane loop is a
-  :class:`~devito_ml.lanes.LaneDimension`, vectorised by :mod:`devito_ml.lanes` although a reduction loop runs inside it.
+  :class:`~devito_ml.lanes.LaneDimension`, vectorised by :mod:`devito_ml.lanes`
+  although a reduction loop runs inside it.
 - A tile of ``columns x blocks`` outputs lives in Scalars (one vector register
   each) while the loop over ``c`` runs; every tap is one fused multiply-add
   statement (``fmaf``: with ``-ffast-math`` gcc reassociates ``a + w*x`` chains into
