@@ -75,3 +75,62 @@ def test_pooling_options_same_padding_and_adaptive_pools(rng):
 def test_unsupported_modules_are_named_with_their_path(module, path, culprit):
     with pytest.raises(UnsupportedModuleError, match=f"`{culprit}` at `{path}`"):
         from_torch(module, (1, 6, 6), 1)
+
+
+class TorchvisionClassifier(nn.Module):
+    """torchvision's VGG and AlexNet: features, an adaptive average pool kept
+    whatever the input size, flatten, classifier."""
+
+    def __init__(self, features, pool, classifier):
+        super().__init__()
+        self.features, self.avgpool, self.classifier = features, pool, classifier
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def torchvision_classifier(kind, side, width=4, hidden=8, classes=5):
+    """VGG-16, VGG-19-BN or AlexNet at ``width / 64`` of their channels, with
+    torchvision's pools (7x7; AlexNet 6x6) on ``side`` x ``side`` images."""
+    if kind == 'alexnet':
+        features = torch_models.alexnet((side, side), 3, classes, width, hidden).features
+        channels, pooled = torch_models.scaled(256, width), 6
+    else:
+        depth, batch_norm = int(kind[3:5]), kind.endswith('_bn')
+        features = torch_models.vgg(depth, batch_norm, (side, side), 3, classes, width,
+                                    hidden).features
+        channels, pooled = torch_models.scaled(512, width), 7
+    head = torch_models.classifier(channels * pooled * pooled, classes, hidden,
+                                   alexnet=kind == 'alexnet', dropout=nn.Identity)
+    return TorchvisionClassifier(features, nn.AdaptiveAvgPool2d((pooled, pooled)), head)
+
+
+@pytest.mark.parametrize('kind, side', [('vgg16', 32), ('vgg19_bn', 48),
+                                        ('alexnet', 63), ('alexnet', 96)])
+def test_torchvision_vgg_and_alexnet_at_small_inputs(kind, side, rng):
+    """Their adaptive pools replicate or average small maps into 7x7 (6x6): the
+    converted net agrees in evaluation, and in training every gradient does."""
+    module = torchvision_classifier(kind, side)
+    net = check(module, (3, side, side), 2, rng)
+    net.train()
+    module.train()
+    x = rng.standard_normal((2, 3, side, side))
+    labels = rng.integers(0, 5, 2)
+    net.forward(x)
+    loss = net.backward(labels)
+    reference = nn.functional.cross_entropy(module(torch.from_numpy(x)),
+                                            torch.from_numpy(labels))
+    reference.backward()
+    assert_close(loss, reference.item(), np.float64, 'loss')
+    parameters = dict(module.named_parameters())
+    largest = max(p.grad.abs().max().item() for p in parameters.values())
+    roles = {'W': 'weight', 'b': 'bias'}
+    for layer in net.layers:
+        for role, gradient in layer.gradients().items():
+            name = f"{layer.path}.{roles[role]}"
+            want = parameters[name].grad.numpy()
+            # a convolution's bias before a BatchNorm has a vanishing gradient: it
+            # is measured against the largest gradient of the net
+            scale = np.abs(want).max()
+            scale = largest if scale < 1e-6 * largest else scale
+            assert np.abs(gradient.data - want).max() <= 1e-10 * scale, name

@@ -40,3 +40,20 @@ def test_to_torch_copies_every_layer_kind_and_activation():
     x = np.random.default_rng(0).random((2, 1, 6, 6))
     expected = to_torch(net)(torch.from_numpy(x)).detach().numpy()
     assert np.allclose(net.forward(x), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_to_torch_keeps_groups_and_pooling_options():
+    from devito_ml import (AdaptiveAvgPooling, AdaptiveMaxPooling, AvgPooling, Conv,
+                           Flat, FullyConnected, MaxPooling, Net)
+    from devito_ml.interop import to_torch
+    net = Net([Conv((4, 3, 3), padding='same', groups=2),
+               MaxPooling(3, stride=2, dilation=1, ceil_mode=True),
+               AvgPooling(3, stride=2, padding=1, ceil_mode=True,
+                          count_include_pad=False),
+               AdaptiveMaxPooling((3, 2)), AdaptiveAvgPooling(4), Flat(),
+               FullyConnected(3)],
+              batch_size=2, input_shape=(2, 11, 10), dtype=np.float64, loss='mse',
+              seed=0)
+    x = np.random.default_rng(0).random((2, 2, 11, 10))
+    expected = to_torch(net)(torch.from_numpy(x)).detach().numpy()
+    assert np.allclose(net.forward(x), expected, rtol=1e-12, atol=1e-14)

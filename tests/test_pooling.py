@@ -9,7 +9,7 @@ from sympy import Max
 
 from devito_ml import (AdaptiveAvgPooling, AdaptiveMaxPooling, AvgPooling,
                        LayerArgumentError, MaxPooling, Subsampling)
-from devito_ml.layers.window_tables import adaptive_windows
+from devito_ml.layers.window_tables import adaptive_windows, sliding_windows
 from reference import DTYPES, assert_close, compare_layer
 
 CASES = [((2, 3, 8, 8), 2, None, 0), ((1, 2, 7, 9), 3, 1, 1), ((3, 2, 9, 8), 3, 2, 1),
@@ -181,3 +181,31 @@ def test_bad_adaptive_output_size_is_named(output_size):
     with pytest.raises(LayerArgumentError, match=r"AdaptiveAvgPooling `avgpool`: "
                        r"`output_size` must be a positive int or a pair"):
         AdaptiveAvgPooling(output_size)
+
+
+def test_sliding_windows_have_torchs_output_extent_and_divisors():
+    """Every kernel, stride, padding, dilation and mode on 1-12 inputs: the number of
+    windows is torch's output extent, and the mean of ones is torch's (the divisor)."""
+    for size in range(1, 13):
+        for kernel in range(1, 5):
+            for stride in range(1, 4):
+                for padding in range(0, kernel // 2 + 1):
+                    for dilation, ceil, counted in [(1, False, True), (1, True, True),
+                                                    (1, True, False), (2, True, True)]:
+                        windows = sliding_windows(size, kernel, stride, padding,
+                                                  dilation, ceil, counted)
+                        x = torch.ones((1, 1, 1, size))
+                        if dilation * (kernel - 1) + 1 > size + 2 * padding or \
+                                2 * padding > dilation * (kernel - 1) + 1:
+                            continue
+                        out = torch.nn.functional.max_pool2d(
+                            x, (1, kernel), (1, stride), (0, padding), (1, dilation),
+                            ceil_mode=ceil)
+                        assert windows.outputs == out.shape[-1]
+                        if dilation == 1:
+                            mean = torch.nn.functional.avg_pool2d(
+                                x, (1, kernel), (1, stride), (0, padding),
+                                ceil_mode=ceil, count_include_pad=counted)[0, 0, 0]
+                            ours = [len(t) / d for t, d in zip(windows.taps,
+                                                                windows.divisors)]
+                            assert np.allclose(ours, mean.numpy())

@@ -78,10 +78,18 @@ def to_torch(net):
             module = torch.nn.Conv2d(layer.input_size[1], layer.kernel_size[0],
                                      layer.kernel_size[1:], stride=layer.stride,
                                      padding=layer.padding, dilation=layer.dilation,
-                                     bias=layer.has_bias)
-        elif isinstance(layer, pooling.Pooling) and layer.reduction in ('max', 'avg'):
-            kind = torch.nn.MaxPool2d if layer.reduction == 'max' else torch.nn.AvgPool2d
-            module = kind(layer.kernel_size, layer.stride, layer.padding)
+                                     groups=layer.groups, bias=layer.has_bias)
+        elif isinstance(layer, pooling.AdaptivePooling):
+            kind = torch.nn.AdaptiveMaxPool2d if layer.reduction == 'max' else \
+                torch.nn.AdaptiveAvgPool2d
+            module = kind(layer.target_size)
+        elif isinstance(layer, pooling.Pooling) and layer.reduction == 'max':
+            module = torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                        layer.dilation, ceil_mode=layer.ceil_mode)
+        elif isinstance(layer, pooling.Pooling) and layer.reduction == 'avg':
+            module = torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                        ceil_mode=layer.ceil_mode,
+                                        count_include_pad=layer.count_include_pad)
         elif isinstance(layer, reshape.Flat):
             module = torch.nn.Flatten()
         elif isinstance(layer, dense.FullyConnected):
