@@ -206,6 +206,6 @@ def test_sliding_windows_have_torchs_output_extent_and_divisors():
                             mean = torch.nn.functional.avg_pool2d(
                                 x, (1, kernel), (1, stride), (0, padding),
                                 ceil_mode=ceil, count_include_pad=counted)[0, 0, 0]
-                            ours = [len(t) / d for t, d in zip(windows.taps,
-                                                                windows.divisors)]
+                            ours = [len(t) / d for t, d in
+                                    zip(windows.taps, windows.divisors)]
                             assert np.allclose(ours, mean.numpy())
