@@ -6,6 +6,7 @@ from devito_ml.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from devito_ml.graph import Input
 from devito_ml.layer import Layer
 from devito_ml.layers.conv import Conv
+from devito_ml.layers.crop import Crop
 from devito_ml.layers.dropout import Dropout
 from devito_ml.layers.elementwise import ActivationLayer
 from devito_ml.layers.dense import FullyConnected, FullyConnectedSoftmax
@@ -19,7 +20,7 @@ from devito_ml.net import Net
 from devito_ml.validation import LayerArgumentError, ShapeError
 
 __all__ = ['Layer', 'Input', 'Conv', 'MaxPooling', 'AvgPooling', 'GlobalAvgPooling',
-           'AdaptiveAvgPooling', 'AdaptiveMaxPooling',
+           'AdaptiveAvgPooling', 'AdaptiveMaxPooling', 'Crop',
            'Subsampling', 'Flat', 'BatchNorm', 'Dropout', 'Add', 'Concat',
            'ActivationLayer',
            'FullyConnected', 'FullyConnectedSoftmax', 'Net',

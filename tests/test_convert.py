@@ -65,11 +65,38 @@ def test_pooling_options_same_padding_and_adaptive_pools(rng):
     check(module, (2, 13, 12), 2, rng)
 
 
+def test_same_padding_with_even_kernels_pads_and_crops(rng):
+    """torch pads one more row or column after than before: the converted net pads
+    both sides by that much and crops the first, in the forward pass and in
+    every gradient."""
+    module = nn.Sequential(nn.Conv2d(2, 3, (4, 3), padding='same'), nn.ReLU(),
+                           nn.Conv2d(3, 2, (2, 2), padding='same', dilation=(1, 3)),
+                           nn.Flatten(), nn.Linear(2 * 7 * 6, 3)).double()
+    net = check(module, (2, 7, 6), 2, rng)
+    assert [type(layer).__name__ for layer in net.layers][:4] == \
+        ['Conv', 'Crop', 'ActivationLayer', 'Conv']
+    x = rng.standard_normal((2, 2, 7, 6))
+    labels = np.array([0, 2])
+    net.forward(x)
+    loss = net.backward(labels)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    reference = nn.functional.cross_entropy(module(tx), torch.from_numpy(labels))
+    reference.backward()
+    assert_close(loss, reference.item(), np.float64, 'loss')
+    gradients = net.gradients()
+    for layer, index in (('m0', 0), ('m2', 2), ('m4', 4)):
+        assert_close(gradients[f"{layer}_W"], module[index].weight.grad.numpy(),
+                     np.float64, layer)
+    labels_gradient = net.input_gradient(x, labels)
+    assert_close(labels_gradient, tx.grad.numpy(), np.float64, 'input gradient')
+
+
 @pytest.mark.parametrize('module, path, culprit', [
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.ReLU(), nn.GELU())), '1.1',
      'GELU'),
     (nn.Sequential(nn.MaxPool2d(2, return_indices=True)), '0', 'MaxPool2d'),
-    (nn.Sequential(nn.Conv2d(1, 2, 4, padding='same')), '0', 'Conv2d'),
+    (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode='reflect')), '0',
+     'Conv2d'),
     (nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), '0', 'AvgPool2d'),
 ])
 def test_unsupported_modules_are_named_with_their_path(module, path, culprit):

@@ -7,6 +7,7 @@ from devito_ml import activations
 from devito_ml.graph import Input
 from devito_ml.interop.state import load_torch_state_dict
 from devito_ml.layers.conv import Conv
+from devito_ml.layers.crop import Crop
 from devito_ml.layers.dense import FullyConnected
 from devito_ml.layers.dropout import Dropout
 from devito_ml.layers.elementwise import ActivationLayer
@@ -33,8 +34,8 @@ def from_torch(module, input_shape, batch_size, dtype=np.float32, name='net',
                loss='cross_entropy'):
     """A :class:`~devito_ml.Net` computing what ``module`` computes, with its weights.
 
-    Supported: ``Sequential``, ``Conv2d`` (zero padding; ``'same'`` where it pads
-    both sides alike), ``BatchNorm2d``, ``MaxPool2d`` and ``AvgPool2d`` (every
+    Supported: ``Sequential``, ``Conv2d`` (zero padding, ``'same'`` included: where
+    torch pads one side more, a :class:`~devito_ml.Crop` follows), ``BatchNorm2d``, ``MaxPool2d`` and ``AvgPool2d`` (every
     option but ``return_indices`` and ``divisor_override``), ``AdaptiveAvgPool2d``
     and ``AdaptiveMaxPool2d`` to any size, ``Dropout``, ``ReLU``,
     ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``Identity``, ``Flatten``, ``Linear``;
@@ -131,6 +132,9 @@ class _Converter:
             return self.activate(node, self.activations[type(module)](module))
         if isinstance(module, nn.Identity):
             return node
+        if isinstance(module, nn.Conv2d) and module.padding == 'same' and \
+                module.padding_mode == 'zeros':
+            return self.same_padded(module, node, path)
         leaf = self.leaf(module, path)
         if leaf is IDENTITY:
             return node
@@ -166,11 +170,6 @@ class _Converter:
         if isinstance(module, nn.Conv2d):
             if module.padding_mode != 'zeros':
                 self.refuse(module, path, 'only zero padding')
-            if module.padding == 'same' and any(
-                    d * (k - 1) % 2 for k, d in zip(module.kernel_size, module.dilation)):
-                self.refuse(module, path, "padding='same' padding one more row or "
-                            "column after than before (an even kernel): devito_ml pads "
-                            "both sides alike")
             return Conv((module.out_channels,) + tuple(module.kernel_size),
                         stride=module.stride, padding=module.padding,
                         dilation=module.dilation, groups=module.groups,
@@ -213,6 +212,21 @@ class _Converter:
             return FullyConnected((module.out_features, module.in_features),
                                   bias=module.bias is not None)
         return None
+
+    def same_padded(self, module, node, path):
+        """``Conv2d(padding='same')``: where torch pads one more row or column after
+        than before (an even reach ``dilation * (kernel - 1)``), both sides are
+        padded by the larger amount and a :class:`Crop` drops the extra first row
+        or column."""
+        reach = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation)]
+        conv = at(Conv((module.out_channels,) + tuple(module.kernel_size),
+                       padding=tuple(-(-r // 2) for r in reach),
+                       dilation=module.dilation, groups=module.groups,
+                       bias=module.bias is not None), path)
+        extra = tuple(r % 2 for r in reach)
+        node = conv(node)
+        return at(Crop(before=extra), self.join(path, 'crop'))(node) if any(extra) \
+            else node
 
     def block(self, module, node, path):
         """A torchvision BasicBlock or Bottleneck."""

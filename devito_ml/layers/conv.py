@@ -138,8 +138,9 @@ class Conv(WeightedLayer):
             raise LayerArgumentError(
                 f"Conv `{self.name}`: padding='same' with kernel "
                 f"{self.kernel_size[1:]} and dilation {self.dilation} pads one more "
-                "row or column after than before (torch does), and devito_ml pads "
-                "both sides alike; use an odd kernel, or pad the input yourself")
+                "row or column after than before (torch does), and a Conv pads both "
+                "sides alike: pad both by the larger amount and follow with "
+                "Crop(before=1) on that axis (what from_torch does)")
         return tuple(r // 2 for r in reach)
 
     def _check_input_size(self, input_size):
