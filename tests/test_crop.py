@@ -1,6 +1,5 @@
 """Crop against torch's slicing: forward and input gradient, both dtypes."""
 
-import numpy as np
 import pytest
 
 from devito_ml import Crop, ShapeError

@@ -35,9 +35,10 @@ def from_torch(module, input_shape, batch_size, dtype=np.float32, name='net',
     """A :class:`~devito_ml.Net` computing what ``module`` computes, with its weights.
 
     Supported: ``Sequential``, ``Conv2d`` (zero padding, ``'same'`` included: where
-    torch pads one side more, a :class:`~devito_ml.Crop` follows), ``BatchNorm2d``, ``MaxPool2d`` and ``AvgPool2d`` (every
-    option but ``return_indices`` and ``divisor_override``), ``AdaptiveAvgPool2d``
-    and ``AdaptiveMaxPool2d`` to any size, ``Dropout``, ``ReLU``,
+    torch pads one side more, a :class:`~devito_ml.Crop` follows), ``BatchNorm2d``,
+    ``MaxPool2d`` and ``AvgPool2d`` (every option but ``return_indices`` and
+    ``divisor_override``), ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` to any
+    size, ``Dropout``, ``ReLU``,
     ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``Identity``, ``Flatten``, ``Linear``;
     torchvision-style ``BasicBlock``/``Bottleneck`` (``conv1``, ``bn1``, ...,
     ``downsample``), ResNets (``conv1``, ``bn1``, ``relu``, ``maxpool``,
