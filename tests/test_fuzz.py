@@ -12,8 +12,10 @@ import sys
 import pytest
 
 from devito_ml.compiler import sanitizer_environment
+from devito_ml.vector_width import LANES_VARIABLE
 
 import tiled_convolutions
+from widths import WIDTHS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,8 +50,10 @@ def test_fuzzed_networks_agree_with_torch_and_stay_in_bounds(fuzz_options):
     assert drawn >= wanted, report
 
 
-def test_tiled_convolutions_stay_in_bounds():
+@pytest.mark.parametrize('lanes', WIDTHS, ids=lambda lanes: f'{lanes}lanes')
+def test_tiled_convolutions_stay_in_bounds(lanes):
     """The register tiles read padded flat tensors through computed indices, which
-    Devito does not check: AddressSanitizer does."""
-    run, report, _ = _run_sanitized('tiled_convolutions.py')
+    Devito does not check: AddressSanitizer does, for the tiles of every width."""
+    run, report, _ = _run_sanitized('tiled_convolutions.py',
+                                    extra_environment={LANES_VARIABLE: str(lanes)})
     assert f"{len(tiled_convolutions.SHAPES)} passed" in run.stdout, report
