@@ -199,6 +199,39 @@ def _bench(args):
     return 0
 
 
+def _folder_size(path):
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(folder, name))
+            except OSError:
+                continue
+    return total
+
+
+def _cache(args):
+    import shutil
+    from devito_ml import compiler, operator_cache
+    folders = compiler.jit_folders()
+    if args.clear:
+        removed = operator_cache.clear()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"removed {removed} lowered operators from {operator_cache.folder()} and "
+              f"{len(folders)} folders of compiled C")
+        return 0
+    count, size = operator_cache.usage()
+    state = '' if operator_cache.enabled() else ' (off: DEVITO_ML_OPERATOR_CACHE=0)'
+    print(f"lowered operators: {operator_cache.folder()}, {count} files, "
+          f"{size / 2**20:.1f} MiB{state}")
+    for folder in folders:
+        print(f"compiled C: {folder}, {_folder_size(folder) / 2**20:.1f} MiB")
+    if not folders:
+        print("compiled C: none yet")
+    return 0
+
+
 def _info(args):
     from devito_ml.machine_info import machine_report
     print('\n'.join(machine_report()))
@@ -261,6 +294,14 @@ def _parser():
         'compiler and its flags, the CPU and its vector extensions, the vector width '
         'the schedules are made for (detected, or forced with DEVITO_ML_LANES=4|8|16) '
         'and which register tiles that width selects.')
+    cache = commands.add_parser(
+        'cache', formatter_class=_HelpFormatter,
+        help='report (or with --clear empty) the caches of lowered operators and '
+        'compiled C',
+        description='Print where devito_ml keeps lowered operators (a file each, '
+        'reused by later processes) and the compiled C of its compilers, with their '
+        'sizes; --clear removes them (the next build starts cold).')
+    cache.add_argument('--clear', action='store_true', help='empty both caches')
     bench.add_argument('--out', default='bench', help='output folder')
     bench.add_argument('--rounds', type=int, default=7,
                        help='interleaved rounds per case')
@@ -326,8 +367,8 @@ def main(argv=None):
     """Entry point of ``devito-ml``."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == 'info':
-        return _reporting_errors(_info, args)
+    if args.command in ('info', 'cache'):
+        return _reporting_errors({'info': _info, 'cache': _cache}[args.command], args)
     if args.command == 'bench':
         if args.rounds < 1 or args.threads < 1:
             parser.error("--rounds and --threads must be positive")

@@ -25,8 +25,10 @@ preloaded, so arrays get red zones. The process must start with
 """
 
 import ctypes
+import glob
 import hashlib
 import os
+import tempfile
 import subprocess
 import time
 import warnings
@@ -37,7 +39,7 @@ from devito.data.allocators import PosixAllocator
 from devito.tools import make_tempdir
 
 __all__ = ['GnuCompiler', 'AsanGnuCompiler', 'compiler_name', 'compiler_flags',
-           'allocator',
+           'allocator', 'jit_folders',
            'sanitizer', 'sanitizer_environment', 'clear_stale_lock']
 
 SANITIZE = 'DEVITO_ML_SANITIZE'
@@ -124,6 +126,15 @@ class GnuCompiler(GNUCompiler):
     def jit_compile(self, soname, code):
         clear_stale_lock(os.path.join(self.get_codepy_dir(), soname[:7], 'lock'))
         return super().jit_compile(soname, code)
+
+
+def jit_folders():
+    """The folders of compiled C that devito_ml's compilers have written here (one
+    per set of flags, under the temporary directory)."""
+    root, uid = tempfile.gettempdir(), os.getuid()
+    return sorted(path for kind in ('jitcache', 'codepy')
+                  for path in glob.glob(os.path.join(root, f"devito-{kind}-*-uid{uid}"))
+                  if os.path.isdir(path))
 
 
 class AsanGnuCompiler(GnuCompiler):

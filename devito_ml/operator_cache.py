@@ -11,7 +11,10 @@ unpickled operator holds copies of the Functions: :class:`CompiledOperator` pass
 the net's own Functions by name on every call.
 
 The cache lives in ``$TMPDIR/devito_ml-operators-<uid>``; ``DEVITO_ML_OPERATOR_CACHE=0``
-turns it off. A file that cannot be read is rebuilt, never trusted.
+turns it off; ``devito-ml cache`` reports it and ``devito-ml cache --clear`` empties it
+(:func:`usage`, :func:`clear`). A file that cannot be read (truncated, corrupted, or
+written by another version of Devito or Python) is removed with a warning and rebuilt,
+never trusted.
 """
 
 import functools
@@ -19,6 +22,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import warnings
 
 import devito
 import numpy as np
@@ -27,15 +31,49 @@ from devito.symbolics import retrieve_functions
 
 from devito_ml import lanes
 
-__all__ = ['symbols_of', 'cache_key', 'load', 'store', 'enabled']
+__all__ = ['symbols_of', 'cache_key', 'load', 'store', 'enabled', 'folder', 'usage',
+           'clear']
 
 
 def enabled():
     return os.environ.get('DEVITO_ML_OPERATOR_CACHE', '1') != '0'
 
 
-def _folder():
+def folder():
+    """Where lowered operators are stored."""
     return os.path.join(tempfile.gettempdir(), f"devito_ml-operators-{os.getuid()}")
+
+
+def _names():
+    """Stored operators' file names, and leftovers of interrupted writes (``.op-*``)."""
+    try:
+        return [name for name in os.listdir(folder()) if name.endswith('.pkl')]
+    except FileNotFoundError:
+        return []
+
+
+def usage():
+    """``(files, bytes)`` the cache holds."""
+    sizes = []
+    for name in _names():
+        try:
+            sizes.append(os.path.getsize(os.path.join(folder(), name)))
+        except FileNotFoundError:     # removed meanwhile by another process
+            continue
+    return len(sizes), sum(sizes)
+
+
+def clear():
+    """Remove every stored operator (and leftovers of interrupted writes); return
+    how many files were removed."""
+    removed = 0
+    for name in _names():
+        try:
+            os.remove(os.path.join(folder(), name))
+        except FileNotFoundError:
+            continue
+        removed += 1
+    return removed
 
 
 def symbols_of(equations):
@@ -96,7 +134,7 @@ def _lowering_digest():
 
 def load(key):
     """The operator stored under ``key``, or None."""
-    path = os.path.join(_folder(), f"{key}.pkl")
+    path = os.path.join(folder(), f"{key}.pkl")
     try:
         with open(path, 'rb') as handle:
             operator, defaults = pickle.load(handle)
@@ -107,22 +145,29 @@ def load(key):
         return operator
     except FileNotFoundError:
         return None
-    except Exception:     # truncated, or from another version: rebuild
+    except Exception as error:     # truncated, corrupted, another version: rebuild
+        warnings.warn(f"devito_ml operator cache: `{path}` could not be read "
+                      f"({type(error).__name__}: {error}); removed, the operator is "
+                      "built again", RuntimeWarning, stacklevel=2)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
         return None
 
 
 def store(key, operator):
     """Write ``operator`` under ``key`` atomically (temporary file, then rename)."""
-    folder = _folder()
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix='.op-', suffix='.pkl')
+    target = folder()
+    os.makedirs(target, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target, prefix='.op-', suffix='.pkl')
     try:
         with os.fdopen(handle, 'wb') as stream:
             # a DefaultDimension's extent is not pickled (Devito 4.8): kept beside
             defaults = {d.name: d._default_value for d in operator.dimensions
                         if d.is_Default}
             pickle.dump((operator, defaults), stream)
-        os.replace(temporary, os.path.join(folder, f"{key}.pkl"))
+        os.replace(temporary, os.path.join(target, f"{key}.pkl"))
     except Exception:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -1,11 +1,15 @@
 """The disk cache of lowered operators: a net built again runs the unpickled
 operators on its own Functions, with the same results as freshly lowered ones."""
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 from devito_ml import Conv, Flat, FullyConnected, MaxPooling, Net, ReLU
 from devito_ml import operator_cache
+from devito_ml.cli import main
 from devito_ml.compiled import CompiledOperator, operator_options
 from devito_ml.compiler import compiler_flags
 
@@ -68,3 +72,47 @@ def test_a_changed_lowering_pass_is_another_key(monkeypatch):
     key = operator_cache.cache_key(equations, 'x')
     monkeypatch.setattr(operator_cache, '_lowering_digest', lambda: 'another pass')
     assert operator_cache.cache_key(equations, 'x') != key
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage'])
+def test_an_unreadable_entry_is_removed_with_a_warning_and_rebuilt(
+        fresh_results, monkeypatch, damage):
+    x, labels, output, loss, gradients = fresh_results
+    monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '1')
+    build().forward(x)                       # stores (or finds) the operators
+    net = build()
+    part = net.forward_operator.parts[0]
+    options = operator_options()
+    key = operator_cache.cache_key(net.forward_equations(True), part.name, **options,
+                                   flags=compiler_flags(options['compiler']))
+    path = os.path.join(operator_cache.folder(), f"{key}.pkl")
+    with open(path, 'rb') as handle:
+        stored = handle.read()
+    with open(path, 'wb') as handle:
+        handle.write(stored[:len(stored) // 2] if damage == 'truncated' else
+                     b'not a pickle' * 100)
+    with pytest.warns(RuntimeWarning, match=r"operator cache: `.*\.pkl` could not be "
+                      r"read .*removed, the operator is built again"):
+        rebuilt = build()
+        assert np.array_equal(rebuilt.forward(x), output)
+    assert rebuilt.backward(labels) == loss
+    assert operator_cache.load(key) is not None      # stored again, readable
+
+
+def test_cache_command_reports_and_clears(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+    compiled = tmp_path / f"devito-jitcache-0123456789-uid{os.getuid()}"
+    compiled.mkdir()
+    (compiled / 'kernel.so').write_bytes(b'x' * 2048)
+    os.makedirs(operator_cache.folder())
+    for name in ('a.pkl', 'b.pkl', '.op-interrupted.pkl'):
+        with open(os.path.join(operator_cache.folder(), name), 'wb') as handle:
+            handle.write(b'y' * 1024)
+    assert operator_cache.usage() == (3, 3072)
+    assert main(['cache']) == 0
+    report = capsys.readouterr().out
+    assert f"lowered operators: {operator_cache.folder()}, 3 files" in report
+    assert f"compiled C: {compiled}" in report
+    assert main(['cache', '--clear']) == 0
+    assert 'removed 3 lowered operators' in capsys.readouterr().out
+    assert operator_cache.usage() == (0, 0) and not compiled.exists()
