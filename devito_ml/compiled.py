@@ -87,13 +87,17 @@ def lowered(equations, name, symbols=None):
     key = operator_cache.cache_key(equations, name, symbols, **options,
                                    flags=_flags(options['compiler']))
     operator = operator_cache.load(key)
-    if operator is None:
-        operator = lanes.build_operator(equations, name=name, **options)
-        # stored compiled: the pickle then carries the shared object, and a later
-        # process loads it without printing the C again to find it in Devito's
-        # jit cache (measured, LeNet-5: 11.8 s of a warm start, mostly printing)
-        operator.cfunction
-        operator_cache.store(key, operator)
+    if operator is not None:
+        return operator
+    with operator_cache.building(key):     # another process may be building it
+        operator = operator_cache.load(key)
+        if operator is None:
+            operator = lanes.build_operator(equations, name=name, **options)
+            # stored compiled: the pickle then carries the shared object, and a later
+            # process loads it without printing the C again to find it in Devito's
+            # jit cache (measured, LeNet-5: 11.8 s of a warm start, mostly printing)
+            operator.cfunction
+            operator_cache.store(key, operator)
     return operator
 
 

@@ -17,6 +17,8 @@ written by another version of Devito or Python) is removed with a warning and re
 never trusted.
 """
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -32,7 +34,7 @@ from devito.symbolics import retrieve_functions
 from devito_ml import lanes
 
 __all__ = ['symbols_of', 'cache_key', 'load', 'store', 'enabled', 'folder', 'usage',
-           'clear']
+           'clear', 'building']
 
 
 def enabled():
@@ -63,9 +65,35 @@ def usage():
     return len(sizes), sum(sizes)
 
 
+@contextlib.contextmanager
+def building(key):
+    """Hold the build of ``key`` for this process: a second process that asks for
+    the same key waits here until the first has stored it, then loads it, instead
+    of lowering and compiling it again (two notebooks, or ranks, building one net).
+
+    An exclusive ``flock`` on ``<key>.lock``: the kernel releases it when its
+    process ends, so a process killed while building leaves no lock to wait on.
+    """
+    target = folder()
+    os.makedirs(target, exist_ok=True)
+    with open(os.path.join(target, f"{key}.lock"), 'a') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def clear():
     """Remove every stored operator (and leftovers of interrupted writes); return
     how many files were removed."""
+    try:
+        for name in os.listdir(folder()):
+            if name.endswith('.lock'):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder(), name))
+    except FileNotFoundError:
+        pass
     removed = 0
     for name in _names():
         try:

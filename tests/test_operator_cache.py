@@ -2,6 +2,9 @@
 operators on its own Functions, with the same results as freshly lowered ones."""
 
 import os
+import re
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -116,3 +119,29 @@ def test_cache_command_reports_and_clears(tmp_path, monkeypatch, capsys):
     assert main(['cache', '--clear']) == 0
     assert 'removed 3 lowered operators' in capsys.readouterr().out
     assert operator_cache.usage() == (0, 0) and not compiled.exists()
+
+
+RACER = """
+import numpy as np
+from devito_ml import Conv, Flat, FullyConnected, Net, ReLU
+net = Net([Conv((3, 3, 3), padding=1, activation=ReLU()), Flat(), FullyConnected(4)],
+          input_shape=(2, 5, 4), batch_size=2, dtype=np.float64, seed=0, name='racer')
+x = np.linspace(-1, 1, 80).reshape(2, 2, 5, 4)
+print(repr(float(net.forward(x).sum())), repr(net.backward(np.array([1, 3]))))
+"""
+
+
+def test_two_processes_racing_for_one_operator_build_it_once(tmp_path):
+    """Both start cold on one cache; each operator is lowered by one of them, and
+    both compute the same."""
+    environment = dict(os.environ, TMPDIR=str(tmp_path), DEVITO_LOGGING='PERF',
+                       DEVITO_ML_OPERATOR_CACHE='1')
+    racers = [subprocess.Popen([sys.executable, '-c', RACER], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(2)]
+    results = [racer.communicate(timeout=600) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers), results
+    assert results[0][0] == results[1][0]
+    logs = results[0][1] + results[1][1]
+    built = re.findall(r"Operator `(\w+)` generated in", logs)
+    assert built and len(built) == len(set(built)), built
