@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 from devito import Dimension, Eq
 
+from devito_ml.allocation import batched_allocation
 from devito_ml.code_map import annotate
 from devito_ml.compiled import (BATCH, CompiledOperator, OperatorChain,
                                 split_at_sync_points)
@@ -90,12 +91,13 @@ class Net:
         self._check_owners()
         self._infer_sizes()
         self._name_layers()
-        self._allocate()
-        if seed is not None:
-            rng = np.random.default_rng(seed)
-            for layer in self.layers:
-                layer.reset_parameters(rng)
-        self.loss.bind(self.output_size, self.dtype)
+        with batched_allocation():     # one sweep of Devito's caches, not one a Function
+            self._allocate()
+            if seed is not None:
+                rng = np.random.default_rng(seed)
+                for layer in self.layers:
+                    layer.reset_parameters(rng)
+            self.loss.bind(self.output_size, self.dtype)
         self._losses = {self.loss.name: self.loss}
         self._stepped = [layer for layer in self.layers if layer.draws_per_step]
         self._mode_dependent = any(layer.mode_dependent for layer in self.layers)
