@@ -33,15 +33,21 @@ def fresh_results(rng, monkeypatch):
     return x, labels, output, loss, net.gradients()
 
 
-def test_cached_operators_give_fresh_results(fresh_results, monkeypatch):
-    x, labels, output, loss, gradients = fresh_results
-    monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '1')
+def stored_forward(x):
+    """A net built again after its forward operator was stored, and that key."""
     build().forward(x)                       # stores (or finds) the operators
     net = build()
     part = net.forward_operator.parts[0]
     options = operator_options()
     key = operator_cache.cache_key(net.forward_equations(True), part.name, **options,
                                    flags=compiler_flags(options['compiler']))
+    return net, key
+
+
+def test_cached_operators_give_fresh_results(fresh_results, monkeypatch):
+    x, labels, output, loss, gradients = fresh_results
+    monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '1')
+    net, key = stored_forward(x)
     assert operator_cache.load(key) is not None
     assert np.array_equal(net.forward(x), output)
     assert net.backward(labels) == loss
@@ -82,12 +88,7 @@ def test_an_unreadable_entry_is_removed_with_a_warning_and_rebuilt(
         fresh_results, monkeypatch, damage):
     x, labels, output, loss, gradients = fresh_results
     monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '1')
-    build().forward(x)                       # stores (or finds) the operators
-    net = build()
-    part = net.forward_operator.parts[0]
-    options = operator_options()
-    key = operator_cache.cache_key(net.forward_equations(True), part.name, **options,
-                                   flags=compiler_flags(options['compiler']))
+    _, key = stored_forward(x)
     path = os.path.join(operator_cache.folder(), f"{key}.pkl")
     with open(path, 'rb') as handle:
         stored = handle.read()

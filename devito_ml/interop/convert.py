@@ -105,6 +105,11 @@ def _shapes(module, input_shape, torch):
     return shapes
 
 
+def _reach(conv):
+    """Rows and columns a torch ``Conv2d``'s dilated kernel spans, less one."""
+    return [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation)]
+
+
 class _Converter:
     def __init__(self, torch, shapes):
         self.nn, self.shapes = torch.nn, shapes
@@ -171,8 +176,11 @@ class _Converter:
         if isinstance(module, nn.Conv2d):
             if module.padding_mode != 'zeros':
                 self.refuse(module, path, 'only zero padding')
+            padding = module.padding
+            if padding == 'same':   # both sides by torch's larger side: see same_padded
+                padding = tuple(-(-r // 2) for r in _reach(module))
             return Conv((module.out_channels,) + tuple(module.kernel_size),
-                        stride=module.stride, padding=module.padding,
+                        stride=module.stride, padding=padding,
                         dilation=module.dilation, groups=module.groups,
                         bias=module.bias is not None)
         if isinstance(module, nn.BatchNorm2d):
@@ -219,13 +227,8 @@ class _Converter:
         than before (an even reach ``dilation * (kernel - 1)``), both sides are
         padded by the larger amount and a :class:`Crop` drops the extra first row
         or column."""
-        reach = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation)]
-        conv = at(Conv((module.out_channels,) + tuple(module.kernel_size),
-                       padding=tuple(-(-r // 2) for r in reach),
-                       dilation=module.dilation, groups=module.groups,
-                       bias=module.bias is not None), path)
-        extra = tuple(r % 2 for r in reach)
-        node = conv(node)
+        node = at(self.leaf(module, path), path)(node)
+        extra = tuple(r % 2 for r in _reach(module))
         return at(Crop(before=extra), self.join(path, 'crop'))(node) if any(extra) \
             else node
 

@@ -156,11 +156,13 @@ class WindowTables:
                                                         ('w', columns, ox, self.kx))]
         covers = [windows.covers() for windows in (rows, columns)]
         most = [max(1, max(map(len, found))) for found in covers]
-        self.sy, self.sx = layer.dim('cover_h', most[0]), layer.dim('cover_w', most[1])
+        # loops over the outputs whose windows hold an input row / column
+        self.holder_row = layer.dim('cover_h', most[0])
+        self.holder_column = layer.dim('cover_w', most[1])
         self.backward = [self._covers_table(axis, windows, found, din, cover, extent)
                          for axis, windows, found, din, cover, extent in (
-                             ('h', rows, covers[0], h, self.sy, most[0]),
-                             ('w', columns, covers[1], w, self.sx, most[1]))]
+                             ('h', rows, covers[0], h, self.holder_row, most[0]),
+                             ('w', columns, covers[1], w, self.holder_column, most[1]))]
 
     def _taps_table(self, axis, windows, out, tap):
         """``(positions[out, tap], weights[out, tap])``: each window's inputs, its
@@ -237,12 +239,13 @@ class WindowTables:
         eqs = self.first_maximum_equations() if self.reduction == 'max' else []
         n, c, h, w = layer.input_gradient_dims
         (rows, a), (columns, b) = self.backward
-        held = (rows[h, self.sy], columns[w, self.sx])
+        held = (rows[h, self.holder_row], columns[w, self.holder_column])
         gradient = layer.result_gradients[n, c, held[0], held[1]]
         if self.reduction == 'max':
             routed = layer.argmax[n, c, held[0], held[1]]
             gradient = Select(CondEq(routed, h * self.columns.size + w), gradient, 0)
         return eqs + register_sum(
             f"{layer.name}_din_sum", layer.input_gradients[n, c, h, w],
-            a[h, self.sy] * b[w, self.sx] * gradient, (n, c, h, w), (self.sy, self.sx),
+            a[h, self.holder_row] * b[w, self.holder_column] * gradient, (n, c, h, w),
+            (self.holder_row, self.holder_column),
             dtype=layer.dtype)
