@@ -7,34 +7,60 @@ size and then calls the compiled function directly.
 
 import functools
 
-from devito_ml import compiler, lanes, operator_cache
+import collections
+
+from devito_ml import compiler, kernels, lanes, operator_cache
 
 BATCH = 'n'
 
-__all__ = ['CompiledOperator', 'OperatorChain', 'SyncPoint', 'split_at_sync_points']
+__all__ = ['CompiledOperator', 'forget_loaded', 'OperatorChain', 'SyncPoint', 'split_at_sync_points']
 
 
 class CompiledOperator:
     """A Devito Operator plus its prepared argument lists, one per batch size.
 
+    Given ``owners``, it is one call of a kernel shared by every unit that
+    computes the same thing (:mod:`devito_ml.kernels`): the operator is lowered
+    from the equations renamed after their roles, named by what it computes, and
+    called with this unit's own Functions.
+
     Parameters
     ----------
     equations : list of Eq
     name : str
-        Name of the generated C function.
+        Name of this call (of the generated C function, when it is not shared).
+    owners : dict, optional
+        ``{owner name: canonical owner}`` (:func:`~devito_ml.kernels.unit_owners`).
+    label : str, optional
+        With ``owners``: what the kernel computes, the start of its C name
+        (:func:`~devito_ml.kernels.kernel_label`).
     """
 
-    def __init__(self, equations, name):
-        symbols = operator_cache.symbols_of(equations)
-        self.operator = lowered(equations, name, symbols)
-        self.operator.cfunction    # compile now, not inside the first timed call
+    def __init__(self, equations, name, owners=None, label=None):
         self.name = name
+        renamed = kernels.canonical(equations, owners) if owners else None
+        if renamed is None:
+            symbols = operator_cache.symbols_of(equations)
+            self.operator = lowered(equations, name, symbols)
+            self.names = {}
+            self.owners = {}
+        else:
+            symbols = renamed.originals
+            self.operator = lowered(renamed.equations, None, label=label)
+            self.names = renamed.names
+            self.owners = {canon: own for own, canon in owners.items()}
+        self.operator.cfunction    # compile now, not inside the first timed call
         self._positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
-        # the Functions to run on, by name: a cached operator holds copies
+        # the Functions to run on, by name: a cached or shared operator holds others
         self._functions = {name: symbols[name] for name in self._positions
                            if name in symbols and hasattr(symbols[name], 'data')}
         self._arguments = {}
         self._scalars = {}
+
+    @property
+    def kernel_name(self):
+        """Name of the generated C function (shared by the calls of one kernel)."""
+        return self.operator.name
 
     @property
     def code(self):
@@ -58,6 +84,7 @@ class CompiledOperator:
         Names this operator does not take are ignored, so one optimizer can push its
         hyperparameters to every operator it is part of.
         """
+        values = {self.names.get(k, k): v for k, v in values.items()}
         self._scalars.update((k, v) for k, v in values.items() if k in self._positions)
         for _, prepared in self._arguments.values():
             for name, value in self._scalars.items():
@@ -75,30 +102,57 @@ class CompiledOperator:
                                if is_batch_dimension(d)}, **self._functions)
 
 
-def lowered(equations, name, symbols=None):
-    """``Operator(equations)``, from the disk cache of lowered operators when there.
+def lowered(equations, name, symbols=None, label=None):
+    """``Operator(equations)``, from this process's kernels or the disk cache of
+    lowered operators when there.
 
     Built with :func:`devito_ml.compiler.compiler_name` (stale compile locks are
     recovered; AddressSanitizer in that mode), lowered by
-    :func:`devito_ml.lanes.build_operator` (lane loops of register tiles vectorised)."""
+    :func:`devito_ml.lanes.build_operator` (lane loops of register tiles vectorised).
+    With a ``label`` (and no ``name``), the C function is named by what it computes:
+    ``<label>_<digest of the equations>``.
+    """
     options = operator_options()
-    if not operator_cache.enabled():
-        return lanes.build_operator(equations, name=name, **options)
-    key = operator_cache.cache_key(equations, name, symbols, **options,
+    key = operator_cache.cache_key(equations, name or '', symbols, **options,
                                    flags=_flags(options['compiler']))
-    operator = operator_cache.load(key)
-    if operator is not None:
-        return operator
-    with operator_cache.building(key):     # another process may be building it
+    if name is None:
+        name = f"{label}_{key[:8]}"
+    found = _LOADED.get(key)
+    if found is not None:
+        _LOADED.move_to_end(key)
+        return found
+    if not operator_cache.enabled():
+        operator = lanes.build_operator(equations, name=name, **options)
+    else:
         operator = operator_cache.load(key)
-        if operator is None:
-            operator = lanes.build_operator(equations, name=name, **options)
-            # stored compiled: the pickle then carries the shared object, and a later
-            # process loads it without printing the C again to find it in Devito's
-            # jit cache (measured, LeNet-5: 11.8 s of a warm start, mostly printing)
-            operator.cfunction
-            operator_cache.store(key, operator)
+    if operator is None:
+        with operator_cache.building(key):     # another process may be building it
+            operator = operator_cache.load(key)
+            if operator is None:
+                operator = lanes.build_operator(equations, name=name, **options)
+                # stored compiled: the pickle then carries the shared object, and a
+                # later process loads it without printing the C again to find it in
+                # Devito's jit cache (measured, LeNet-5: 11.8 s of a warm start)
+                operator.cfunction
+                operator_cache.store(key, operator)
+    _LOADED[key] = operator
+    while len(_LOADED) > KERNELS_KEPT:
+        _LOADED.popitem(last=False)
     return operator
+
+
+KERNELS_KEPT = 256
+"""How many lowered operators a process keeps at hand, most recently used first."""
+
+# A cache, as Devito's own: the operators this process lowered or loaded, by key. A
+# compiled operator is not changed by running it; each caller binds its own Functions.
+_LOADED = collections.OrderedDict()
+
+
+def forget_loaded():
+    """Drop the operators this process keeps at hand: the next build of each
+    reads the disk cache (or lowers) again."""
+    _LOADED.clear()
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,7 @@ from devito_ml.layer import Layer, Node
 from devito_ml.symbolics import Halo
 from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
 
-__all__ = ['Input', 'sequence', 'topological_order', 'shared_halo', 'covers']
+__all__ = ['Input', 'sequence', 'topological_order', 'blocks', 'shared_halo', 'covers']
 
 
 def Input(shape):
@@ -70,6 +70,32 @@ def topological_order(output):
         if not isinstance(node.layer, Layer):
             raise TypeError(f"Net: {node.layer!r} is not a Layer")
     return inputs[0], order
+
+
+def blocks(input_node, nodes, largest):
+    """``nodes`` (in dependency order) cut where one tensor alone links what ran
+    before to what runs after: the blocks of a residual net, each layer of a chain.
+
+    A cut after ``nodes[i]`` is where no output of an earlier node is read later
+    than ``nodes[i]``. A block of more than ``largest`` layers is cut into runs of
+    at most that many (the same way for identical blocks).
+
+    Returns
+    -------
+    list of list of Node
+    """
+    last_read = {}
+    for index, node in enumerate(nodes):
+        for parent in node.inputs:
+            last_read[id(parent)] = max(last_read.get(id(parent), -1), index)
+    result, current, reach = [], [], last_read.get(id(input_node), -1)
+    for index, node in enumerate(nodes):
+        current.append(node)
+        if reach <= index:
+            result += [current[i:i + largest] for i in range(0, len(current), largest)]
+            current = []
+        reach = max(reach, last_read.get(id(node), -1))
+    return result + ([current] if current else [])
 
 
 def covers(halo, need):

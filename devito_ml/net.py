@@ -11,7 +11,8 @@ from devito_ml.allocation import batched_allocation
 from devito_ml.code_map import annotate
 from devito_ml.compiled import (BATCH, CompiledOperator, OperatorChain,
                                 split_at_sync_points)
-from devito_ml.graph import covers, sequence, shared_halo, topological_order
+from devito_ml.graph import blocks, covers, sequence, shared_halo, topological_order
+from devito_ml.kernels import kernel_label, unit_owners
 from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
 from devito_ml.loss import CrossEntropy, get_loss
@@ -22,7 +23,7 @@ from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
 
 __all__ = ['Net', 'LAYERS_PER_OPERATOR']
 
-LAYERS_PER_OPERATOR = 8
+LAYERS_PER_OPERATOR = 12
 
 
 class Net:
@@ -252,9 +253,12 @@ class Net:
     # -- equations and operators -------------------------------------------------------
 
     def _segments(self):
-        """The nodes, cut into consecutive parts compiled as one operator each."""
-        k = self.layers_per_operator
-        return [self.nodes[i:i + k] for i in range(0, len(self.nodes), k)]
+        """The nodes, cut into consecutive parts compiled as one operator each: the
+        whole net when it has at most ``layers_per_operator`` layers, else its blocks
+        (:func:`~devito_ml.graph.blocks`), whose kernels identical blocks share."""
+        if len(self.nodes) <= self.layers_per_operator:
+            return [self.nodes]
+        return blocks(self._input_node, self.nodes, self.layers_per_operator)
 
     def parts(self):
         """(layers, name suffix) of each part: ``''`` when there is one part."""
@@ -263,15 +267,35 @@ class Net:
                  f"_{index}" if len(segments) > 1 else '')
                 for index, segment in enumerate(segments, start=1)]
 
-    def _chain(self, name, pieces):
-        """An OperatorChain from (suffix, equations) pieces, empty ones left out;
-        a piece holding sync points (synchronized BatchNorm) is cut there."""
+    def _unit(self, segment, kind):
+        """``(owners, label)`` of a part's kernel (:mod:`devito_ml.kernels`), or
+        ``(None, None)`` for the one part of a small net, named after the net."""
+        if len(segment) == len(self.nodes):
+            return None, None
+        inside = {id(node) for node in segment}
+        sources = [parent for node in segment for parent in node.inputs
+                   if id(parent) not in inside]
+        consumers = [consumer for node in segment
+                     for consumer, _ in self._edges[id(node)]
+                     if id(consumer) not in inside]
+        first = segment[0].inputs[0]
+        size = self.input_size if first.layer is None else self._sizes[id(first)]
+        return (unit_owners(segment, sources, consumers, self.name),
+                kernel_label([node.layer for node in segment], size, self.dtype,
+                             kind))
+
+    def _chain(self, name, pieces, kind):
+        """An OperatorChain from (suffix, equations, segment) pieces, empty ones
+        left out; a piece holding sync points (synchronized BatchNorm) is cut
+        there. ``kind`` names the pass in the kernels' names."""
         parts, sync_points = [], {}
-        for suffix, eqs in pieces:
+        for suffix, eqs, segment in pieces:
+            owners, label = self._unit(segment, kind)
             for cut, (group, point) in enumerate(split_at_sync_points(eqs)):
                 if group:
                     parts.append(CompiledOperator(
-                        group, name=f"{name}{suffix}" + (f"_sync{cut}" if cut else '')))
+                        group, name=f"{name}{suffix}" + (f"_sync{cut}" if cut else ''),
+                        owners=owners, label=label))
                 if point is not None:
                     sync_points.setdefault(len(parts), []).append(point)
         return OperatorChain(parts, name=name, sync_points=sync_points)
@@ -350,8 +374,9 @@ class Net:
             suffixes = [suffix for _, suffix in self.parts()]
             self._forward_operators[mode] = self._chain(
                 f"{self.name}_forward{self._suffix(mode)}",
-                [(suffix, self.forward_equations(mode, segment))
-                 for suffix, segment in zip(suffixes, self._segments())])
+                [(suffix, self.forward_equations(mode, segment), segment)
+                 for suffix, segment in zip(suffixes, self._segments())],
+                'forward' + self._suffix(mode))
         return self._forward_operators[mode]
 
     @property
@@ -379,25 +404,27 @@ class Net:
             suffixes = [suffix for _, suffix in self.parts()]
             self._backward_operators[key] = self._chain(
                 self._operator_name(kind, loss) + self._suffix(mode),
-                [(suffix, self.backward_equations(loss, mode, segment, input_gradient))
+                [(suffix, self.backward_equations(loss, mode, segment, input_gradient),
+                  segment)
                  for suffix, segment in reversed(list(zip(suffixes,
-                                                          self._segments())))])
+                                                          self._segments())))],
+                kind + self._suffix(mode))
         return self._backward_operators[key]
 
     def evaluation_operator(self, loss=None):
         """Forward pass (evaluation behaviour) and loss value, no gradient."""
         loss = self._bound_loss(loss)
         if loss.name not in self._evaluation_operators:
-            pieces = [(suffix, self.forward_equations(False, segment))
+            pieces = [(suffix, self.forward_equations(False, segment), segment)
                       for (_, suffix), segment in zip(self.parts(), self._segments())]
             last = self.output_layer
             gradient = last.logits_gradients if isinstance(last, FullyConnectedSoftmax) \
                 and isinstance(loss, CrossEntropy) else last.result_gradients
             loss_only = pruned(self._loss_equations(loss), [gradient],
                                self._read_elsewhere(loss))   # no gradient evaluating
-            pieces[-1] = (pieces[-1][0], pieces[-1][1] + loss_only)
+            pieces[-1] = (pieces[-1][0], pieces[-1][1] + loss_only, pieces[-1][2])
             self._evaluation_operators[loss.name] = self._chain(
-                self._operator_name('evaluate', loss), pieces)
+                self._operator_name('evaluate', loss), pieces, 'evaluate')
         return self._evaluation_operators[loss.name]
 
     def train_operator(self, optimizer, loss=None):
@@ -412,16 +439,17 @@ class Net:
             if len(parts) == 1:
                 pieces = [('', self.forward_equations(True)
                            + self.backward_equations(loss, True)
-                           + optimizer.equations())]
+                           + optimizer.equations(), self.nodes)]
             else:   # forward parts, then each part's adjoint and its update
-                pieces = [(f"_forward{suffix}", self.forward_equations(True, segment))
-                          for (_, suffix), segment in parts]
+                pieces = [(f"_forward{suffix}", self.forward_equations(True, segment),
+                           segment) for (_, suffix), segment in parts]
                 pieces += [(f"_backward{suffix}",
                             self.backward_equations(loss, True, segment)
-                            + optimizer.equations(layers))
+                            + optimizer.equations(layers), segment)
                            for (layers, suffix), segment in reversed(parts)]
             self._train_operators[key] = optimizer.attach(self._chain(
-                self._operator_name(f"train_{optimizer.name}", loss), pieces))
+                self._operator_name(f"train_{optimizer.name}", loss), pieces,
+                f"train_{optimizer.name}"))
         return self._train_operators[key]
 
     def _operator_name(self, kind, loss):

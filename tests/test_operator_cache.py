@@ -13,7 +13,7 @@ import pytest
 from devito_ml import Conv, Flat, FullyConnected, MaxPooling, Net, ReLU
 from devito_ml import operator_cache
 from devito_ml.cli import main
-from devito_ml.compiled import CompiledOperator, operator_options
+from devito_ml.compiled import CompiledOperator, forget_loaded, operator_options
 from devito_ml.compiler import compiler_flags
 
 
@@ -22,6 +22,15 @@ def build():
     return Net([Conv((3, 8, 7), padding=2, activation=ReLU()), MaxPooling(2), Flat(),
                 FullyConnected(4)], input_shape=(2, 10, 9), batch_size=3,
                dtype=np.float64, seed=0, name='cache_check')
+
+
+@pytest.fixture(autouse=True)
+def from_disk():
+    """Each net built here reads the disk cache, not the operators this process
+    already holds."""
+    forget_loaded()
+    yield
+    forget_loaded()
 
 
 @pytest.fixture
@@ -36,6 +45,7 @@ def fresh_results(rng, monkeypatch):
 def stored_forward(x):
     """A net built again after its forward operator was stored, and that key."""
     build().forward(x)                       # stores (or finds) the operators
+    forget_loaded()
     net = build()
     part = net.forward_operator.parts[0]
     options = operator_options()
@@ -97,6 +107,7 @@ def test_an_unreadable_entry_is_removed_with_a_warning_and_rebuilt(
                      b'not a pickle' * 100)
     with pytest.warns(RuntimeWarning, match=r"operator cache: `.*\.pkl` could not be "
                       r"read .*removed, the operator is built again"):
+        forget_loaded()
         rebuilt = build()
         assert np.array_equal(rebuilt.forward(x), output)
     assert rebuilt.backward(labels) == loss
