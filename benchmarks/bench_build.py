@@ -1,61 +1,197 @@
-"""How long a deep network takes to generate and compile, cold and from the caches.
+"""Build time against torch.compile: cold and warm, then the training step, side by side.
 
-For each (model, image size): building the Net in Python, then lowering (Devito's
-Python passes) and compiling (gcc) the forward, backward and Adam train-step
-operators. Run it twice: the first run in a fresh temporary folder is cold (nothing
-cached); the second finds the lowered operators in devito_ml's cache and the shared
-objects in Devito's, which is what a second process pays.
+The method of ``../shared/notes/measuring-builds.md``: each measurement is a fresh
+Python process; *build* is the wall time from constructing the model to the end of
+its first training step (forward, cross entropy, backward, SGD momentum update),
+imports not counted. *Cold* runs with every cache empty (a fresh ``TMPDIR``, where
+Devito's JIT cache and devito_ml's operator cache live, and a fresh
+``TORCHINDUCTOR_CACHE_DIR``); *warm* is a second fresh process on the same
+folders. ``torch.compile`` compiles the model (default mode, model and input
+channels_last) with the optimizer step eager; 3 untimed steps follow the first (it
+recompiles as gradients appear). *Step* is the median of 20 steps after that; both
+systems on ``OMP_NUM_THREADS`` threads (default: every core).
 
-    TMPDIR=$(mktemp -d) python benchmarks/bench_build.py      # cold
-    python benchmarks/bench_build.py                          # warm (same TMPDIR)
+    python benchmarks/bench_build.py                          # every case
+    python benchmarks/bench_build.py --cases lenet resnet50   # some
+
+Absolute times drift between runs of a shared machine: compare the systems within
+one run, and say which CPU (``lscpu``) the figures came from.
 """
 
+import argparse
+import json
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 
-os.environ.setdefault("DEVITO_LOGGING", "WARNING")  # before Devito is imported
+CASES = {
+    # name: (description, builder, options, batch, image size)
+    'lenet': ('LeNet-5, 28x28, batch 64', 'lenet', {}, 64, 28),
+    'small_resnet': ('3x2 basic blocks 16/32/64, 32x32, batch 32', 'resnet',
+                     dict(depth=18, width=16, blocks=(2, 2, 2, 0)), 32, 32),
+    'resnet18_w16': ('ResNet-18 width 16, 32x32, batch 32', 'resnet',
+                     dict(depth=18, width=16), 32, 32),
+    'resnet18': ('ResNet-18 width 64, 32x32, batch 32', 'resnet',
+                 dict(depth=18, width=64), 32, 32),
+    'resnet50_w8': ('ResNet-50 width 8, 32x32, batch 16', 'resnet',
+                    dict(depth=50, width=8), 16, 32),
+    'resnet50_w16': ('ResNet-50 width 16, 32x32, batch 32', 'resnet',
+                     dict(depth=50, width=16), 32, 32),
+    'resnet50': ('ResNet-50 width 64, 32x32, batch 32', 'resnet',
+                 dict(depth=50, width=64), 32, 32),
+    'resnet101_w16': ('ResNet-101 width 16, 32x32, batch 32', 'resnet',
+                      dict(depth=101, width=16), 32, 32),
+    'resnet152_w16': ('ResNet-152 width 16, 32x32, batch 32', 'resnet',
+                      dict(depth=152, width=16), 32, 32),
+}
+DEFAULT = ['lenet', 'small_resnet', 'resnet18_w16', 'resnet50_w16', 'resnet101_w16',
+           'resnet152_w16']
+STEPS, UNTIMED = 20, 3
 
-import argparse  # noqa: E402
-import time  # noqa: E402
 
-import numpy as np  # noqa: E402
+def _devito_model(case):
+    _, builder, options, batch, size = CASES[case]
+    if builder == 'lenet':
+        from devito_ml.models import lenet5
+        return lenet5(batch, (size, size), seed=0)
+    from devito_ml.models import resnet
+    return resnet(batch_size=batch, image_size=(size, size), classes=10,
+                  small_input=True, seed=0, **options)
 
-from devito_ml.models import resnet  # noqa: E402
-from devito_ml.optim import Adam  # noqa: E402
+
+def _torch_model(case):
+    _, builder, options, batch, size = CASES[case]
+    if builder == 'lenet':
+        from devito_ml.interop import to_torch
+        return to_torch(_devito_model(case))
+    from devito_ml.interop.torch_models import resnet
+    options = dict(options)
+    return resnet(options.pop('depth'), classes=10, in_channels=3, small_input=True,
+                  **options)
 
 
-def measure(depth, size, batch):
+def _inputs(case):
+    import numpy as np
+    _, builder, _, batch, size = CASES[case]
+    channels = 1 if builder == 'lenet' else 3
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((batch, channels, size, size)).astype(np.float32),
+            rng.integers(0, 10, batch))
+
+
+def _timed(step):
+    """Seconds of ``step()``'s first call, then the median of STEPS later calls."""
     began = time.perf_counter()
-    net = resnet(depth, batch_size=batch, image_size=(size, size), classes=10,
-                 small_input=size < 64)
-    timings = {'net': time.perf_counter() - began}
-    for kind, build in (('forward', lambda: net.forward_operator),
-                        ('backward', lambda: net.backward_operator),
-                        ('train', lambda: net.train_operator(Adam(net)))):
+    step()
+    first = time.perf_counter() - began
+    for _ in range(UNTIMED):
+        step()
+    times = []
+    for _ in range(STEPS):
         began = time.perf_counter()
-        chain = build()
-        timings[kind] = time.perf_counter() - began
-        timings[f"{kind} parts"] = len(chain.parts)
-    x = np.random.default_rng(0).random(net.input_size).astype(np.float32)
+        step()
+        times.append(time.perf_counter() - began)
+    return first, statistics.median(times)
+
+
+def worker_devito(case):
+    import devito_ml  # noqa: F401  (imports are not counted)
+    from devito_ml.optim import SGD
+    x, labels = _inputs(case)
     began = time.perf_counter()
-    net.forward(x)
-    net.backward(np.zeros(batch, np.int64))
-    timings['one forward+backward'] = time.perf_counter() - began
-    return len(net.layers), timings
+    net = _devito_model(case)
+    optimizer = SGD(net, lr=0.01, momentum=0.9)
+    construct = time.perf_counter() - began
+    first, step = _timed(lambda: net.train_step(x, labels, optimizer))
+    kernels = {part.kernel_name for chain in net._train_operators.values()
+               for part in chain.parts}
+    calls = sum(len(chain.parts) for chain in net._train_operators.values())
+    return dict(build_s=construct + first, construct_s=construct, step_ms=1e3 * step,
+                kernels=len(kernels), calls=calls, layers=len(net.layers))
+
+
+def worker_torch(case):
+    import torch
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
+    x, labels = _inputs(case)
+    x = torch.from_numpy(x).to(memory_format=torch.channels_last)
+    labels = torch.from_numpy(labels)
+    began = time.perf_counter()
+    model = _torch_model(case).to(memory_format=torch.channels_last)
+    compiled = torch.compile(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(compiled(x), labels)
+        loss.backward()
+        optimizer.step()
+
+    construct = time.perf_counter() - began
+    first, median = _timed(step)
+    return dict(build_s=construct + first, step_ms=1e3 * median)
+
+
+def _measure(system, case, folder):
+    environment = dict(os.environ, TMPDIR=folder, DEVITO_LOGGING='WARNING',
+                       TORCHINDUCTOR_CACHE_DIR=os.path.join(folder, 'inductor'))
+    run = subprocess.run([sys.executable, __file__, '--worker', system, case],
+                         env=environment, capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"{system} {case} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def measure(case):
+    """Cold and warm build and step of both systems on ``case``."""
+    results = {}
+    for system in ('devito_ml', 'torch.compile'):
+        with tempfile.TemporaryDirectory(prefix='bench-build-') as folder:
+            cold = _measure(system, case, folder)
+            warm = _measure(system, case, folder)
+        results[system] = dict(cold=cold, warm=warm)
+    return results
+
+
+def _row(case, results):
+    ours, theirs = results['devito_ml'], results['torch.compile']
+    extra = f"{ours['cold']['kernels']} kernels / {ours['cold']['calls']} calls, " \
+        f"{ours['cold']['layers']} layers"
+    return (f"| {CASES[case][0]} | {ours['cold']['build_s']:.1f} s / "
+            f"{ours['warm']['build_s']:.1f} s / {ours['warm']['step_ms']:.1f} ms | "
+            f"{theirs['cold']['build_s']:.1f} s / {theirs['warm']['build_s']:.1f} s / "
+            f"{theirs['warm']['step_ms']:.1f} ms | "
+            f"{ours['cold']['build_s'] / theirs['cold']['build_s']:.2f} / "
+            f"{ours['warm']['build_s'] / theirs['warm']['build_s']:.2f} / "
+            f"{ours['warm']['step_ms'] / theirs['warm']['step_ms']:.2f} | {extra} |")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--cases', nargs='*', default=['18:32', '18:224', '50:32',
-                                                       '50:224'])
-    parser.add_argument('--batch-size', type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument('--cases', nargs='*', default=DEFAULT, choices=sorted(CASES))
+    parser.add_argument('--worker', nargs=2, metavar=('SYSTEM', 'CASE'),
+                        help=argparse.SUPPRESS)
+    parser.add_argument('--json', help='also write every figure to this file')
     args = parser.parse_args()
+    if args.worker:
+        system, case = args.worker
+        work = worker_devito if system == 'devito_ml' else worker_torch
+        print(json.dumps(work(case)))
+        return
+    print("| model, training step | devito_ml cold / warm / step | torch.compile cold / "
+          "warm / step | ratio cold / warm / step | devito_ml kernels |")
+    print("|---|---|---|---|---|")
+    every = {}
     for case in args.cases:
-        depth, size = map(int, case.split(':'))
-        layers, timings = measure(depth, size, args.batch_size)
-        line = ', '.join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in timings.items())
-        print(f"ResNet-{depth} {size}x{size} ({layers} layers, batch "
-              f"{args.batch_size}): {line}", flush=True)
+        every[case] = measure(case)
+        print(_row(case, every[case]), flush=True)
+    if args.json:
+        with open(args.json, 'w') as handle:
+            json.dump(every, handle, indent=1)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,8 @@ from devito_ml import compiler, kernels, lanes, operator_cache
 
 BATCH = 'n'
 
-__all__ = ['CompiledOperator', 'forget_loaded', 'OperatorChain', 'SyncPoint', 'split_at_sync_points']
+__all__ = ['CompiledOperator', 'forget_loaded', 'OperatorChain', 'SyncPoint',
+           'split_at_sync_points']
 
 
 class CompiledOperator:
@@ -48,7 +49,10 @@ class CompiledOperator:
             symbols = renamed.originals
             self.operator = lowered(renamed.equations, None, label=label)
             self.names = renamed.names
-            self.owners = {canon: own for own, canon in owners.items()}
+            used = set(renamed.names.values())
+            self.owners = {canon: own for own, canon in owners.items()
+                           if any(name == canon or name.startswith(canon + '_')
+                                  for name in used)}
         self.operator.cfunction    # compile now, not inside the first timed call
         self._positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
         # the Functions to run on, by name: a cached or shared operator holds others

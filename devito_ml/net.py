@@ -664,30 +664,74 @@ class Net:
 
     @property
     def forward_code(self):
-        """The generated C of the forward operator, with the map of its sections to
-        the layers (:func:`~devito_ml.code_map.annotate`)."""
-        return '\n'.join(self._annotated(part) for part in self.forward_operator.parts)
+        """The generated C of the forward operator: each kernel it calls once, with
+        the map of its sections to the layers (:func:`~devito_ml.code_map.annotate`)
+        and, for a kernel shared by blocks, the layers each call runs it on."""
+        return self._listing([self.forward_operator])
 
     @property
     def backward_code(self):
         """The generated C of the backward operator (loss included), annotated."""
-        return '\n'.join(self._annotated(part) for part in self.backward_operator.parts)
+        return self._listing([self.backward_operator])
 
-    def _annotated(self, part):
-        """The C of one operator part, opening with which layer each section
-        computes."""
-        owners = [layer.name for layer in self.layers] + sorted(self._losses)
-        return annotate(part.code, owners,
-                        f"devito_ml net `{self.name}`, operator `{part.name}`")
+    def layer_code(self, layer, backward=False):
+        """The generated C that computes ``layer`` in the forward (or backward)
+        pass of the current mode, annotated.
+
+        For a net of at most ``layers_per_operator`` layers, the whole pass. For a
+        deeper one, the kernel of the block holding ``layer``: its tensors are named
+        after their roles in the block (``conv1_W``, the block's first convolution's
+        weights; ``src1_out``, the output of the layer feeding the block), and its
+        opening comment maps them to the layers of each call.
+
+        Parameters
+        ----------
+        layer : str or Layer
+        backward : bool
+
+        Returns
+        -------
+        str
+        """
+        name = layer.name if isinstance(layer, Layer) else layer
+        if name not in self._names:
+            raise LayerArgumentError(f"Net `{self.name}`.layer_code: no layer `{name}`; "
+                                     f"the layers are {self._names}")
+        chain = self.backward_operator if backward else self.forward_operator
+        calls = [part for part in chain.parts
+                 if not part.owners or name in part.owners.values()]
+        same = [part for part in chain.parts if part.kernel_name == calls[0].kernel_name]
+        return self._annotated(same)
+
+    def _listing(self, chains):
+        return '\n'.join(self._annotated(calls) for calls in _kernel_calls(chains))
+
+    def _annotated(self, calls):
+        """The C of one kernel, opening with which layer each section computes and,
+        for a shared kernel, which layers each of its ``calls`` stands for."""
+        part = calls[0]
+        if not part.owners:
+            owners = [layer.name for layer in self.layers] + sorted(self._losses)
+            return annotate(part.code, owners,
+                            f"devito_ml net `{self.name}`, operator `{part.name}`")
+        title = [f"devito_ml kernel `{part.kernel_name}`, shared by blocks of the same "
+                 f"work; net `{self.name}` calls it {len(calls)} time(s):"]
+        title += [f"  {call.name}: {_roles(call)}" for call in calls]
+        return annotate(part.code, list(part.owners) + sorted(self._losses),
+                        '\n * '.join(title))
 
     def write_code(self, directory, optimizer=None):
         """Write the C of every operator built so far, or of the forward and backward
         operators when none is; nothing else is built.
 
-        Files are named after the operators, one a part: ``<name>_forward.c``,
-        ``<name>_backward.c``, ``<name>_train_sgd.c``, ``<name>_evaluate.c``...
-        Each opens with a comment mapping its sections to the layers and marks
-        every section with the layers it computes. Returns their paths.
+        Each kernel is written once, to ``<kernel>.c``: for a net of at most
+        ``layers_per_operator`` layers, one a pass, named after it
+        (``<name>_forward.c``, ``<name>_backward.c``, ``<name>_train_sgd.c``...);
+        for a deeper net, one a distinct block, named by what it computes, and
+        ``<name>_calls.txt``, the kernels each operator calls in the order they
+        run and the layers each call stands for. Each file opens with a comment
+        mapping its sections to the layers and marks every section with the layers
+        it computes. Returns their paths.
 
         Parameters
         ----------
@@ -697,24 +741,69 @@ class Net:
             was built: data-parallel training runs it apart from the backward pass.
         """
         os.makedirs(directory, exist_ok=True)
-        operators = [*self._forward_operators.values(),
-                     *self._backward_operators.values(),
-                     *self._evaluation_operators.values(),
-                     *self._train_operators.values()]
-        if not operators:
-            operators = [self.forward_operator, self.backward_operator]
+        chains = [*self._forward_operators.values(), *self._backward_operators.values(),
+                  *self._evaluation_operators.values(), *self._train_operators.values()]
+        if not chains:
+            chains = [self.forward_operator, self.backward_operator]
         if optimizer is not None and optimizer._update_operator is not None:
-            operators.append(optimizer._update_operator)
+            chains.append(optimizer._update_operator)
         paths = []
-        for operator in (part for chain in operators for part in chain.parts):
-            path = os.path.join(directory, f"{operator.name}.c")
-            with open(path, 'w') as handle:
-                handle.write(self._annotated(operator))
-            paths.append(path)
+        for calls in _kernel_calls(chains):
+            paths.append(os.path.join(directory, f"{calls[0].kernel_name}.c"))
+            with open(paths[-1], 'w') as handle:
+                handle.write(self._annotated(calls))
+        if any(part.owners for chain in chains for part in chain.parts):
+            paths.append(os.path.join(directory, f"{self.name}_calls.txt"))
+            with open(paths[-1], 'w') as handle:
+                handle.write(self.call_map(chains))
         return paths
+
+    def call_map(self, chains=None):
+        """Which kernel each operator calls, in the order they run, and the layers
+        each call stands for (``conv1=layer1_0_conv1``: the kernel's ``conv1_W`` is
+        ``layer1_0_conv1_W`` in that call).
+
+        Parameters
+        ----------
+        chains : list of OperatorChain, optional
+            Default: every operator built so far.
+
+        Returns
+        -------
+        str
+        """
+        if chains is None:
+            chains = [*self._forward_operators.values(),
+                      *self._backward_operators.values(),
+                      *self._evaluation_operators.values(),
+                      *self._train_operators.values()]
+        lines = [f"# devito_ml net `{self.name}`: the kernels each operator calls, in "
+                 "the order they run, and the layers each call stands for"]
+        for chain in chains:
+            distinct = len({part.kernel_name for part in chain.parts})
+            lines += ['', f"{chain.name}: {len(chain.parts)} calls, {distinct} kernels"]
+            lines += [f"  {part.name:<28} {part.kernel_name}" +
+                      (f"\n  {'':<28}   {_roles(part)}" if part.owners else '')
+                      for part in chain.parts]
+        return '\n'.join(lines) + '\n'
 
     def __repr__(self):
         loss = type(self.loss).__name__
         lines = [f"Net({self.name!r}, dtype={self.dtype}, loss={loss})"]
         lines += [f"  {layer!r}" for layer in self.layers]
         return '\n'.join(lines)
+
+
+def _kernel_calls(chains):
+    """The parts of ``chains`` grouped by the kernel they call, in the order of
+    their first call: ``[[part, ...], ...]``."""
+    calls = {}
+    for chain in chains:
+        for part in chain.parts:
+            calls.setdefault(part.kernel_name, []).append(part)
+    return list(calls.values())
+
+
+def _roles(part):
+    """``conv1=layer1_0_conv1 bn1=layer1_0_bn1 ...``: the layers of one call."""
+    return ' '.join(f"{canonical}={own}" for canonical, own in part.owners.items())

@@ -20,7 +20,7 @@ TENSORS = (r'(out|in|din\d*|in_cl|dz_cl|dz_stuffed|dout_stuffed|W|Wt|group|dW'
 LOOP = re.compile(rf'^({TENSORS}_)*({AXES}|{TILE_AXES})(\d+)?(_(tile|block))?$')
 
 
-def _every_layer_kind_net():
+def _every_layer_kind_net(layers_per_operator):
     """Convolutions tiled and not, strided, grouped; normalization, dropout, both
     merges, the three poolings, dense layers and the softmax head. Whatever the
     vector width, 2 channels are too few to tile and 16 enough."""
@@ -33,26 +33,36 @@ def _every_layer_kind_net():
     c = Concat()(s, AvgPooling(2)(a))
     h = Dropout(0.25)(Flat()(GlobalAvgPooling()(c)))
     y = FullyConnectedSoftmax(3)(FullyConnected(6, activation=ReLU())(h))
-    return Net(y, batch_size=2, dtype=np.float32, seed=0)
+    return Net(y, batch_size=2, dtype=np.float32, seed=0,
+               layers_per_operator=layers_per_operator)
 
 
-@pytest.fixture(scope='module', params=WIDTHS, ids=lambda lanes: f'{lanes}lanes')
+@pytest.fixture(scope='module', params=[(lanes, 'whole') for lanes in WIDTHS]
+                + [(WIDTHS[0], 'blocks')], ids=lambda p: f'{p[0]}lanes-{p[1]}')
 def net_code(request, tmp_path_factory):
     """The net and the C of every operator it built (the input gradient's too), with
-    the schedules of each vector width."""
+    the schedules of each vector width: one operator a pass, or (``blocks``) one
+    kernel a block, whose tensors and loops are named after the roles of the layers
+    in the block (``conv1``: its first convolution)."""
+    lanes, unit = request.param
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(LANES_VARIABLE, str(request.param))
-        net = _every_layer_kind_net()
+        patch.setenv(LANES_VARIABLE, str(lanes))
+        net = _every_layer_kind_net(100 if unit == 'whole' else 12)
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 2, 10, 10)).astype(np.float32)
         net.forward(x)
         net.input_gradient(x, np.array([0, 2]))
         paths = net.write_code(tmp_path_factory.mktemp('c'))
-        return net, [open(path).read() for path in paths]
+        return net, [open(path).read() for path in paths if path.endswith('.c')]
 
 
 def _names(net):
-    return [layer.name for layer in net.layers] + ['cross_entropy']
+    """Who may own a loop: the layers, the loss, and the roles in shared kernels."""
+    roles = {role for chain in net._forward_operators.values()
+             for part in chain.parts for role in part.owners}
+    roles |= {role for chain in net._backward_operators.values()
+              for part in chain.parts for role in part.owners}
+    return [layer.name for layer in net.layers] + ['cross_entropy'] + sorted(roles)
 
 
 def test_every_loop_is_named_layer_tensor_axis(net_code):
@@ -64,6 +74,9 @@ def test_every_loop_is_named_layer_tensor_axis(net_code):
     for owner, own in owned.items():
         for loop in own:
             assert LOOP.match(loop[len(owner) + 1:]), loop
+    if len(net.forward_operator.parts) > 1:     # kernels shared by blocks
+        assert all(part.owners for part in net.forward_operator.parts)
+        return
     # the first convolution's input gradient, the grouped kernel's channels, the
     # strided convolution's tiles over one stride phase
     assert {'conv1_din_c', 'conv1_din_h', 'conv1_din_w'} <= set(owned['conv1'])
@@ -78,7 +91,7 @@ def test_the_map_atop_each_file_lists_its_layers_loops(net_code):
     net, files = net_code
     assert len(files) >= 2
     for code in files:
-        end = code.index('*/', code.index('devito_ml net'))
+        end = code.index('*/', code.index('devito_ml '))
         header = ' '.join(code[:end].split())
         assert '<layer>_<tensor>_<axis>' in header
         for owner, own in owned_loops(code[end:], _names(net)).items():

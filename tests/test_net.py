@@ -4,44 +4,13 @@ names in the generated C."""
 
 import numpy as np
 import pytest
-import torch
 from sympy import Max
 
 from devito_ml import (Conv, Flat, FullyConnected, FullyConnectedSoftmax, MaxPooling,
                        Net, ReLU, ShapeError, Subsampling)
 from devito_ml.models import lenet5
-from devito_ml.interop import to_torch
-from reference import DTYPES, assert_close
-
-
-def compare_net(net, rng, batch=None):
-    """Forward, loss and every parameter gradient of ``net`` against its twin."""
-    dtype = net.dtype.type
-    batch = batch or net.input_size[0]
-    x = rng.random((batch,) + net.input_size[1:]).astype(dtype)
-    labels = rng.integers(0, net.output_size[1], batch)
-    output = net.forward(x)
-    loss = net.backward(labels)
-    twin = to_torch(net)
-    reference = twin(torch.from_numpy(x))
-    if isinstance(net.layers[-1], FullyConnectedSoftmax):
-        reference_loss = torch.nn.functional.cross_entropy(reference,
-                                                           torch.from_numpy(labels))
-        reference = torch.softmax(reference, 1)
-    else:
-        reference_loss = torch.nn.functional.cross_entropy(reference,
-                                                           torch.from_numpy(labels))
-    reference_loss.backward()
-    assert_close(output, reference.detach().numpy(), dtype, 'output')
-    assert_close(loss, reference_loss.item(), dtype, 'loss')
-    gradients = net.gradients()
-    parametrised = [m for m in twin if hasattr(m, 'weight')]
-    layers = [layer for layer in net.layers if layer.parameters()]
-    for layer, module in zip(layers, parametrised, strict=True):
-        assert_close(gradients[layer.kernel.name], module.weight.grad.numpy(), dtype,
-                     layer.kernel.name)
-        assert_close(gradients[layer.bias.name], module.bias.grad.numpy(), dtype,
-                     layer.bias.name)
+from reference import DTYPES
+from twins import compare_net
 
 
 def tutorial_layers(batch=1):
