@@ -10,54 +10,93 @@ import functools
 import collections
 
 from devito_ml import compiler, kernels, lanes, operator_cache
+from devito_ml.allocation import batched_allocation
 
 BATCH = 'n'
 
-__all__ = ['CompiledOperator', 'forget_loaded', 'OperatorChain', 'SyncPoint',
-           'split_at_sync_points']
+__all__ = ['KernelSource', 'CompiledOperator', 'lowered', 'build', 'forget_loaded',
+           'OperatorChain', 'SyncPoint', 'split_at_sync_points']
 
 
-class CompiledOperator:
-    """A Devito Operator plus its prepared argument lists, one per batch size.
+class KernelSource:
+    """What one call computes, ready to be lowered: the equations, the name of the
+    C function, the cache key, and the call's own Functions to bind.
 
-    Given ``owners``, it is one call of a kernel shared by every unit that
-    computes the same thing (:mod:`devito_ml.kernels`): the operator is lowered
-    from the equations renamed after their roles, named by what it computes, and
-    called with this unit's own Functions.
+    Given ``owners``, the call is one of a kernel shared by every unit that
+    computes the same thing (:mod:`devito_ml.kernels`): the equations are renamed
+    after their roles, and the kernel is named by what it computes,
+    ``<label>_<digest>``.
 
     Parameters
     ----------
     equations : list of Eq
     name : str
-        Name of this call (of the generated C function, when it is not shared).
+        Name of the call (of the generated C function, when it is not shared).
     owners : dict, optional
         ``{owner name: canonical owner}`` (:func:`~devito_ml.kernels.unit_owners`).
     label : str, optional
-        With ``owners``: what the kernel computes, the start of its C name
+        With ``owners``: what the kernel computes
         (:func:`~devito_ml.kernels.kernel_label`).
     """
 
     def __init__(self, equations, name, owners=None, label=None):
         self.name = name
         renamed = kernels.canonical(equations, owners) if owners else None
+        options = operator_options()
         if renamed is None:
-            symbols = operator_cache.symbols_of(equations)
-            self.operator = lowered(equations, name, symbols)
-            self.names = {}
-            self.owners = {}
+            self.equations = equations
+            self.symbols = operator_cache.symbols_of(equations)
+            self.names, self.owners = {}, {}
+            self.key = operator_cache.cache_key(equations, name, self.symbols,
+                                                **options,
+                                                flags=_flags(options['compiler']))
+            self.kernel_name = name
         else:
-            symbols = renamed.originals
-            self.operator = lowered(renamed.equations, None, label=label)
+            self.equations = renamed.equations
+            self.symbols = renamed.originals
             self.names = renamed.names
             used = set(renamed.names.values())
             self.owners = {canon: own for own, canon in owners.items()
-                           if any(name == canon or name.startswith(canon + '_')
-                                  for name in used)}
+                           if any(n == canon or n.startswith(canon + '_') for n in used)}
+            self.key = operator_cache.cache_key(renamed.equations, '', **options,
+                                                flags=_flags(options['compiler']))
+            self.kernel_name = f"{label}_{self.key[:8]}"
+
+    def at_hand(self):
+        """Whether the kernel is lowered already: in this process or on disk."""
+        return self.key in _LOADED or operator_cache.stored(self.key)
+
+
+class CompiledOperator:
+    """A Devito Operator plus its prepared argument lists, one per batch size.
+
+    Given ``owners`` (or a :class:`KernelSource` that has them), it is one call of
+    a kernel shared by every unit that computes the same thing, called with this
+    unit's own Functions.
+
+    Parameters
+    ----------
+    equations : list of Eq
+    name : str
+        Name of this call (of the generated C function, when it is not shared).
+    owners, label : optional
+        As :class:`KernelSource`.
+    source : KernelSource, optional
+        Instead of the equations: what :func:`build_kernels` prepared.
+    """
+
+    def __init__(self, equations=None, name=None, owners=None, label=None,
+                 source=None):
+        source = source or KernelSource(equations, name, owners, label)
+        self.name, self.names, self.owners = source.name, source.names, source.owners
+        self.operator = lowered(source)
         self.operator.cfunction    # compile now, not inside the first timed call
         self._positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
         # the Functions to run on, by name: a cached or shared operator holds others
+        symbols = source.symbols
+        # (of a class with data: asking a Function for it would allocate it now)
         self._functions = {name: symbols[name] for name in self._positions
-                           if name in symbols and hasattr(symbols[name], 'data')}
+                           if name in symbols and hasattr(type(symbols[name]), 'data')}
         self._arguments = {}
         self._scalars = {}
 
@@ -106,42 +145,41 @@ class CompiledOperator:
                                if is_batch_dimension(d)}, **self._functions)
 
 
-def lowered(equations, name, symbols=None, label=None):
-    """``Operator(equations)``, from this process's kernels or the disk cache of
-    lowered operators when there.
+def lowered(source):
+    """The operator of a :class:`KernelSource`: from this process's kernels, the
+    disk cache of lowered operators, or lowered now.
 
     Built with :func:`devito_ml.compiler.compiler_name` (stale compile locks are
     recovered; AddressSanitizer in that mode), lowered by
     :func:`devito_ml.lanes.build_operator` (lane loops of register tiles vectorised).
-    With a ``label`` (and no ``name``), the C function is named by what it computes:
-    ``<label>_<digest of the equations>``.
     """
-    options = operator_options()
-    key = operator_cache.cache_key(equations, name or '', symbols, **options,
-                                   flags=_flags(options['compiler']))
-    if name is None:
-        name = f"{label}_{key[:8]}"
+    key = source.key
     found = _LOADED.get(key)
     if found is not None:
         _LOADED.move_to_end(key)
         return found
-    if not operator_cache.enabled():
-        operator = lanes.build_operator(equations, name=name, **options)
-    else:
-        operator = operator_cache.load(key)
+    operator = operator_cache.load(key) if operator_cache.enabled() else None
     if operator is None:
         with operator_cache.building(key):     # another process may be building it
-            operator = operator_cache.load(key)
+            operator = operator_cache.load(key) if operator_cache.enabled() else None
             if operator is None:
-                operator = lanes.build_operator(equations, name=name, **options)
-                # stored compiled: the pickle then carries the shared object, and a
-                # later process loads it without printing the C again to find it in
-                # Devito's jit cache (measured, LeNet-5: 11.8 s of a warm start)
-                operator.cfunction
-                operator_cache.store(key, operator)
+                operator = build(source.equations, source.kernel_name, key)
     _LOADED[key] = operator
     while len(_LOADED) > KERNELS_KEPT:
         _LOADED.popitem(last=False)
+    return operator
+
+
+def build(equations, name, key):
+    """Lower and compile ``equations`` into the C function ``name``; store it under
+    ``key`` in the disk cache (when on)."""
+    operator = lanes.build_operator(equations, name=name, **operator_options())
+    # stored compiled: the pickle then carries the shared object, and a later
+    # process loads it without printing the C again to find it in Devito's jit
+    # cache (measured, LeNet-5: 11.8 s of a warm start, mostly printing)
+    operator.cfunction
+    if operator_cache.enabled():
+        operator_cache.store(key, operator)
     return operator
 
 
@@ -232,6 +270,7 @@ class OperatorChain:
     def __init__(self, parts, name, sync_points=None):
         self.parts, self.name = list(parts), name
         self.sync_points = dict(sync_points or {})
+        self._prepared = set()
 
     def idle(self):
         """Take part in every sync point's collective without running anything."""
@@ -268,6 +307,11 @@ class OperatorChain:
 
     def _each(self, call, batch):
         """``part.<call>(batch)`` for every part, the sync points between them."""
+        if batch not in self._prepared:       # allocates what no pass touched yet
+            with batched_allocation():
+                for part in self.parts:
+                    part.prepare(batch)
+            self._prepared.add(batch)
         self._sync(0, batch)
         for index, part in enumerate(self.parts, start=1):
             getattr(part, call)(batch)

@@ -9,9 +9,10 @@ from devito import Dimension, Eq
 
 from devito_ml.allocation import batched_allocation
 from devito_ml.code_map import annotate
-from devito_ml.compiled import (BATCH, CompiledOperator, OperatorChain,
+from devito_ml.compiled import (BATCH, CompiledOperator, KernelSource, OperatorChain,
                                 split_at_sync_points)
 from devito_ml.graph import blocks, covers, sequence, shared_halo, topological_order
+from devito_ml.kernel_builds import build_kernels
 from devito_ml.kernels import kernel_label, unit_owners
 from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
@@ -288,16 +289,18 @@ class Net:
         """An OperatorChain from (suffix, equations, segment) pieces, empty ones
         left out; a piece holding sync points (synchronized BatchNorm) is cut
         there. ``kind`` names the pass in the kernels' names."""
-        parts, sync_points = [], {}
+        sources, sync_points = [], {}
         for suffix, eqs, segment in pieces:
             owners, label = self._unit(segment, kind)
             for cut, (group, point) in enumerate(split_at_sync_points(eqs)):
                 if group:
-                    parts.append(CompiledOperator(
-                        group, name=f"{name}{suffix}" + (f"_sync{cut}" if cut else ''),
-                        owners=owners, label=label))
+                    sources.append(KernelSource(
+                        group, f"{name}{suffix}" + (f"_sync{cut}" if cut else ''),
+                        owners, label))
                 if point is not None:
-                    sync_points.setdefault(len(parts), []).append(point)
+                    sync_points.setdefault(len(sources), []).append(point)
+        build_kernels(sources)         # the distinct ones, on every core
+        parts = [CompiledOperator(source=source) for source in sources]
         return OperatorChain(parts, name=name, sync_points=sync_points)
 
     def forward_equations(self, training=True, nodes=None):

@@ -33,8 +33,8 @@ from devito.symbolics import retrieve_functions
 
 from devito_ml import lanes
 
-__all__ = ['symbols_of', 'cache_key', 'load', 'store', 'enabled', 'folder', 'usage',
-           'clear', 'building']
+__all__ = ['symbols_of', 'cache_key', 'stored', 'load', 'store', 'enabled', 'folder',
+           'usage', 'clear', 'building']
 
 
 def enabled():
@@ -158,6 +158,11 @@ def _lowering_digest():
     that the same equations lower to (read once a process)."""
     with open(lanes.__file__, 'rb') as handle:
         return hashlib.sha256(handle.read()).hexdigest()
+
+
+def stored(key):
+    """Whether an operator is stored under ``key`` (readable or not)."""
+    return os.path.exists(os.path.join(folder(), f"{key}.pkl"))
 
 
 def load(key):

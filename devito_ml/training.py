@@ -5,16 +5,15 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 import zipfile
 
 import numpy as np
-from tqdm import tqdm
 
 from devito_ml.data.batches import Batches
 from devito_ml.errors import CheckpointError, NonFiniteError
+from devito_ml.progress import bar_class, watched
 
 __all__ = ['History', 'fit', 'evaluate', 'evaluation_sums', 'correct_answers',
            'cosine_schedule', 'step_schedule', 'watched',
@@ -274,9 +273,9 @@ def _fit(net, optimizer, train, test, epochs, loss, seed, checkpoint, resume, pr
         if lr_schedule is not None:
             optimizer.lr = float(lr_schedule(epoch))
         total_loss, correct = 0.0, 0
-        bar = _bar_class()(total=len(train[1]), desc=f"epoch {epoch + 1}/{epochs}",
-                           unit='img', disable=not progress, leave=False,
-                           dynamic_ncols=True)
+        bar = bar_class()(total=len(train[1]), desc=f"epoch {epoch + 1}/{epochs}",
+                          unit='img', disable=not progress, leave=False,
+                          dynamic_ncols=True)
         for step, (x, y) in enumerate(batches.epoch(epoch)):
             if parallel is None:
                 value, output = net.train_step(x, y, optimizer, loss)
@@ -320,37 +319,6 @@ def _fit(net, optimizer, train, test, epochs, loss, seed, checkpoint, resume, pr
         if log:
             log(_row(history.epochs[-1]))
     return history
-
-
-def watched():
-    """Whether progress bars have someone to watch them: standard error is a
-    terminal, or this runs in a Jupyter kernel."""
-    try:
-        if sys.stderr.isatty():
-            return True
-    except (AttributeError, ValueError):     # replaced or closed stream
-        return False
-    return _in_kernel()
-
-
-def _in_kernel():
-    shell = sys.modules.get('IPython')
-    ipython = getattr(shell, 'get_ipython', lambda: None)()
-    return ipython is not None and 'IPKernelApp' in getattr(ipython, 'config', {})
-
-
-def _bar_class():
-    """tqdm's notebook widget in a Jupyter kernel that has ipywidgets, else its
-    text bar (without ipywidgets the widget only warns). Decided when a bar is
-    drawn, so that importing devito_ml never imports ipywidgets."""
-    if _in_kernel():
-        try:
-            import ipywidgets  # noqa: F401
-            from tqdm.notebook import tqdm as notebook_bar
-            return notebook_bar
-        except ImportError:
-            pass
-    return tqdm
 
 
 def save_checkpoint(path, net, optimizer, epoch, history):

@@ -69,11 +69,13 @@ def test_a_lock_held_open_is_kept_and_a_stale_one_removed(tmp_path):
 STALE_LOCK = textwrap.dedent('''
     import os, numpy as np, sys
     from devito import Dimension, Eq
-    from devito_ml.compiled import lowered
+    from devito_ml.compiled import operator_options
+    from devito_ml.lanes import build_operator
     from devito_ml.symbolics import tensor
     i = Dimension('i')
     a = tensor('a', (i,), (8,), np.float64)
-    operator = lowered([Eq(a[i], a[i] + float(sys.argv[1]))], 'locked')
+    operator = build_operator([Eq(a[i], a[i] + float(sys.argv[1]))], name='locked',
+                              **operator_options())    # lowered, not compiled
     folder = os.path.join(operator._compiler.get_codepy_dir(), operator._soname[:7])
     os.makedirs(folder, exist_ok=True)
     open(os.path.join(folder, 'lock'), 'w').close()     # left by a killed compile

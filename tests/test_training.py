@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import devito_ml.training as training
+import devito_ml.progress as progress
 from devito_ml.data import digits_split
 from devito_ml.models import lenet5
 from devito_ml.optim import SGD, Adam
@@ -99,7 +100,7 @@ def test_progress_bar_advances_every_step_and_counts_images(net, data, monkeypat
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(training, 'tqdm', Recorder)
+    monkeypatch.setattr(progress, 'tqdm', Recorder)
     fit(fresh(net), SGD(net, lr=0.05), *data, epochs=2, progress=True, log=None)
     assert len(bars) == 2 and not bars[0].disable and bars[0].options['unit'] == 'img'
     for bar in bars:
@@ -112,7 +113,7 @@ def test_progress_bar_advances_every_step_and_counts_images(net, data, monkeypat
 def test_progress_is_shown_only_where_someone_watches(monkeypatch):
     import io
     monkeypatch.setattr('sys.stderr', io.StringIO())    # a pipe or a file
-    assert not training.watched()
+    assert not progress.watched()
 
 
 def test_a_run_says_when_it_builds_operators(net, data):
