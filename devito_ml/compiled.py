@@ -41,26 +41,35 @@ class KernelSource:
 
     def __init__(self, equations, name, owners=None, label=None):
         self.name = name
-        renamed = kernels.canonical(equations, owners) if owners else None
-        options = operator_options()
-        if renamed is None:
-            self.equations = equations
-            self.symbols = operator_cache.symbols_of(equations)
+        self.size = len(equations)
+        names = kernels.role_names(equations, owners) if owners else None
+        options = dict(operator_options(), flags=_flags(operator_options()['compiler']))
+        symbols = operator_cache.symbols_of(equations)
+        self._equations, self._renamed = equations, None
+        if names is None:
+            self.symbols = symbols
             self.names, self.owners = {}, {}
-            self.key = operator_cache.cache_key(equations, name, self.symbols,
-                                                **options,
-                                                flags=_flags(options['compiler']))
+            self.key = operator_cache.cache_key(equations, name, symbols, **options)
             self.kernel_name = name
         else:
-            self.equations = renamed.equations
-            self.symbols = renamed.originals
-            self.names = renamed.names
-            used = set(renamed.names.values())
+            self.symbols = {names[n]: symbol for n, symbol in symbols.items()}
+            self.names = names
+            used = set(names.values())
             self.owners = {canon: own for own, canon in owners.items()
                            if any(n == canon or n.startswith(canon + '_') for n in used)}
-            self.key = operator_cache.cache_key(renamed.equations, '', **options,
-                                                flags=_flags(options['compiler']))
+            self.key = operator_cache.cache_key(equations, '', symbols, rename=names,
+                                                **options)
             self.kernel_name = f"{label}_{self.key[:8]}"
+
+    @property
+    def equations(self):
+        """The equations to lower: renamed after their roles for a shared kernel
+        (made when first asked: a kernel found cached never needs them)."""
+        if not self.names:
+            return self._equations
+        if self._renamed is None:
+            self._renamed = kernels.renamed(self._equations, self.names)
+        return self._renamed
 
     def at_hand(self):
         """Whether the kernel is lowered already: in this process or on disk."""
@@ -253,10 +262,10 @@ def split_at_sync_points(equations):
 class OperatorChain:
     """Several compiled operators run one after the other, as one.
 
-    A deep network is compiled in parts (a few layers each): one Devito operator
-    over a whole ResNet takes minutes to lower and compile, and its C function
-    would take more arguments than ctypes can pass (1024). Each part reads what
-    the parts before it wrote; calling a part costs a few microseconds.
+    A deep network is compiled in parts (a block of layers each): one Devito
+    operator over a whole ResNet takes minutes to lower and compile, and its C
+    function would take more arguments than ctypes can pass (1024). Each part reads
+    what the parts before it wrote; calling a part costs a few microseconds.
 
     Parameters
     ----------

@@ -86,10 +86,10 @@ def _in_workers(todo, count, bar):
     shares = [[] for _ in range(count)]
     # the largest first, each to the least loaded worker
     loads = [0] * count
-    for source in sorted(todo, key=lambda s: -len(s.equations)):
+    for source in sorted(todo, key=lambda s: -s.size):
         least = loads.index(min(loads))
         shares[least].append(_payload(source, folder))
-        loads[least] += len(source.equations)
+        loads[least] += source.size
     environment = dict(os.environ, TMPDIR=tempfile.gettempdir())
     processes = [subprocess.Popen([sys.executable, '-m', 'devito_ml.kernel_builds',
                                    *share], env=environment, stdout=subprocess.PIPE,

@@ -3,14 +3,19 @@
 A deep net is compiled unit by unit (a residual block, or one layer of a chain:
 :func:`devito_ml.graph.blocks`). Two units that do the same work on tensors of the
 same shapes differ only in the names of their Functions (``layer3_1_conv1_W`` and
-``layer3_2_conv1_W``). :func:`canonical` renames every Function, Dimension and
+``layer3_2_conv1_W``). :func:`role_names` names every Function, Dimension and
 Scalar of a unit after its role in the unit (``conv1_W``: the unit's first
 convolution's weights; ``src1_out``: the output of the first layer feeding the unit
-from outside), so identical units print identical equations: one key, one lowered
-and compiled kernel, called with each unit's own Functions. The key holds no layer
-name, so the same kernel is found again by the next block, the next net and the
-next process (:mod:`devito_ml.operator_cache`).
-"""
+from outside); the cache key is the unit's equations printed under those names
+(:func:`devito_ml.operator_cache.cache_key`), so identical units have one key, one
+lowered and compiled kernel (built from the equations :func:`renamed`), called
+with each unit's own Functions. The key holds no layer name, so the same kernel is
+found again by the next block, the next net and the next process.
+
+The equations are printed as sympy orders them, which follows the original names:
+two identical blocks whose names sort differently against their neighbours' (a
+``layer3_10`` after a ``layer3_9``) may print their terms in another order and get
+two kernels. That costs a build, never a wrong result: one key is one text."""
 
 from collections import Counter
 
@@ -18,7 +23,7 @@ from devito import DefaultDimension
 
 from devito_ml.operator_cache import symbols_of
 
-__all__ = ['unit_owners', 'canonical', 'kernel_label', 'Canonical']
+__all__ = ['unit_owners', 'role_names', 'renamed', 'kernel_label']
 
 NET_OWNER = 'net'
 """The canonical owner of the network's input (``<net>_input`` becomes
@@ -69,78 +74,79 @@ def _renamed(name, owners):
     return name if best is None else owners[best] + name[len(best):]
 
 
-class Canonical:
-    """Equations with every symbol renamed after its role in a unit.
-
-    Attributes
-    ----------
-    equations : list of Eq
-        The renamed equations, over new Functions, Dimensions and Scalars (Functions
-        whose memory is never allocated: a kernel is called with the unit's own).
-    names : dict
-        ``{original name: canonical name}`` of every symbol renamed.
-    originals : dict
-        ``{canonical name: original symbol}``, the unit's own Functions and
-        Constants, to call the kernel with.
-    """
-
-    def __init__(self, equations, names, originals):
-        self.equations, self.names, self.originals = equations, names, originals
-
-
-def canonical(equations, owners):
-    """The equations with every symbol renamed by :func:`unit_owners`'s map, or
-    None when two symbols would end up with one name (the unit is then compiled
-    under its own names, unshared).
+def role_names(equations, owners):
+    """``{original name: name after its role}`` of every Function, Constant,
+    Scalar and Dimension of ``equations``, or None when two would end up with one
+    name (the unit is then compiled under its own names, unshared).
 
     Parameters
     ----------
     equations : list of Eq
     owners : dict
-        ``{owner name: canonical owner}``.
+        ``{owner name: canonical owner}`` (:func:`unit_owners`).
 
     Returns
     -------
-    Canonical or None
+    dict or None
     """
-    symbols = symbols_of(equations)
+    found = {}
+    for symbol in symbols_of(equations).values():
+        found[symbol.name] = symbol
+        for dimension in getattr(symbol, 'dimensions', ()):
+            found[dimension.name] = dimension
+    for eq in equations:
+        for symbol in (*eq.free_symbols, *(getattr(eq, 'implicit_dims', None) or ())):
+            if getattr(symbol, 'is_Dimension', False):
+                found[symbol.name] = symbol
+    names = {name: _renamed(name, owners) for name in found}
+    return names if len(set(names.values())) == len(names) else None
+
+
+def renamed(equations, names):
+    """``equations`` over new Functions, Dimensions and Scalars named by ``names``
+    (Functions whose memory is never allocated: a kernel is called with the
+    unit's own).
+
+    Parameters
+    ----------
+    equations : list of Eq
+    names : dict
+        From :func:`role_names`.
+
+    Returns
+    -------
+    list of Eq
+    """
     dimensions = {}
 
     def dimension(d):
         if d not in dimensions:
-            name = _renamed(d.name, owners)
+            name = names[d.name]
             # Devito 4.8 rebuilds a DefaultDimension without its extent
             dimensions[d] = DefaultDimension(name=name, default_value=d._default_value) \
                 if d.is_Default else d._rebuild(name=name)
         return dimensions[d]
 
-    mapper, names, originals = {}, {}, {}
+    mapper = {}
     for eq in equations:
         implicit = getattr(eq, 'implicit_dims', None) or ()
         for symbol in (*eq.free_symbols, *implicit):
             if getattr(symbol, 'is_Dimension', False):
                 mapper[symbol] = dimension(symbol)
-    for symbol in symbols.values():
-        name = _renamed(symbol.name, owners)
-        names[symbol.name] = name
+    for symbol in symbols_of(equations).values():
+        name = names[symbol.name]
         if getattr(symbol, 'is_Dimension', False):
             mapper[symbol] = dimension(symbol)
         elif hasattr(symbol, 'indexed'):      # a Function
-            renamed = symbol._rebuild(
+            function = symbol._rebuild(
                 name=name, dimensions=tuple(dimension(d) for d in symbol.dimensions),
                 halo=tuple(tuple(side) for side in symbol.halo),
                 padding=tuple(tuple(side) for side in symbol.padding))
-            mapper[symbol.indexed] = renamed.indexed
-            mapper[symbol] = renamed
-            originals[name] = symbol
+            mapper[symbol.indexed] = function.indexed
+            mapper[symbol] = function
         else:                                 # a Constant or a Scalar
             mapper[symbol] = symbol._rebuild(name=name)
-            if hasattr(symbol, 'data'):
-                originals[name] = symbol
-    names.update((d.name, new.name) for d, new in dimensions.items())
-    if len(set(names.values())) != len(names):
-        return None
-    return Canonical([_rebuilt(eq, mapper) for eq in equations], names, originals)
+    return [_rebuilt(eq, mapper) for eq in equations]
 
 
 def _rebuilt(eq, mapper):

@@ -52,9 +52,12 @@ class Net:
         One sample's shape for a chain, ``(channels, rows, cols)`` or
         ``(features,)``. Default: from the first layer's ``input_size``.
     layers_per_operator : int
-        Deep nets are compiled in parts of this many layers, run in sequence (one
-        operator per pass would take minutes to lower and compile, and more C
-        arguments than ctypes passes); the parts are named ``<net>_forward_1``...
+        A net of at most this many layers is one operator a pass (``<net>_forward``).
+        A deeper one is compiled block by block (:func:`~devito_ml.graph.blocks`, no
+        block longer than this), run in sequence: one operator over a whole ResNet
+        would take minutes to lower and compile, and more C arguments than ctypes
+        passes. Identical blocks call one kernel (:mod:`devito_ml.kernels`); the
+        calls are named ``<net>_forward_1``... (:meth:`call_map`).
 
     Notes
     -----

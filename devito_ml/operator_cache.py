@@ -23,11 +23,13 @@ import functools
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import warnings
 
 import devito
 import numpy as np
+import sympy
 from devito import configuration
 from devito.symbolics import retrieve_functions
 
@@ -133,23 +135,77 @@ def _describe(symbol):
     return tuple(parts)
 
 
-def cache_key(equations, name, symbols=None, **options):
+def cache_key(equations, name, symbols=None, rename=None, **options):
     """A digest of everything the lowered operator depends on (``symbols``: those
-    of :func:`symbols_of`, when already found)."""
-    text = [devito.__version__, _lowering_digest(), name, repr(sorted(options.items())),
-            repr(sorted((k, str(v)) for k, v in configuration.items()
-                        if k in ('platform', 'compiler', 'opt', 'language')))]
+    of :func:`symbols_of`, when already found), every name mapped by ``rename``
+    (``{name: new name}``: the key of the equations renamed so, without renaming
+    them)."""
+    header = [devito.__version__, _lowering_digest(), name,
+              repr(sorted(options.items())),
+              repr(sorted((k, str(v)) for k, v in configuration.items()
+                          if k in ('platform', 'compiler', 'opt', 'language')))]
+    write = str if rename is None else functools.partial(canonical_text,
+                                                         rename=rename)
+    text = []
     for eq in equations:
         implicit = getattr(eq, 'implicit_dims', None) or ()
-        text.append(repr((type(eq).__name__, str(eq.lhs), str(eq.rhs),
-                          type(implicit).__name__,
-                          tuple(_describe_dimension(d) for d in implicit))))
-    text += [repr(_describe(symbol)) for _, symbol in
-             sorted((symbols or symbols_of(equations)).items())]
+        loops = tuple(_describe_dimension(d) for d in implicit)
+        if rename is not None:
+            loops = tuple((kind, rename.get(name, name), extent)
+                          for kind, name, extent in loops)
+        text.append(repr((type(eq).__name__, write(eq.lhs), write(eq.rhs),
+                          type(implicit).__name__, loops)))
+    symbols = symbols or symbols_of(equations)
+    described = [repr(_describe(symbol)) for symbol in symbols.values()]
     dimensions = {d for eq in equations for d in eq.free_symbols
                   if getattr(d, 'is_Dimension', False)}
-    text += sorted(repr(_describe_dimension(d)) for d in dimensions)
+    described += [repr(_describe_dimension(d)) for d in dimensions]
+    if rename is not None:
+        described = [_TOKEN.sub(lambda m: rename.get(m.group(0), m.group(0)), piece)
+                     for piece in described]
+    text = header + text + sorted(described)
     return hashlib.sha256('\n'.join(text).encode()).hexdigest()
+
+
+_TOKEN = re.compile(r'[A-Za-z_]\w*')
+_ORDERLESS = (sympy.Add, sympy.Mul, sympy.Max, sympy.Min)
+
+
+def canonical_text(expression, rename):
+    """``expression`` written with every name mapped by ``rename``, and the
+    operands of sums, products, maxima and minima sorted by their own text.
+
+    sympy orders those operands by the names in them: two identical blocks whose
+    names sort differently against their neighbours' (``conv10`` after ``conv9``)
+    would print differently, renamed or not. This text does not depend on the
+    names it maps; two expressions with one text are one expression, renamed and
+    reordered (so, float rounding aside, they compute the same).
+    """
+    if getattr(expression, 'is_Indexed', False):
+        indices = ','.join(canonical_text(i, rename) for i in expression.indices)
+        name = expression.function.name
+        return f"{rename.get(name, name)}[{indices}]"
+    if getattr(expression, 'is_Float', False):
+        return f"F{expression._mpf_!r}"           # exact, not 15 digits
+    if getattr(expression, 'is_Number', False):
+        return str(expression)
+    if not expression.args:
+        name = getattr(expression, 'name', None)
+        if name is not None:
+            return f"{type(expression).__name__}:{rename.get(name, name)}"
+        return f"{type(expression).__name__}:{expression}"
+    operands = [canonical_text(a, rename) for a in expression.args]
+    if isinstance(expression, _ORDERLESS):
+        operands.sort()
+    head = type(expression).__name__
+    # what a Devito node holds beside its operands (DefFunction's C name)
+    extra = [getattr(expression, attribute, None)
+             for attribute in (*getattr(expression, '__rargs__', ()),
+                               *getattr(expression, '__rkwargs__', ()))]
+    extra = [repr(v) for v in extra if isinstance(v, (str, int, float, bool))]
+    if extra:
+        head += '{' + ','.join(extra) + '}'
+    return f"{head}({','.join(operands)})"
 
 
 @functools.lru_cache(maxsize=None)

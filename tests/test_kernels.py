@@ -115,3 +115,30 @@ def test_blocks_cut_where_one_tensor_links_before_and_after():
     assert [[node.layer.name for node in block] for block in
             blocks(net._input_node, net.nodes, 1)] == [['a'], ['b'], ['c'], ['d'],
                                                        ['f'], ['y']]
+
+
+def test_the_key_text_follows_the_maths_not_the_names():
+    """Renamed, two identical expressions have one text whatever order sympy put
+    their terms in (it orders them by name: ``conv10`` before ``conv9``); any other
+    difference shows."""
+    import sympy
+    from devito.symbolics import DefFunction
+    from devito_ml.operator_cache import canonical_text
+
+    def text(expression, *names):
+        return canonical_text(expression, dict(zip(names, ('x', 'y'))))
+
+    a, b = sympy.symbols('conv9_out conv10_W')
+    c, d = sympy.symbols('conv10_out conv11_W')
+    assert str(a + 2 * b) != str(c + 2 * d).replace('conv10', 'conv9').replace(
+        'conv11', 'conv10')                       # sympy's own order differs
+    assert text(a + 2 * b, 'conv9_out', 'conv10_W') == \
+        text(c + 2 * d, 'conv10_out', 'conv11_W')
+    names = ('conv9_out', 'conv10_W')
+    assert text(a + 2 * b, *names) != text(a + 3 * b, *names)
+    assert text(a + 2 * b, *names) != text(2 * a + b, *names)
+    assert text(sympy.Max(a, b), *names) != text(sympy.Min(a, b), *names)
+    assert text(a + sympy.Float('0.1', 30), *names) != \
+        text(a + sympy.Float('0.10000000000000000001', 30), *names)
+    assert text(DefFunction('fma', (a, b, a)), *names) != \
+        text(DefFunction('fmaf', (a, b, a)), *names)
