@@ -65,7 +65,8 @@ def build_kernels(sources, progress=None):
         progress = watched()
     cached = len(distinct) - len(todo)
     bar = bar_class()(total=len(todo), disable=not progress, leave=False,
-                      desc=f"building {len(todo)} kernels, {cached} cached",
+                      desc=f"building {len(todo)} kernel{'s' * (len(todo) > 1)}, "
+                           f"{cached} cached",
                       unit='kernel')
     try:
         count = min(workers(), len(todo))

@@ -37,11 +37,28 @@ def executed(path):
     return notebook
 
 
+_BAR = re.compile(r'building \d+ kernels?, \d+ cached')
+
+
+def _progress(output):
+    """Whether ``output`` is a progress bar: building kernels draws one when the
+    caches are cold, so what a run shows of it depends on what ran before."""
+    if output['output_type'] == 'stream':
+        text = output['text']       # a text bar: its lines, and the \r between
+        return output['name'] == 'stderr' and (bool(_BAR.search(text))
+                                               or not text.strip())
+    return 'application/vnd.jupyter.widget-view+json' in output.get('data', {})
+
+
+def _outputs(cell):
+    return [output for output in cell.get('outputs', []) if not _progress(output)]
+
+
 def _kinds(cell):
     """What a cell shows: ('stream', name), ('image', None), ('text', None)...; a
     run of writes to one stream is one output (the kernel splits it by timing)."""
     kinds = []
-    for output in cell.get('outputs', []):
+    for output in _outputs(cell):
         if output['output_type'] == 'stream':
             if kinds[-1:] != [('stream', output['name'])]:
                 kinds.append(('stream', output['name']))
@@ -55,7 +72,7 @@ def _kinds(cell):
 
 def _text(cell):
     parts = []
-    for output in cell.get('outputs', []):
+    for output in _outputs(cell):
         if output['output_type'] == 'stream':
             parts.append(output['text'])
         elif 'data' in output and 'image/png' not in output['data']:
@@ -95,6 +112,9 @@ def differences(stored, fresh):
 def main(paths):
     for path in paths or sorted(EXAMPLES.glob('*.ipynb')):
         notebook = executed(path)
+        for cell in notebook.cells:          # stored without progress bars
+            if cell.cell_type == 'code':
+                cell.outputs = _outputs(cell)
         nbformat.write(notebook, path)
         print(f"stored the outputs of {path}")
 

@@ -38,3 +38,22 @@ def test_stored_outputs_that_differ_are_found():
     varies = notebook('built in 24.1 s\n')
     varies.cells[0].metadata['tags'] = ['varies']
     assert not differences(varies, notebook('built in 2.4 s\n'))
+
+
+def test_progress_bars_are_not_compared():
+    """Building kernels draws a bar where the caches are cold: a run may show one
+    that the stored notebook does not, and the other way round."""
+    def notebook(*outputs):
+        cell = nbformat.v4.new_code_cell('net.forward(x)', outputs=list(outputs))
+        return nbformat.v4.new_notebook(cells=[cell])
+
+    result = nbformat.v4.new_output('stream', name='stdout', text='loss 0.25\n')
+    text_bar = nbformat.v4.new_output('stream', name='stderr',
+                                      text='\rbuilding 14 kernels, 6 cached:  50%|')
+    widget = nbformat.v4.new_output('display_data', data={
+        'application/vnd.jupyter.widget-view+json': {'model_id': 'x'},
+        'text/plain': 'building 3 kernels, 0 cached'})
+    assert not differences(notebook(result), notebook(text_bar, result))
+    assert not differences(notebook(widget, result), notebook(result))
+    assert differences(notebook(result), notebook(
+        nbformat.v4.new_output('stream', name='stderr', text='a warning\n'), result))
