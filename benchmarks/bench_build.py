@@ -27,25 +27,25 @@ import sys
 import tempfile
 import time
 
+
+def _resnet(depth, width, batch, blocks=None):
+    """A ResNet case (small-input stem, 32x32)."""
+    options = dict(depth=depth, width=width, **({'blocks': blocks} if blocks else {}))
+    title = '3x2 basic blocks 16/32/64' if blocks else f"ResNet-{depth} width {width}"
+    return f"{title}, 32x32, batch {batch}", 'resnet', options, batch, 32
+
+
 CASES = {
     # name: (description, builder, options, batch, image size)
     'lenet': ('LeNet-5, 28x28, batch 64', 'lenet', {}, 64, 28),
-    'small_resnet': ('3x2 basic blocks 16/32/64, 32x32, batch 32', 'resnet',
-                     dict(depth=18, width=16, blocks=(2, 2, 2, 0)), 32, 32),
-    'resnet18_w16': ('ResNet-18 width 16, 32x32, batch 32', 'resnet',
-                     dict(depth=18, width=16), 32, 32),
-    'resnet18': ('ResNet-18 width 64, 32x32, batch 32', 'resnet',
-                 dict(depth=18, width=64), 32, 32),
-    'resnet50_w8': ('ResNet-50 width 8, 32x32, batch 16', 'resnet',
-                    dict(depth=50, width=8), 16, 32),
-    'resnet50_w16': ('ResNet-50 width 16, 32x32, batch 32', 'resnet',
-                     dict(depth=50, width=16), 32, 32),
-    'resnet50': ('ResNet-50 width 64, 32x32, batch 32', 'resnet',
-                 dict(depth=50, width=64), 32, 32),
-    'resnet101_w16': ('ResNet-101 width 16, 32x32, batch 32', 'resnet',
-                      dict(depth=101, width=16), 32, 32),
-    'resnet152_w16': ('ResNet-152 width 16, 32x32, batch 32', 'resnet',
-                      dict(depth=152, width=16), 32, 32),
+    'small_resnet': _resnet(18, 16, 32, blocks=(2, 2, 2, 0)),
+    'resnet18_w16': _resnet(18, 16, 32),
+    'resnet18': _resnet(18, 64, 32),
+    'resnet50_w8': _resnet(50, 8, 16),
+    'resnet50_w16': _resnet(50, 16, 32),
+    'resnet50': _resnet(50, 64, 32),
+    'resnet101_w16': _resnet(101, 16, 32),
+    'resnet152_w16': _resnet(152, 16, 32),
 }
 DEFAULT = ['lenet', 'small_resnet', 'resnet18_w16', 'resnet50_w16', 'resnet101_w16',
            'resnet152_w16']
