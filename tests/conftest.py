@@ -1,13 +1,23 @@
 """Test configuration: Devito warnings are errors, so a loop silently cut short
-("Shrinking bounds", "might cause no iterations") fails the test."""
+("Shrinking bounds", "might cause no iterations") fails the test.
+
+Under pytest-xdist the test processes already use every core: kernels are built
+in-process (``DEVITO_ML_BUILD_WORKERS=1``) rather than by worker processes of their
+own, each paying its imports, on cores that are busy. ``test_kernel_builds.py``
+asks for workers itself."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
 
+from devito_ml.kernel_builds import WORKERS_VARIABLE
 from devito_ml.vector_width import LANES_VARIABLE
 from widths import WIDTHS
+
+if 'PYTEST_XDIST_WORKER' in os.environ:
+    os.environ.setdefault(WORKERS_VARIABLE, '1')
 
 
 class _RaiseOnDevitoWarning(logging.Handler):
