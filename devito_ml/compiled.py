@@ -43,7 +43,8 @@ class KernelSource:
         self.name = name
         self.size = len(equations)
         names = kernels.role_names(equations, owners) if owners else None
-        options = dict(operator_options(), flags=_flags(operator_options()['compiler']))
+        options = operator_options()
+        options['flags'] = _flags(options['compiler'])
         symbols = operator_cache.symbols_of(equations)
         self._equations, self._renamed = equations, None
         if names is None:

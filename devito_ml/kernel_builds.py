@@ -17,6 +17,7 @@ to start, so fewer than :data:`PARALLEL_FROM` kernels are built in-process.
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,10 +110,7 @@ def _in_workers(todo, count, bar):
     for process, reader in zip(processes, readers):
         process.wait()
         reader.join()
-    for share in shares:
-        for path in share:
-            _remove(path)
-    _remove(folder, directory=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _payload(source, folder):
@@ -125,13 +123,6 @@ def _payload(source, folder):
         pickle.dump((source.equations, source.kernel_name, source.key, dimensions),
                     handle)
     return path
-
-
-def _remove(path, directory=False):
-    try:
-        os.rmdir(path) if directory else os.remove(path)
-    except OSError:
-        pass
 
 
 def _default_dimensions(equations):

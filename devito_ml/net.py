@@ -747,10 +747,7 @@ class Net:
             was built: data-parallel training runs it apart from the backward pass.
         """
         os.makedirs(directory, exist_ok=True)
-        chains = [*self._forward_operators.values(), *self._backward_operators.values(),
-                  *self._evaluation_operators.values(), *self._train_operators.values()]
-        if not chains:
-            chains = [self.forward_operator, self.backward_operator]
+        chains = self._built() or [self.forward_operator, self.backward_operator]
         if optimizer is not None and optimizer._update_operator is not None:
             chains.append(optimizer._update_operator)
         paths = []
@@ -763,6 +760,11 @@ class Net:
             with open(paths[-1], 'w') as handle:
                 handle.write(self.call_map(chains))
         return paths
+
+    def _built(self):
+        """Every operator built so far."""
+        return [*self._forward_operators.values(), *self._backward_operators.values(),
+                *self._evaluation_operators.values(), *self._train_operators.values()]
 
     def call_map(self, chains=None):
         """Which kernel each operator calls, in the order they run, and the layers
@@ -779,10 +781,7 @@ class Net:
         str
         """
         if chains is None:
-            chains = [*self._forward_operators.values(),
-                      *self._backward_operators.values(),
-                      *self._evaluation_operators.values(),
-                      *self._train_operators.values()]
+            chains = self._built()
         lines = [f"# devito_ml net `{self.name}`: the kernels each operator calls, in "
                  "the order they run, and the layers each call stands for"]
         for chain in chains:
