@@ -218,12 +218,12 @@ def _cache(args):
         removed = operator_cache.clear()
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
-        print(f"removed {removed} lowered operators from {operator_cache.folder()} and "
-              f"{len(folders)} folders of compiled C")
+        print(f"removed {removed} files of lowered operators and kernels from "
+              f"{operator_cache.folder()} and {len(folders)} folders of compiled C")
         return 0
     count, size = operator_cache.usage()
     state = '' if operator_cache.enabled() else ' (off: DEVITO_ML_OPERATOR_CACHE=0)'
-    print(f"lowered operators: {operator_cache.folder()}, {count} files, "
+    print(f"lowered operators and kernels: {operator_cache.folder()}, {count} files, "
           f"{size / 2**20:.1f} MiB{state}")
     for folder in folders:
         print(f"compiled C: {folder}, {_folder_size(folder) / 2**20:.1f} MiB")

@@ -2,17 +2,17 @@
 
 ``Operator.apply()`` spends ~170 us plus ~60 us per Function in Python before any C
 runs. ``CompiledOperator.run(batch)`` derives the argument list once per active batch
-size and then calls the compiled function directly.
+size, through the kernel's call layout (:mod:`devito_ml.kernel_calls`), and then
+calls the compiled function directly.
 """
 
 import functools
 
 import collections
 
-from devito_ml import compiler, kernels, lanes, operator_cache
+from devito_ml import compiler, kernel_calls, kernels, lanes, operator_cache
 from devito_ml.allocation import batched_allocation
-
-BATCH = 'n'
+from devito_ml.kernel_calls import BATCH, is_batch_dimension  # noqa: F401 (layers')
 
 __all__ = ['KernelSource', 'CompiledOperator', 'lowered', 'build', 'forget_loaded',
            'OperatorChain', 'SyncPoint', 'split_at_sync_points']
@@ -74,15 +74,19 @@ class KernelSource:
 
     def at_hand(self):
         """Whether the kernel is lowered already: in this process or on disk."""
-        return self.key in _LOADED or operator_cache.stored(self.key)
+        return self.key in _CALLS or self.key in _LOADED or \
+            operator_cache.stored(self.key)
 
 
 class CompiledOperator:
-    """A Devito Operator plus its prepared argument lists, one per batch size.
+    """A compiled kernel called with one unit's Functions, its argument lists
+    prepared once per batch size.
 
     Given ``owners`` (or a :class:`KernelSource` that has them), it is one call of
     a kernel shared by every unit that computes the same thing, called with this
-    unit's own Functions.
+    unit's own Functions. The kernel is called through its call layout
+    (:mod:`devito_ml.kernel_calls`): a kernel found in the cache is called without
+    its Devito Operator, which is loaded only when asked for (:attr:`operator`).
 
     Parameters
     ----------
@@ -98,11 +102,11 @@ class CompiledOperator:
     def __init__(self, equations=None, name=None, owners=None, label=None,
                  source=None):
         source = source or KernelSource(equations, name, owners, label)
+        self._source = source
         self.name, self.names, self.owners = source.name, source.names, source.owners
-        self.operator = lowered(source)
-        self.operator.cfunction    # compile now, not inside the first timed call
-        self._positions = {p.name: i for i, p in enumerate(self.operator.parameters)}
-        # the Functions to run on, by name: a cached or shared operator holds others
+        self.kernel = kernel_call(source)
+        self._positions = {name: i for i, name in enumerate(self.kernel.names)}
+        # the Functions to run on, by name: a cached or shared kernel holds others
         symbols = source.symbols
         # (of a class with data: asking a Function for it would allocate it now)
         self._functions = {name: symbols[name] for name in self._positions
@@ -111,25 +115,30 @@ class CompiledOperator:
         self._scalars = {}
 
     @property
+    def operator(self):
+        """The lowered Devito Operator (loaded, or lowered, when first asked)."""
+        return lowered(self._source)
+
+    @property
     def kernel_name(self):
         """Name of the generated C function (shared by the calls of one kernel)."""
-        return self.operator.name
+        return self.kernel.function_name
 
     @property
     def code(self):
         """The generated C, as a string."""
-        return str(self.operator)
+        return self.kernel.code or str(self.operator)
+
+    def bound(self):
+        """``{parameter name: Function, Constant or value}``: what this call binds
+        to the kernel's parameters."""
+        return {**self._functions, **self._scalars}
 
     def prepare(self, batch):
         """Derive (or reuse) the argument list for ``batch`` active samples."""
         if batch not in self._arguments:
-            bounds = {f"{d.name}_M": batch - 1 for d in self.operator.dimensions
-                      if is_batch_dimension(d)}
-            arguments = self.operator.arguments(**bounds, **{**self._functions,
-                                                             **self._scalars})
-            values = [arguments[p.name] for p in self.operator.parameters]
-            self._arguments[batch] = (arguments, values)
-        return self._arguments[batch][1]
+            self._arguments[batch] = self.kernel.arguments(batch, self.bound())
+        return self._arguments[batch]
 
     def set_scalars(self, values):
         """Set run-time scalars (Devito Constants) by name in every prepared list.
@@ -139,20 +148,80 @@ class CompiledOperator:
         """
         values = {self.names.get(k, k): v for k, v in values.items()}
         self._scalars.update((k, v) for k, v in values.items() if k in self._positions)
-        for _, prepared in self._arguments.values():
+        for prepared in self._arguments.values():
             for name, value in self._scalars.items():
                 prepared[self._positions[name]] = value
 
     def run(self, batch):
         """Run the operator on the first ``batch`` entries of the batch dimension."""
-        status = self.operator.cfunction(*self.prepare(batch))
+        status = self.kernel(self.prepare(batch))
         if status:
             raise RuntimeError(f"operator `{self.name}` returned {status}")
 
     def apply(self, batch):
         """Run through ``Operator.apply`` (slow path; for comparison and tests)."""
-        self.operator.apply(**{f"{d.name}_M": batch - 1 for d in self.operator.dimensions
-                               if is_batch_dimension(d)}, **self._functions)
+        operator = self.operator
+        operator.apply(**kernel_calls.batch_bounds(operator.dimensions, batch),
+                       **self._functions)
+
+
+def kernel_call(source):
+    """The :class:`~devito_ml.kernel_calls.KernelCall` of a :class:`KernelSource`:
+    from this process's kernels, the cache's call layouts, or from its operator
+    (:func:`lowered`), whose layout is then stored."""
+    key = source.key
+    found = _CALLS.get(key)
+    if found is not None:
+        _CALLS.move_to_end(key)
+        return found
+    found = kernel_calls.load(key) if operator_cache.enabled() else None
+    if found is None:
+        operator = lowered(source)
+        found = _CALLS.get(key) or _call_of(operator, key)     # built: made by build()
+    return _keep(_CALLS, key, found)
+
+
+def _keep(kept, key, value):
+    """Keep ``value`` at hand under ``key``, dropping the least recently used."""
+    kept[key] = value
+    while len(kept) > KERNELS_KEPT:
+        kept.popitem(last=False)
+    return value
+
+
+def _call_of(operator, key):
+    """A call of ``operator``: through its layout (stored, when the cache is on),
+    or through Devito where it has none."""
+    layout = kernel_calls.layout_of(operator)
+    if layout is None:
+        return DevitoCall(operator)
+    if operator_cache.enabled():
+        kernel_calls.store(key, operator, layout)
+    return kernel_calls.KernelCall(layout, operator.cfunction, code=str(operator))
+
+
+class DevitoCall:
+    """A kernel called through ``Operator.arguments()`` (one whose parameters a
+    call layout does not bind); the interface of
+    :class:`~devito_ml.kernel_calls.KernelCall`."""
+
+    def __init__(self, operator):
+        self.operator = operator
+        self.cfunction = operator.cfunction
+        self.names = [p.name for p in operator.parameters]
+        self.function_name = operator.name
+
+    @property
+    def code(self):
+        return str(self.operator)
+
+    def arguments(self, batch, bound):
+        arguments = self.operator.arguments(
+            **kernel_calls.batch_bounds(self.operator.dimensions, batch), **bound)
+        return [arguments[name] for name in self.names]
+
+    def __call__(self, values):
+        return self.cfunction(*values)
 
 
 def lowered(source):
@@ -174,10 +243,7 @@ def lowered(source):
             operator = operator_cache.load(key) if operator_cache.enabled() else None
             if operator is None:
                 operator = build(source.equations, source.kernel_name, key)
-    _LOADED[key] = operator
-    while len(_LOADED) > KERNELS_KEPT:
-        _LOADED.popitem(last=False)
-    return operator
+    return _keep(_LOADED, key, operator)
 
 
 def build(equations, name, key):
@@ -190,21 +256,26 @@ def build(equations, name, key):
     operator.cfunction
     if operator_cache.enabled():
         operator_cache.store(key, operator)
+    _keep(_CALLS, key, _call_of(operator, key))     # its layout stored beside it
     return operator
 
 
 KERNELS_KEPT = 256
-"""How many lowered operators a process keeps at hand, most recently used first."""
+"""How many kernels (and lowered operators) a process keeps at hand, most recently
+used first."""
 
-# A cache, as Devito's own: the operators this process lowered or loaded, by key. A
-# compiled operator is not changed by running it; each caller binds its own Functions.
+# Caches, as Devito's own: the operators this process lowered or loaded, and the
+# calls of kernels, by key. A compiled kernel is not changed by running it; each
+# caller binds its own Functions.
 _LOADED = collections.OrderedDict()
+_CALLS = collections.OrderedDict()
 
 
 def forget_loaded():
-    """Drop the operators this process keeps at hand: the next build of each
-    reads the disk cache (or lowers) again."""
+    """Drop the kernels and operators this process keeps at hand: the next build
+    of each reads the disk cache (or lowers) again."""
     _LOADED.clear()
+    _CALLS.clear()
 
 
 @functools.lru_cache(maxsize=None)
@@ -215,11 +286,6 @@ def _flags(compiler_name):
 def operator_options():
     """The options every operator is built with (and cached under)."""
     return dict(language='openmp', compiler=compiler.compiler_name())
-
-
-def is_batch_dimension(dimension):
-    """The batch ``n`` and its per-layer aliases ``<layer>_n``."""
-    return dimension.name == BATCH or dimension.name.endswith('_' + BATCH)
 
 
 class SyncPoint:

@@ -36,7 +36,7 @@ from devito.symbolics import retrieve_functions
 from devito_ml import lanes
 
 __all__ = ['symbols_of', 'cache_key', 'stored', 'load', 'store', 'enabled', 'folder',
-           'usage', 'clear', 'building']
+           'usage', 'clear', 'building', 'path', 'write', 'remove']
 
 
 def enabled():
@@ -48,16 +48,49 @@ def folder():
     return os.path.join(tempfile.gettempdir(), f"devito_ml-operators-{os.getuid()}")
 
 
+STORED = ('.pkl', '.call', '.so', '.c')
+"""What the cache stores: lowered operators (``.pkl``), and beside each its call
+layout (``.call``), shared object (``-<digest>.so``) and C (:mod:`kernel_calls`)."""
+
+
 def _names():
-    """Stored operators' file names, and leftovers of interrupted writes (``.op-*``)."""
+    """Stored files' names, and leftovers of interrupted writes (``.op-*``)."""
     try:
-        return [name for name in os.listdir(folder()) if name.endswith('.pkl')]
+        return [name for name in os.listdir(folder()) if name.endswith(STORED)]
     except FileNotFoundError:
         return []
 
 
+def path(name):
+    """Where the cache keeps the file ``name``."""
+    return os.path.join(folder(), name)
+
+
+def write(name, data):
+    """Write the bytes ``data`` as the file ``name`` atomically (a temporary file,
+    then a rename: a reader sees the whole file or none)."""
+    target = folder()
+    os.makedirs(target, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target, prefix='.op-',
+                                         suffix=os.path.splitext(name)[1])
+    try:
+        with os.fdopen(handle, 'wb') as stream:
+            stream.write(data)
+        os.replace(temporary, path(name))
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def remove(name):
+    """Remove the file ``name`` (nothing when it is gone already)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path(name))
+
+
 def usage():
-    """``(files, bytes)`` the cache holds."""
+    """``(files, bytes)`` the cache holds (a kernel is a few files)."""
     sizes = []
     for name in _names():
         try:
@@ -247,16 +280,6 @@ def load(key):
 
 def store(key, operator):
     """Write ``operator`` under ``key`` atomically (temporary file, then rename)."""
-    target = folder()
-    os.makedirs(target, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target, prefix='.op-', suffix='.pkl')
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            # a DefaultDimension's extent is not pickled (Devito 4.8): kept beside
-            defaults = {d.name: d._default_value for d in operator.dimensions
-                        if d.is_Default}
-            pickle.dump((operator, defaults), stream)
-        os.replace(temporary, os.path.join(target, f"{key}.pkl"))
-    except Exception:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    # a DefaultDimension's extent is not pickled (Devito 4.8): kept beside
+    defaults = {d.name: d._default_value for d in operator.dimensions if d.is_Default}
+    write(f"{key}.pkl", pickle.dumps((operator, defaults)))

@@ -27,7 +27,8 @@ def _read(eq):
         for function in retrieve_functions(expression):
             names.add(function.function.name)
         for symbol in expression.free_symbols:
-            names.add(getattr(symbol, 'name', str(symbol)))
+            # (not getattr's default: printing every symbol costs seconds a net)
+            names.add(symbol.name if hasattr(symbol, 'name') else str(symbol))
     return names - {_written(eq)}    # a value read only by its own updates is unread
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from devito_ml import Conv, Flat, FullyConnected, MaxPooling, Net, ReLU
-from devito_ml import operator_cache
+from devito_ml import kernel_calls, operator_cache
 from devito_ml.cli import main
 from devito_ml.compiled import CompiledOperator, forget_loaded, operator_options
 from devito_ml.compiler import compiler_flags
@@ -93,18 +93,22 @@ def test_a_changed_lowering_pass_is_another_key(monkeypatch):
     assert operator_cache.cache_key(equations, 'x') != key
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'garbage'])
-def test_an_unreadable_entry_is_removed_with_a_warning_and_rebuilt(
-        fresh_results, monkeypatch, damage):
-    x, labels, output, loss, gradients = fresh_results
-    monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '1')
-    _, key = stored_forward(x)
-    path = os.path.join(operator_cache.folder(), f"{key}.pkl")
+def _damage(path, damage):
     with open(path, 'rb') as handle:
         stored = handle.read()
     with open(path, 'wb') as handle:
         handle.write(stored[:len(stored) // 2] if damage == 'truncated' else
                      b'not a pickle' * 100)
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage'])
+def test_an_unreadable_operator_is_removed_with_a_warning_and_rebuilt(
+        fresh_results, monkeypatch, damage):
+    x, labels, output, loss, gradients = fresh_results
+    monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '1')
+    _, key = stored_forward(x)
+    _damage(os.path.join(operator_cache.folder(), f"{key}.pkl"), damage)
+    operator_cache.remove(f"{key}.call")        # so that the operator is read
     with pytest.warns(RuntimeWarning, match=r"operator cache: `.*\.pkl` could not be "
                       r"read .*removed, the operator is built again"):
         forget_loaded()
@@ -114,22 +118,45 @@ def test_an_unreadable_entry_is_removed_with_a_warning_and_rebuilt(
     assert operator_cache.load(key) is not None      # stored again, readable
 
 
+@pytest.mark.parametrize('damage', ['truncated', 'garbage'])
+@pytest.mark.parametrize('stored', ['call layout', 'shared object'])
+def test_an_unreadable_kernel_is_removed_with_a_warning_and_loaded_again(
+        fresh_results, monkeypatch, damage, stored):
+    x, labels, output, loss, gradients = fresh_results
+    monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '1')
+    _, key = stored_forward(x)
+    suffix = '.call' if stored == 'call layout' else '.so'
+    path, = [os.path.join(operator_cache.folder(), name)
+             for name in os.listdir(operator_cache.folder())
+             if name.startswith(key) and name.endswith(suffix)]
+    _damage(path, damage)
+    with pytest.warns(RuntimeWarning, match=r"operator cache: `.*` could not be read "
+                      r".*the kernel is loaded from its operator again"):
+        forget_loaded()
+        rebuilt = build()
+        assert np.array_equal(rebuilt.forward(x), output)
+    assert rebuilt.backward(labels) == loss
+    forget_loaded()
+    assert kernel_calls.load(key) is not None        # stored again, readable
+
+
 def test_cache_command_reports_and_clears(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
     compiled = tmp_path / f"devito-jitcache-0123456789-uid{os.getuid()}"
     compiled.mkdir()
     (compiled / 'kernel.so').write_bytes(b'x' * 2048)
     os.makedirs(operator_cache.folder())
-    for name in ('a.pkl', 'b.pkl', '.op-interrupted.pkl'):
+    for name in ('a.pkl', 'a.call', 'a-0123456789abcdef.so', 'a.c', 'b.pkl',
+                 '.op-interrupted.pkl'):
         with open(os.path.join(operator_cache.folder(), name), 'wb') as handle:
             handle.write(b'y' * 1024)
-    assert operator_cache.usage() == (3, 3072)
+    assert operator_cache.usage() == (6, 6144)
     assert main(['cache']) == 0
     report = capsys.readouterr().out
-    assert f"lowered operators: {operator_cache.folder()}, 3 files" in report
+    assert f"lowered operators and kernels: {operator_cache.folder()}, 6 files" in report
     assert f"compiled C: {compiled}" in report
     assert main(['cache', '--clear']) == 0
-    assert 'removed 3 lowered operators' in capsys.readouterr().out
+    assert 'removed 6 files of lowered operators and kernels' in capsys.readouterr().out
     assert operator_cache.usage() == (0, 0) and not compiled.exists()
 
 
