@@ -43,8 +43,7 @@ class KernelSource:
         self.name = name
         self.size = len(equations)
         names = kernels.role_names(equations, owners) if owners else None
-        options = operator_options()
-        options['flags'] = _flags(options['compiler'])
+        options = kernel_options()
         symbols = operator_cache.symbols_of(equations)
         self._equations, self._renamed = equations, None
         if names is None:
@@ -62,10 +61,34 @@ class KernelSource:
                                                 **options)
             self.kernel_name = f"{label}_{self.key[:8]}"
 
+    @classmethod
+    def recalled(cls, record, name, names, symbols, derive):
+        """The source a unit record stored (:mod:`devito_ml.unit_records`), for a
+        unit whose equations are not derived: ``derive()`` makes the
+        :class:`KernelSource` from them where they are needed after all (to lower
+        the kernel again)."""
+        source = cls.__new__(cls)
+        source.name, source.size = name, record['size']
+        source.key, source.kernel_name = record['key'], record['kernel_name']
+        source.names, source.symbols = names, symbols
+        source.owners = record['owners']
+        source._derive, source._derived = derive, None
+        return source
+
+    def derived(self):
+        """This source made from its equations (itself, unless recalled)."""
+        if getattr(self, '_derive', None) is None:
+            return self
+        if self._derived is None:
+            self._derived = self._derive()
+        return self._derived
+
     @property
     def equations(self):
         """The equations to lower: renamed after their roles for a shared kernel
         (made when first asked: a kernel found cached never needs them)."""
+        if self.derived() is not self:
+            return self.derived().equations
         if not self.names:
             return self._equations
         if self._renamed is None:
@@ -286,6 +309,14 @@ def _flags(compiler_name):
 def operator_options():
     """The options every operator is built with (and cached under)."""
     return dict(language='openmp', compiler=compiler.compiler_name())
+
+
+def kernel_options():
+    """:func:`operator_options` and the compiler's flags: what a kernel's key
+    holds beside its equations."""
+    options = operator_options()
+    options['flags'] = _flags(options['compiler'])
+    return options
 
 
 class SyncPoint:

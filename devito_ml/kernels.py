@@ -23,7 +23,7 @@ from devito import DefaultDimension
 
 from devito_ml.operator_cache import symbols_of
 
-__all__ = ['unit_owners', 'role_names', 'renamed', 'kernel_label']
+__all__ = ['unit_owners', 'role_of', 'role_names', 'renamed', 'kernel_label']
 
 NET_OWNER = 'net'
 """The canonical owner of the network's input (``<net>_input`` becomes
@@ -63,7 +63,7 @@ def unit_owners(nodes, sources, consumers, net_name):
     return owners
 
 
-def _renamed(name, owners):
+def role_of(name, owners):
     """``name`` with the longest owner it starts with replaced by its canonical
     owner (unchanged when it has none)."""
     best = None
@@ -98,7 +98,7 @@ def role_names(equations, owners):
         for symbol in (*eq.free_symbols, *(getattr(eq, 'implicit_dims', None) or ())):
             if getattr(symbol, 'is_Dimension', False):
                 found[symbol.name] = symbol
-    names = {name: _renamed(name, owners) for name in found}
+    names = {name: role_of(name, owners) for name in found}
     return names if len(set(names.values())) == len(names) else None
 
 

@@ -1,7 +1,9 @@
 """Net: a graph of layers; builds the forward, backward, evaluation and train-step
 operators, and runs them."""
 
+import functools
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -9,16 +11,18 @@ from devito import Dimension, Eq
 
 from devito_ml.allocation import batched_allocation
 from devito_ml.code_map import annotate
+from devito_ml import unit_records
 from devito_ml.compiled import (BATCH, CompiledOperator, KernelSource, OperatorChain,
-                                split_at_sync_points)
+                                kernel_options, split_at_sync_points)
 from devito_ml.graph import blocks, covers, sequence, shared_halo, topological_order
 from devito_ml.kernel_builds import build_kernels
-from devito_ml.kernels import kernel_label, unit_owners
+from devito_ml.kernels import kernel_label, role_of, unit_owners
 from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
 from devito_ml.loss import CrossEntropy, get_loss
 from devito_ml.pruning import pruned
 from devito_ml.symbolics import plain_view, tensor
+from devito_ml.vector_width import float32_lanes
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
                                   check_float_dtype, check_name, check_positive_ints)
 
@@ -288,23 +292,95 @@ class Net:
                 kernel_label([node.layer for node in segment], size, self.dtype,
                              kind))
 
-    def _chain(self, name, pieces, kind):
-        """An OperatorChain from (suffix, equations, segment) pieces, empty ones
-        left out; a piece holding sync points (synchronized BatchNorm) is cut
-        there. ``kind`` names the pass in the kernels' names."""
+    def _chain(self, name, pieces, kind, context=(), optimizer=None):
+        """An OperatorChain from (suffix, derive, segment) pieces, ``derive()``
+        making a piece's equations; empty ones are left out, and a piece holding
+        sync points (synchronized BatchNorm) is cut there. ``kind`` names the pass
+        in the kernels' names; ``context`` (the loss, the mode) and ``optimizer``
+        are what else the equations are made from.
+
+        A piece whose unit record is found (:mod:`devito_ml.unit_records`) with its
+        kernel at hand is not derived."""
         sources, sync_points = [], {}
-        for suffix, eqs, segment in pieces:
+        for suffix, derive, segment in pieces:
             owners, label = self._unit(segment, kind)
-            for cut, (group, point) in enumerate(split_at_sync_points(eqs)):
+            call = f"{name}{suffix}"
+            description = self._unit_description(call, kind, segment, owners, context,
+                                                 optimizer)
+            recalled = self._recalled(description, call, owners, label, derive,
+                                      optimizer)
+            if recalled is not None:
+                sources.append(recalled)
+                continue
+            groups = split_at_sync_points(derive())
+            for cut, (group, point) in enumerate(groups):
                 if group:
                     sources.append(KernelSource(
-                        group, f"{name}{suffix}" + (f"_sync{cut}" if cut else ''),
-                        owners, label))
+                        group, call + (f"_sync{cut}" if cut else ''), owners, label))
                 if point is not None:
                     sync_points.setdefault(len(sources), []).append(point)
+            if description is not None and len(groups) == 1 and groups[0][0]:
+                unit_records.remember(description[0], sources[-1], owners)
         build_kernels(sources)         # the distinct ones, on every core
         parts = [CompiledOperator(source=source) for source in sources]
         return OperatorChain(parts, name=name, sync_points=sync_points)
+
+    def _unit_description(self, call, kind, segment, owners, context, optimizer):
+        """``(record key, {name: Function or Constant met})`` of a unit, or None
+        where it cannot be described (:func:`~devito_ml.unit_records.fingerprint`)."""
+        roles, found, seen = {}, {}, {}
+
+        def rename(name):
+            if name not in roles:
+                roles[name] = role_of(name, owners) if owners else name
+            return roles[name]
+
+        def text(obj):
+            return unit_records.fingerprint(obj, rename, found, seen)
+        try:
+            phase = re.sub(r'\d+', '', call[len(self.name):])    # _forward_, _backward_
+            texts = ['' if owners else call, kind, phase, text(list(context))]
+            if optimizer is not None:
+                texts.append(text(optimizer.description(
+                    [node.layer for node in segment])))
+            for node in segment:
+                texts += [text(node.layer),
+                          text([self._result_of(parent) for parent in node.inputs]),
+                          text([(type(consumer.layer), consumer.layer.name, index,
+                                 consumer.layer.input_gradients_of(index))
+                                for consumer, index in self._edges[id(node)]]),
+                          repr((node is self.nodes[0], node is self.nodes[-1]))]
+        except unit_records.Undescribable:
+            return None
+        return unit_records.describe(texts, dict(kernel_options(),
+                                                 lanes=float32_lanes())), found
+
+    def _recalled(self, description, call, owners, label, derive, optimizer):
+        """The recalled :class:`KernelSource` of a described unit whose kernel is
+        at hand, or None. Checked against the derived one when
+        ``DEVITO_ML_CHECK_RECORDS`` is set."""
+        if description is None:
+            return None
+        key, found = description
+
+        def resolve(name):      # an optimizer's Constants are made when first asked
+            return optimizer.constant_named(name) if optimizer is not None else None
+        recalled = unit_records.recall(key, owners, found, resolve)
+        if recalled is None:
+            return None
+        record, names, symbols = recalled
+
+        def derived():
+            groups = split_at_sync_points(derive())
+            if len(groups) != 1:
+                raise RuntimeError(f"`{call}`: a recorded unit has sync points")
+            return KernelSource(groups[0][0], call, owners, label)
+        source = KernelSource.recalled(record, call, names, symbols, derived)
+        if not source.at_hand():
+            return None
+        if unit_records.checking():
+            unit_records.check(source, source.derived())
+        return source
 
     def forward_equations(self, training=True, nodes=None):
         """Equations of the forward pass (of ``nodes``), each layer after its
@@ -380,9 +456,9 @@ class Net:
             suffixes = [suffix for _, suffix in self.parts()]
             self._forward_operators[mode] = self._chain(
                 f"{self.name}_forward{self._suffix(mode)}",
-                [(suffix, self.forward_equations(mode, segment), segment)
-                 for suffix, segment in zip(suffixes, self._segments())],
-                'forward' + self._suffix(mode))
+                [(suffix, functools.partial(self.forward_equations, mode, segment),
+                  segment) for suffix, segment in zip(suffixes, self._segments())],
+                'forward' + self._suffix(mode), context=[mode])
         return self._forward_operators[mode]
 
     @property
@@ -410,28 +486,33 @@ class Net:
             suffixes = [suffix for _, suffix in self.parts()]
             self._backward_operators[key] = self._chain(
                 self._operator_name(kind, loss) + self._suffix(mode),
-                [(suffix, self.backward_equations(loss, mode, segment, input_gradient),
-                  segment)
+                [(suffix, functools.partial(self.backward_equations, loss, mode, segment,
+                                            input_gradient), segment)
                  for suffix, segment in reversed(list(zip(suffixes,
                                                           self._segments())))],
-                kind + self._suffix(mode))
+                kind + self._suffix(mode), context=[loss, mode, input_gradient])
         return self._backward_operators[key]
 
     def evaluation_operator(self, loss=None):
         """Forward pass (evaluation behaviour) and loss value, no gradient."""
         loss = self._bound_loss(loss)
         if loss.name not in self._evaluation_operators:
-            pieces = [(suffix, self.forward_equations(False, segment), segment)
+            pieces = [(suffix, functools.partial(self.forward_equations, False, segment),
+                       segment)
                       for (_, suffix), segment in zip(self.parts(), self._segments())]
-            last = self.output_layer
-            gradient = last.logits_gradients if isinstance(last, FullyConnectedSoftmax) \
-                and isinstance(loss, CrossEntropy) else last.result_gradients
-            loss_only = pruned(self._loss_equations(loss), [gradient],
-                               self._read_elsewhere(loss))   # no gradient evaluating
-            pieces[-1] = (pieces[-1][0], pieces[-1][1] + loss_only, pieces[-1][2])
+            suffix, forward, segment = pieces[-1]
+            pieces[-1] = (suffix, lambda: forward() + self._loss_only(loss), segment)
             self._evaluation_operators[loss.name] = self._chain(
-                self._operator_name('evaluate', loss), pieces, 'evaluate')
+                self._operator_name('evaluate', loss), pieces, 'evaluate',
+                context=[loss])
         return self._evaluation_operators[loss.name]
+
+    def _loss_only(self, loss):
+        """The loss value without its gradient (evaluating)."""
+        last = self.output_layer
+        gradient = last.logits_gradients if isinstance(last, FullyConnectedSoftmax) \
+            and isinstance(loss, CrossEntropy) else last.result_gradients
+        return pruned(self._loss_equations(loss), [gradient], self._read_elsewhere(loss))
 
     def train_operator(self, optimizer, loss=None):
         """Forward, backward and ``optimizer``'s update fused in one operator."""
@@ -443,20 +524,24 @@ class Net:
                                  f"another net, `{optimizer.net.name}`")
             parts = list(zip(self.parts(), self._segments()))
             if len(parts) == 1:
-                pieces = [('', self.forward_equations(True)
+                pieces = [('', lambda: self.forward_equations(True)
                            + self.backward_equations(loss, True)
                            + optimizer.equations(), self.nodes)]
             else:   # forward parts, then each part's adjoint and its update
-                pieces = [(f"_forward{suffix}", self.forward_equations(True, segment),
+                pieces = [(f"_forward{suffix}",
+                           functools.partial(self.forward_equations, True, segment),
                            segment) for (_, suffix), segment in parts]
                 pieces += [(f"_backward{suffix}",
-                            self.backward_equations(loss, True, segment)
-                            + optimizer.equations(layers), segment)
+                            functools.partial(self._train_backward, loss, optimizer,
+                                              segment, layers), segment)
                            for (layers, suffix), segment in reversed(parts)]
             self._train_operators[key] = optimizer.attach(self._chain(
                 self._operator_name(f"train_{optimizer.name}", loss), pieces,
-                f"train_{optimizer.name}"))
+                f"train_{optimizer.name}", context=[loss], optimizer=optimizer))
         return self._train_operators[key]
+
+    def _train_backward(self, loss, optimizer, segment, layers):
+        return self.backward_equations(loss, True, segment) + optimizer.equations(layers)
 
     def _operator_name(self, kind, loss):
         """``<net>_<kind>``, with the loss appended when it is not the net's own."""

@@ -48,9 +48,10 @@ def folder():
     return os.path.join(tempfile.gettempdir(), f"devito_ml-operators-{os.getuid()}")
 
 
-STORED = ('.pkl', '.call', '.so', '.c')
+STORED = ('.pkl', '.call', '.so', '.c', '.unit')
 """What the cache stores: lowered operators (``.pkl``), and beside each its call
-layout (``.call``), shared object (``-<digest>.so``) and C (:mod:`kernel_calls`)."""
+layout (``.call``), shared object (``-<digest>.so``) and C (:mod:`kernel_calls`);
+units' records (``.unit``, :mod:`unit_records`)."""
 
 
 def _names():

@@ -4,7 +4,11 @@
 Under pytest-xdist the test processes already use every core: kernels are built
 in-process (``DEVITO_ML_BUILD_WORKERS=1``) rather than by worker processes of their
 own, each paying its imports, on cores that are busy. ``test_kernel_builds.py``
-asks for workers itself."""
+asks for workers itself.
+
+Every unit recalled from its record is checked against its derived equations
+(``DEVITO_ML_CHECK_RECORDS=1``, :mod:`devito_ml.unit_records`): a description that
+missed what tells two units apart fails whichever test meets it."""
 
 import logging
 import os
@@ -13,11 +17,13 @@ import numpy as np
 import pytest
 
 from devito_ml.kernel_builds import WORKERS_VARIABLE
+from devito_ml.unit_records import CHECK_VARIABLE
 from devito_ml.vector_width import LANES_VARIABLE
 from widths import WIDTHS
 
 if 'PYTEST_XDIST_WORKER' in os.environ:
     os.environ.setdefault(WORKERS_VARIABLE, '1')
+os.environ.setdefault(CHECK_VARIABLE, '1')
 
 
 class _RaiseOnDevitoWarning(logging.Handler):

@@ -86,6 +86,24 @@ class Optimizer:
                                              value=self._values.get(name, 0.0))
         return self._constants[name]
 
+    def constant_named(self, name):
+        """The Constant called ``name`` (``<optimizer>_<hyperparameter>``, made if
+        needed), or None for a name that is not one."""
+        prefix = f"{self.name}_"
+        return self.constant(name[len(prefix):]) if name.startswith(prefix) else None
+
+    def description(self, layers):
+        """What the update of ``layers`` is made from (its equations are not): the
+        optimizer's type, name and settings, the parameters and gradients, and
+        their state (:mod:`devito_ml.unit_records`)."""
+        settings = {k: v for k, v in vars(self).items()
+                    if isinstance(v, (bool, int, float, str)) and k != 'step_count'}
+        selected = self.selected(layers)
+        prefixes = tuple(f"{p.name}_" for p, _ in selected)
+        state = {name: f for name, f in self.state_buffers().items()
+                 if name.startswith(prefixes)} if prefixes else {}
+        return type(self), self.name, settings, selected, state
+
     def state_buffer(self, parameter, role):
         """A zero Function shaped like ``parameter``: ``<parameter>_<role>``."""
         return tensor(f"{parameter.name}_{role}", parameter.dimensions, parameter.shape,
