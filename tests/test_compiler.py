@@ -52,6 +52,7 @@ def test_operators_are_compiled_with_nan_semantics():
     built = pool.forward_operator.operator._compiler
     assert isinstance(built, GnuCompiler)
     assert '-fno-finite-math-only' in built.cflags
+    assert '-g' not in built.cflags and '-O3' in built.cflags     # no debug information
     assert built.get_jit_dir() != GNUCompiler().get_jit_dir()   # a cache per flags
 
 
