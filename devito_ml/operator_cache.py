@@ -10,6 +10,11 @@ source of :mod:`devito_ml.lanes`, the passes devito_ml adds to Devito's). An
 unpickled operator holds copies of the Functions: :class:`CompiledOperator` passes
 the net's own Functions by name on every call.
 
+Beside each operator the cache keeps what calls it without unpickling it (its call
+layout, shared object and C: :mod:`devito_ml.kernel_calls`), and beside the units
+that use it, their records (:mod:`devito_ml.unit_records`): a warm process reads
+those and no pickle.
+
 The cache lives in ``$TMPDIR/devito_ml-operators-<uid>``; ``DEVITO_ML_OPERATOR_CACHE=0``
 turns it off; ``devito-ml cache`` reports it and ``devito-ml cache --clear`` empties it
 (:func:`usage`, :func:`clear`). A file that cannot be read (truncated, corrupted, or

@@ -202,6 +202,8 @@ def remember(key, source, owners):
     """Store what the unit of record ``key`` compiled to: ``source``, a
     :class:`~devito_ml.compiled.KernelSource`, with ``owners`` (``{owner:
     canonical}``, None for a unit under its own names)."""
+    if not operator_cache.enabled():
+        return
     canonical = {v: k for k, v in (owners or {}).items()}
     roles = []
     for role, symbol in source.symbols.items():
@@ -236,6 +238,8 @@ def recall(key, owners, found, resolve):
 
     ``found`` holds the Functions and Constants the description met; ``resolve``
     is asked for any other (an optimizer's Constants are made on demand)."""
+    if not operator_cache.enabled():
+        return None
     try:
         with open(operator_cache.path(f"{key}.unit"), 'rb') as handle:
             record = json.loads(handle.read())

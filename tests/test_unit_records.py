@@ -125,3 +125,10 @@ def test_an_unreadable_record_is_removed_with_a_warning(own_cache, rng):
     with pytest.warns(RuntimeWarning, match=r'unit record .* could not be read'):
         again = _chain(ReLU())
         assert np.array_equal(again.forward(x), expected)
+
+
+def test_with_the_cache_off_nothing_is_recorded_or_recalled(own_cache, monkeypatch):
+    monkeypatch.setenv('DEVITO_ML_OPERATOR_CACHE', '0')
+    first = _chain(ReLU()).forward(np.ones((2, 2, 6, 6)))
+    assert not os.path.isdir(operator_cache.folder()) or not _records()
+    assert np.array_equal(_chain(ReLU()).forward(np.ones((2, 2, 6, 6))), first)
