@@ -193,15 +193,22 @@ def kernel_call(source):
     from this process's kernels, the cache's call layouts, or from its operator
     (:func:`lowered`), whose layout is then stored."""
     key = source.key
-    found = _CALLS.get(key)
+    found = _recent(_CALLS, key)
     if found is not None:
-        _CALLS.move_to_end(key)
         return found
     found = kernel_calls.load(key) if operator_cache.enabled() else None
     if found is None:
         operator = lowered(source)
         found = _CALLS.get(key) or _call_of(operator, key)     # built: made by build()
     return _keep(_CALLS, key, found)
+
+
+def _recent(kept, key):
+    """What is kept under ``key`` (now the most recently used), or None."""
+    found = kept.get(key)
+    if found is not None:
+        kept.move_to_end(key)
+    return found
 
 
 def _keep(kept, key, value):
@@ -256,9 +263,8 @@ def lowered(source):
     :func:`devito_ml.lanes.build_operator` (lane loops of register tiles vectorised).
     """
     key = source.key
-    found = _LOADED.get(key)
+    found = _recent(_LOADED, key)
     if found is not None:
-        _LOADED.move_to_end(key)
         return found
     operator = operator_cache.load(key) if operator_cache.enabled() else None
     if operator is None:
