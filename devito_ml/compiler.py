@@ -37,11 +37,11 @@ import warnings
 
 from devito import configuration
 from devito.arch.compiler import GNUCompiler, compiler_registry
-from devito.data.allocators import PosixAllocator
+from devito.data.allocators import MemoryAllocator, PosixAllocator
 from devito.tools import make_tempdir
 
 __all__ = ['GnuCompiler', 'AsanGnuCompiler', 'compiler_name', 'compiler_flags',
-           'allocator', 'jit_folders',
+           'allocator', 'allocation', 'jit_folders',
            'sanitizer', 'sanitizer_environment', 'clear_stale_lock']
 
 SANITIZE = 'DEVITO_ML_SANITIZE'
@@ -200,6 +200,60 @@ _PROCESS_ALLOCATOR = _ProcessAllocator()
 def allocator():
     """The MemoryAllocator for new Functions: None (Devito's) unless sanitizing."""
     return _PROCESS_ALLOCATOR if sanitizer() else None
+
+
+class _ZeroPageAllocator(MemoryAllocator):
+    """Anonymous ``mmap``: page-aligned memory that the kernel hands out zeroed,
+    a page when it is first touched, so it needs no fill of its own."""
+
+    PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS = 0x1, 0x2, 0x02, 0x20
+
+    @classmethod
+    def initialize(cls):
+        lib = ctypes.CDLL(None)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        cls.lib = lib
+
+    def _alloc_C_libcall(self, size, ctype):
+        if not self.available():
+            raise RuntimeError("no `mmap` in the C library to allocate memory with")
+        nbytes = max(size * ctypes.sizeof(ctype), 1)
+        pointer = self.lib.mmap(None, nbytes, self.PROT_READ | self.PROT_WRITE,
+                                self.MAP_PRIVATE | self.MAP_ANONYMOUS, -1, 0)
+        if pointer is None or pointer == ctypes.c_void_p(-1).value:   # MAP_FAILED
+            return None, None
+        return ctypes.c_void_p(pointer), (pointer, nbytes)
+
+    def free(self, pointer, nbytes):
+        self.lib.munmap(pointer, nbytes)
+
+
+_ZERO_PAGES = _ZeroPageAllocator()
+ZERO_PAGES_FROM = 1 << 20
+"""Functions of at least this many bytes are mapped from zero pages."""
+
+
+def zeroed(data):
+    """The initializer of a Function on zero pages: nothing to write."""
+
+
+def allocation(nbytes):
+    """How to allocate a new Function of ``nbytes``: the keywords ``allocator`` and
+    ``initializer`` of Devito's Function.
+
+    Devito zeroes every Function it allocates, through ``Data.__setitem__`` on one
+    core: on a ResNet-50 of width 64 (6.6 GB), 12 of the 17 s of a warm first step,
+    every page faulted in and then written. From ``ZERO_PAGES_FROM`` bytes up a
+    Function is mapped from zero pages instead (anonymous ``mmap``), which the kernel
+    zeroes as the first pass touches them, on every core that runs it. Smaller
+    Functions, and every Function under AddressSanitizer, keep Devito's way.
+    """
+    if sanitizer() or nbytes < ZERO_PAGES_FROM:
+        return dict(allocator=allocator())
+    return dict(allocator=_ZERO_PAGES, initializer=zeroed)
 
 
 def sanitizer_environment(environment=None):

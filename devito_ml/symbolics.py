@@ -67,9 +67,11 @@ class Halo(tuple):
 def tensor(name, dimensions, shape, dtype, halo=None):
     """A Grid-free Devito Function with an explicit (default empty) halo."""
     halo = Halo.none(len(shape)) if halo is None else halo
+    padded = [extent + sum(sides) for extent, sides in zip(shape, halo)]
+    nbytes = int(np.prod(padded)) * np.dtype(dtype).itemsize
     return Function(name=name, dimensions=tuple(dimensions), shape=tuple(shape),
                     dtype=np.dtype(dtype).type, space_order=0, halo=tuple(halo),
-                    allocator=compiler.allocator())
+                    **compiler.allocation(nbytes))
 
 
 def register_sum(name, target, value, outer, inner, dtype=np.float64, finish=None):

@@ -39,3 +39,32 @@ def test_a_deep_net_is_constructed_with_every_parameter_drawn():
                  classes=3, seed=0)
     assert all(np.any(value != 0) for name, value in net.parameters().items()
                if name.endswith('_W'))
+
+
+def test_pinned_devito_zeroes_new_data_unless_given_an_initializer():
+    """Large Functions come from zero pages and skip Devito's fill by giving it an
+    initializer that writes nothing; if this fails, Devito changed how it fills."""
+    source = inspect.getsource(dense.DiscreteFunction._allocate_memory)
+    assert 'self._initializer(self.data_with_halo)' in source
+    assert 'self.data_with_halo[:] = 0' in source
+
+
+def test_large_functions_come_zeroed_from_zero_pages_small_ones_as_devito_makes_them():
+    import devito
+    from devito_ml import compiler
+    large = tensor('large_zeroed', (devito.Dimension('large_i'),
+                                    devito.Dimension('large_j')), (700, 400),
+                   np.float32, halo=((1, 1), (2, 2)))
+    small = tensor('small_zeroed', (devito.Dimension('small_i'),), (10,), np.float64)
+    assert isinstance(large._allocator, type(compiler.allocation(1 << 30)['allocator']))
+    assert not isinstance(small._allocator, type(large._allocator))
+    assert not np.any(large.data_with_halo) and not np.any(small.data_with_halo)
+    large.data[:] = 2.0
+    assert np.all(large.data == 2.0) and not np.any(large.data_with_halo[0])
+    assert large.data_with_halo.shape == (702, 404)
+
+
+def test_under_the_sanitizer_every_function_is_filled_as_devito_does(monkeypatch):
+    from devito_ml import compiler
+    monkeypatch.setenv(compiler.SANITIZE, 'address')
+    assert compiler.allocation(1 << 30) == {'allocator': compiler.allocator()}
