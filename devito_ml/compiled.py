@@ -46,6 +46,7 @@ class KernelSource:
         options = kernel_options()
         symbols = operator_cache.symbols_of(equations)
         self._equations, self._renamed = equations, None
+        self._derive = self._derived = None       # (set for a recalled source)
         if names is None:
             self.symbols = symbols
             self.names, self.owners = {}, {}
@@ -77,7 +78,7 @@ class KernelSource:
 
     def derived(self):
         """This source made from its equations (itself, unless recalled)."""
-        if getattr(self, '_derive', None) is None:
+        if self._derive is None:
             return self
         if self._derived is None:
             self._derived = self._derive()

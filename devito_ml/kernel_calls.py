@@ -89,20 +89,20 @@ class CallLayout:
 
     def ctypes(self):
         """The ``argtypes`` of the C function."""
-        return [ctypes.c_void_p if entry[0] in ('data', 'timers') else _CTYPES[entry[2]]
-                if entry[0] != 'threads' else ctypes.c_int for entry in self.entries]
+        return [_argtype(entry) for entry in self.entries]
 
-    def to_json(self):
-        return json.dumps(dict(version=LAYOUT_VERSION, function=self.function,
-                               entries=self.entries))
+    def to_record(self):
+        """The layout as a JSON-ready dict."""
+        return dict(version=LAYOUT_VERSION, function=self.function,
+                    entries=self.entries)
 
     @classmethod
-    def from_json(cls, text):
-        data = json.loads(text)
-        if data.get('version') != LAYOUT_VERSION:
-            raise ValueError(f"layout version {data.get('version')!r}, expected "
+    def from_record(cls, record):
+        """The layout of a dict made by :meth:`to_record` (and read back)."""
+        if record.get('version') != LAYOUT_VERSION:
+            raise ValueError(f"layout version {record.get('version')!r}, expected "
                              f"{LAYOUT_VERSION}")
-        return cls(data['function'], data['entries'])
+        return cls(record['function'], record['entries'])
 
     def __eq__(self, other):
         return isinstance(other, CallLayout) and \
@@ -112,6 +112,13 @@ class CallLayout:
         return f"CallLayout({self.function}, {len(self.entries)} parameters)"
 
 
+def _argtype(entry):
+    """The ctypes type an entry is passed as (pointers to structs as ``void *``)."""
+    if entry[0] in ('data', 'timers'):
+        return ctypes.c_void_p
+    return ctypes.c_int if entry[0] == 'threads' else _CTYPES[entry[2]]
+
+
 def layout_of(operator):
     """The :class:`CallLayout` of a lowered operator, or None where a parameter is
     of a kind a layout does not bind (its calls then go through Devito)."""
@@ -119,8 +126,7 @@ def layout_of(operator):
     if not isinstance(npthreads, (int, np.integer)):
         return None
     full = _reference_arguments(operator, None)
-    batch = {name: value + 1 for name, value in
-             batch_bounds(operator.dimensions, 1).items() if name in full}
+    batch = {name for name in batch_bounds(operator.dimensions, 1) if name in full}
     sizes = {full[name] + 1 for name in batch}
     smaller = _reference_arguments(operator, min(sizes) - 1) \
         if len(sizes) == 1 and min(sizes) > 1 else None
@@ -144,7 +150,6 @@ def _reference_arguments(operator, batch):
 
 def _entry(parameter, full, smaller, batch, npthreads):
     name = parameter.name
-    ctype = getattr(parameter, '_C_ctype', None)
     if getattr(parameter, 'is_DiscreteFunction', False):
         return ('data', name)
     if isinstance(parameter, Timer):
@@ -154,7 +159,7 @@ def _entry(parameter, full, smaller, batch, npthreads):
         if kind not in _THREADS or _threads(kind, npthreads) != full[name]:
             return None
         return ('threads', name, kind, int(npthreads))
-    ctype = getattr(ctype, '__name__', None)
+    ctype = getattr(getattr(parameter, '_C_ctype', None), '__name__', None)
     if ctype not in _CTYPES:
         return None
     if isinstance(parameter, Constant):
@@ -250,7 +255,7 @@ def store(key, operator, layout):
     operator_cache.write(f"{key}-{digest[:16]}.so", library)
     code = str(operator).encode()
     operator_cache.write(f"{key}.c", code)
-    record = dict(json.loads(layout.to_json()), library=digest,
+    record = dict(layout.to_record(), library=digest,
                   code=hashlib.sha256(code).hexdigest())
     operator_cache.write(f"{key}.call", json.dumps(record).encode())
 
@@ -262,7 +267,7 @@ def load(key):
     try:
         with open(path, 'rb') as handle:
             record = json.loads(handle.read())
-        layout = CallLayout.from_json(json.dumps(record))
+        layout = CallLayout.from_record(record)
         library = f"{key}-{record['library'][:16]}.so"
     except FileNotFoundError:
         return None

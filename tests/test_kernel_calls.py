@@ -3,6 +3,7 @@
 reading a single pickled operator."""
 
 import ctypes
+import json
 
 import numpy as np
 import pytest
@@ -70,9 +71,9 @@ def test_a_layout_binds_what_devito_binds_for_every_layer_kind(unit):
 def test_a_layout_is_stored_as_json_and_read_back():
     net, optimizer, _ = _trained(100)
     layout = layout_of(_parts(net, optimizer)[0].operator)
-    assert CallLayout.from_json(layout.to_json()) == layout
+    assert CallLayout.from_record(json.loads(json.dumps(layout.to_record()))) == layout
     with pytest.raises(ValueError, match='layout version'):
-        CallLayout.from_json('{"version": 0}')
+        CallLayout.from_record({'version': 0})
 
 
 def test_a_net_built_again_runs_without_reading_an_operator(monkeypatch):
