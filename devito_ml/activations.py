@@ -5,7 +5,9 @@ the result ``y``; the backward pass needs ``dy/dz`` written in terms of ``y``, w
 every activation here provides (``derivative_from_output``). A plain sympy lambda, as
 in the tutorial, is accepted: when it is one of the activations below
 (``lambda x: Max(0, x)`` is ReLU) it becomes that activation, otherwise it runs
-forward only and its backward pass is refused with a clear error.
+forward only in a layer that fuses it (its backward pass is refused with a clear
+error there), while an :class:`~devito_ml.ActivationLayer`, whose adjoint is derived
+from its forward maths (:mod:`devito_ml.autodiff`), trains with it.
 """
 
 import sympy

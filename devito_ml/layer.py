@@ -23,6 +23,7 @@ sample walked by a reduction over the batch (``n`` alone is the batch of the net
 import numpy as np
 from devito import Dimension, Eq
 
+from devito_ml.autodiff import adjoint, gradient_name
 from devito_ml.compiled import BATCH, CompiledOperator
 from devito_ml.symbolics import Halo, tap_dimension, tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
@@ -64,8 +65,10 @@ class Layer:
     A layer's Functions belong to one owner: putting a layer whose Functions exist
     into a net, or one layer into two nets, is an error.
 
-    Subclasses define ``output_size``, ``_create_functions``,
-    ``_forward_equations(training)`` and ``_backward_equations(training)``.
+    Subclasses define ``output_size``, ``_create_functions`` and
+    ``_forward_equations(training)``; the backward pass is derived from the forward
+    equations (:mod:`devito_ml.autodiff`) unless a subclass writes
+    ``_backward_equations(training)`` itself.
 
     Attributes
     ----------
@@ -169,7 +172,33 @@ class Layer:
         raise NotImplementedError
 
     def _backward_equations(self, training):
-        raise NotImplementedError
+        """The adjoint, derived from :meth:`_forward_equations`
+        (:func:`devito_ml.autodiff.adjoint`): a layer that states only its forward
+        maths gets its backward pass from there."""
+        return adjoint(self._forward_equations(training), self.gradient_map(),
+                       where=f"{type(self).__name__} `{self.name}`",
+                       make_gradient=self._intermediate_gradient)
+
+    def gradient_map(self):
+        """``{Function: its gradient}``: the output's (read by the backward pass),
+        each input's and each parameter's (written by it)."""
+        inputs = getattr(self, 'inputs', None) or [self.input]
+        found = {self.result: self.result_gradients}
+        for index, function in enumerate(inputs):
+            found[function] = self.input_gradients_of(index)
+        parameters, gradients = self.parameters(), self.gradients()
+        found.update((parameters[role], gradients[role]) for role in parameters)
+        return found
+
+    def _intermediate_gradient(self, function):
+        """The gradient of a Function the forward equations compute and read again
+        (made once: every pass that derives it uses the same)."""
+        made = self.__dict__.setdefault('_intermediate_gradients', {})
+        if function.name not in made:
+            made[function.name] = tensor(gradient_name(function.name),
+                                         function.dimensions, function.shape,
+                                         function.dtype)
+        return made[function.name]
 
     def parameters(self):
         """Parameters by role, e.g. ``{'W': kernel, 'b': bias}``."""

@@ -69,7 +69,7 @@ def to_torch(net):
     import torch
 
     from devito_ml import activations
-    from devito_ml.layers import conv, dense, pooling, reshape
+    from devito_ml.layers import conv, dense, elementwise, pooling, reshape
 
     dtype = torch.float64 if net.dtype == np.float64 else torch.float32
     modules = []
@@ -95,6 +95,8 @@ def to_torch(net):
         elif isinstance(layer, dense.FullyConnected):
             module = torch.nn.Linear(layer.weight_size[1], layer.weight_size[0],
                                      bias=layer.has_bias)
+        elif isinstance(layer, elementwise.ActivationLayer):
+            module = torch.nn.Identity()       # its activation follows
         else:
             raise TypeError(f"to_torch: no torch module for {layer!r}")
         module = module.to(dtype)

@@ -10,7 +10,8 @@ __all__ = ['ActivationLayer']
 
 
 class ActivationLayer(Layer):
-    r"""``y = f(x)`` element-wise; ``dx = dy f'(y)``.
+    r"""``y = f(x)`` element-wise; its adjoint ``dx = dy f'(x)`` is derived
+    (:mod:`devito_ml.autodiff`).
 
     Layers with weights, BatchNorm and Add take an ``activation`` themselves (fused,
     no extra pass); this layer is for the other places.
@@ -45,8 +46,3 @@ class ActivationLayer(Layer):
     def _forward_equations(self, training):
         dims = self.out_dims
         return [Eq(self.result[dims], self.activation.forward(self.input[dims]))]
-
-    def _backward_equations(self, training):
-        dims = self.input_gradient_dims
-        return [Eq(self.input_gradients[dims], self.result_gradients[dims]
-                   * self.activation.derivative_from_output(self.result[dims]))]

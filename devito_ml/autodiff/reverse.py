@@ -1,0 +1,191 @@
+"""Reverse mode over forward equations: the equations of every gradient.
+
+:func:`adjoint` walks the forward statements (:mod:`~devito_ml.autodiff.statements`)
+from the last to the first. A statement ``Y[o] (+)= c * f(..., A[e], ...)`` over
+loops ``d`` gives each Function ``A`` it reads the term ``dY[o] c df/dA[e]``, summed
+over every point of ``d`` that reaches a point of ``A``. Written at ``dA``'s own
+Dimensions (:func:`~devito_ml.autodiff.gather.invert`) the sum runs over the loops
+the inversion leaves, each given a Dimension of its own, so that the gradient's
+loops come outermost and run in parallel; where the map cannot be inverted the term
+is scattered (``Inc`` at ``dA[e]``) with a :class:`ScatterWarning`.
+
+A gradient is complete once every statement reading its Function has been walked:
+the gradient of a Function the forward equations compute and read again (an
+intermediate) is written then, before the statements that define that Function
+are walked, and theirs read it.
+"""
+
+import warnings
+from collections import OrderedDict
+
+import sympy
+from devito import Eq, Inc
+from devito.types import DefaultDimension
+from devito.types.utils import IgnoreDimSort
+
+from devito_ml.autodiff.gather import guarded, invert, opaque_indices
+from devito_ml.autodiff.rules import AutodiffError, derivative
+from devito_ml.autodiff.statements import accesses, extents, statements
+from devito_ml.kernel_calls import BATCH, is_batch_dimension
+
+__all__ = ['adjoint', 'ScatterWarning', 'gradient_name']
+
+
+class ScatterWarning(UserWarning):
+    """An adjoint written as a scatter (its index map could not be inverted): correct,
+    but its loops cannot all run in parallel."""
+
+
+def gradient_name(name):
+    """``conv1_W`` -> ``conv1_dW``: the gradient of a Function, named by its role."""
+    head, _, role = name.rpartition('_')
+    return f"{head}_d{role}" if head else f"d{name}"
+
+
+def adjoint(equations, gradients, where='layer', make_gradient=None):
+    """The equations of the gradients of ``equations``.
+
+    Parameters
+    ----------
+    equations : list of Eq or Inc
+        The forward equations, in the order they run.
+    gradients : dict
+        ``{Function: its gradient Function}``: for each output, the gradient that
+        is given (read); for each input or parameter, the gradient to write
+        (overwritten: a gradient no statement reaches is set to 0).
+    where : str
+        Who the equations belong to, for messages (``"Conv `conv1`"``).
+    make_gradient : callable, optional
+        ``make_gradient(function)`` creates the gradient of an intermediate
+        Function (computed by one statement and read by a later one); default: a
+        Function of the same Dimensions and shape, named by
+        :func:`gradient_name`.
+
+    Returns
+    -------
+    list of Eq and Inc
+    """
+    forward = statements(equations, where)
+    written = list(OrderedDict.fromkeys(s.target.function for s in forward))
+    grads = dict(gradients)
+    for position, function in enumerate(written):
+        later = [s for s in forward[_last(forward, function) + 1:]
+                 if any(a.function is function for a in accesses(s.value))]
+        if later and function in gradients:
+            raise AutodiffError(f"{where}: `{function.name}` is an output (its "
+                                "gradient is given) and is read by a later equation")
+        if later:
+            grads[function] = (make_gradient or _same_as)(function)
+    walk = _Walk(grads, where)
+    for index in reversed(range(len(forward))):
+        statement = forward[index]
+        function = statement.target.function
+        if function not in gradients and function in grads and index == \
+                _last(forward, function):
+            walk.flush(function)
+        if function in grads:
+            walk.statement(statement)
+    for function in gradients:
+        if function not in written:
+            walk.flush(function)
+    return walk.equations
+
+
+def _last(forward, function):
+    return max(i for i, s in enumerate(forward) if s.target.function is function)
+
+
+def _same_as(function):
+    from devito_ml.symbolics import tensor
+    return tensor(gradient_name(function.name), function.dimensions, function.shape,
+                  function.dtype)
+
+
+class _Walk:
+    """The terms gathered for each gradient, and the equations written so far."""
+
+    def __init__(self, grads, where):
+        self.grads, self.where = grads, where
+        self.terms = {}           # function -> [(equation kind, lhs, value, loops)]
+        self.equations = []
+        self.loops = {}
+
+    def statement(self, statement):
+        sizes = extents(statement, self.where)
+        seed = self.grads[statement.target.function][statement.target.indices]
+        for access in accesses(statement.value):
+            if access.function not in self.grads:
+                continue
+            term = derivative(statement.value, access,
+                              lambda e, why: f"{self.where}: {why} `{e}` in "
+                                             f"`{statement.equation}`")
+            if term == 0:
+                continue
+            self._add(access, seed * statement.factor * term, statement, sizes)
+
+    def _add(self, access, value, statement, sizes):
+        gradient = self.grads[access.function]
+        if tuple(gradient.shape) != tuple(access.function.shape):
+            raise AutodiffError(f"{self.where}: the gradient `{gradient.name}` has "
+                                f"shape {gradient.shape}, `{access.function.name}` "
+                                f"{access.function.shape}")
+        if any(sympy.sympify(i).has(sympy.Indexed) for i in access.indices):
+            raise AutodiffError(f"{self.where}: the index of `{access}` in "
+                                f"`{statement.equation}` depends on data: no adjoint "
+                                "is derived through a lookup")
+        targets = gradient.dimensions
+        inverted = invert(access.indices, targets, gradient.shape, sizes)
+        if inverted is None:
+            warnings.warn(f"{self.where}: the adjoint of `{access}` in "
+                          f"`{statement.equation}` is a scatter (its index is not an "
+                          "invertible affine map): its loops run with atomics",
+                          ScatterWarning, stacklevel=4)
+            renamed = {d: self._loop(gradient, d, sizes[d]) for d in sizes}
+            lhs = gradient[tuple(sympy.sympify(i).xreplace(renamed)
+                                 for i in access.indices)]
+            self._term(access.function, 'scatter', lhs, value.xreplace(renamed),
+                       tuple(renamed.values()))
+            return
+        solution, conditions = inverted
+        left = [d for d in sizes if d not in solution]
+        renamed = {d: self._loop(gradient, d, sizes[d]) for d in left}
+        solution = {d: v.xreplace(renamed) for d, v in solution.items()}
+        mapping = {**solution, **renamed}
+        value = guarded(value.xreplace(mapping), [c.xreplace(mapping)
+                                                  for c in conditions])
+        self._term(access.function, 'gather', gradient[targets], value,
+                   tuple(renamed[d] for d in left))
+
+    def _loop(self, gradient, dimension, extent):
+        """A Dimension of its own for ``dimension``, summed over in ``gradient``'s
+        equations (named ``<gradient>_<role>``; a batch one ends in ``_n``)."""
+        key = (gradient.name, dimension.name)
+        if key not in self.loops:
+            prefix = gradient.name.rpartition('_')[0]
+            role = dimension.name[len(prefix) + 1:] \
+                if prefix and dimension.name.startswith(prefix + '_') else dimension.name
+            if is_batch_dimension(dimension):
+                role = BATCH
+            elif role == BATCH or role.endswith('_' + BATCH):
+                role += 'x'
+            self.loops[key] = DefaultDimension(name=f"{gradient.name}_{role}",
+                                               default_value=int(extent))
+        return self.loops[key]
+
+    def _term(self, function, kind, lhs, value, loops):
+        self.terms.setdefault(function, []).append((kind, lhs, value, loops))
+
+    def flush(self, function):
+        """Write the gradient of ``function`` from every term gathered for it."""
+        gradient = self.grads[function]
+        targets = gradient.dimensions
+        terms = self.terms.pop(function, [])
+        pointwise = [t for t in terms if t[0] == 'gather' and not t[3]]
+        summed = [t for t in terms if t not in pointwise]
+        start = sympy.Add(*[opaque_indices(t[2]) for t in pointwise])
+        self.equations.append(Eq(gradient[targets], start))
+        for kind, lhs, value, loops in summed:
+            order = tuple(targets) + tuple(loops) if kind == 'gather' else tuple(loops)
+            lhs = lhs if kind == 'gather' else opaque_indices(lhs)
+            self.equations.append(Inc(lhs, opaque_indices(value),
+                                      implicit_dims=IgnoreDimSort(order)))
