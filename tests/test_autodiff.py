@@ -10,8 +10,8 @@ import sympy
 import torch
 from devito import Dimension, Eq, Function, Inc, Operator
 
-from devito_ml import (ActivationLayer, Conv, Flat, FullyConnected, LeakyReLU, MaxPooling,
-                       Net, ReLU, Sigmoid, Tanh)
+from devito_ml import (ActivationLayer, Conv, Flat, FullyConnected, Layer, LeakyReLU,
+                       MaxPooling, Net, ReLU, Sigmoid, Tanh)
 from devito_ml.autodiff import AutodiffError, ScatterWarning, adjoint, derivative
 from devito_ml.symbolics import Select, register_sum, tap_dimension, tensor
 from reference import DTYPES, assert_close, compare_layer
@@ -298,3 +298,58 @@ def test_a_net_trains_through_a_derived_adjoint(dtype, rng):
                Flat(), FullyConnected(5)], dtype=dtype, seed=2, batch_size=3,
               input_shape=(2, 6, 6))
     compare_net(net, rng)
+
+
+class ChannelScale(Layer):
+    """A layer that is not built in, written as its forward maths alone:
+    ``y = x * W[c] + b[c]``."""
+
+    family = 'scale'
+
+    @property
+    def output_size(self):
+        return self.input_size
+
+    def _create_functions(self):
+        channel, size = self.out_dims[1], self.input_size[1:2]
+        self.scale, self.shift = (self.tensor(r, (channel,), size) for r in 'Wb')
+        self.scale_gradients, self.shift_gradients = (
+            self.tensor(r, (channel,), size) for r in ('dW', 'db'))
+
+    def reset_parameters(self, rng):
+        self.scale.data[:] = rng.uniform(0.5, 1.5, self.scale.shape)
+        self.shift.data[:] = rng.uniform(-0.5, 0.5, self.shift.shape)
+
+    def parameters(self):
+        return {'W': self.scale, 'b': self.shift}
+
+    def gradients(self):
+        return {'W': self.scale_gradients, 'b': self.shift_gradients}
+
+    def _forward_equations(self, training):
+        n, c, h, w = self.out_dims
+        return [Eq(self.result[n, c, h, w],
+                   self.input[n, c, h, w] * self.scale[c] + self.shift[c])]
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=['f64', 'f32'])
+def test_a_custom_layer_of_forward_maths_alone_trains_in_a_net(dtype, rng):
+    net = Net([Conv((3, 3, 3), padding=1), ChannelScale(), Flat(), FullyConnected(4)],
+              dtype=dtype, seed=1, batch_size=2, input_shape=(2, 5, 5))
+    x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
+    labels = np.array([1, 3])
+    net.forward(x)
+    loss = net.backward(labels)
+    reference = {k: torch.tensor(v, requires_grad=True)
+                 for k, v in net.parameters().items()}
+    y = torch.nn.functional.conv2d(torch.tensor(x), reference['conv1_W'],
+                                   reference['conv1_b'], padding=1)
+    y = y * reference['scale1_W'][None, :, None, None] + \
+        reference['scale1_b'][None, :, None, None]
+    y = y.flatten(1) @ reference['fc1_W'].T + reference['fc1_b']
+    expected = torch.nn.functional.cross_entropy(y, torch.tensor(labels))
+    expected.backward()
+    assert_close(loss, expected.item(), dtype, 'loss')
+    gradients = net.gradients()
+    for name, parameter in reference.items():
+        assert_close(gradients[name], parameter.grad.numpy(), dtype, name)
