@@ -175,20 +175,28 @@ class Layer:
         """The adjoint, derived from :meth:`_forward_equations`
         (:func:`devito_ml.autodiff.adjoint`): a layer that states only its forward
         maths gets its backward pass from there."""
-        return adjoint(self._forward_equations(training), self.gradient_map(),
+        found, repeated = self.gradient_map()
+        return adjoint(self._forward_equations(training), found,
                        where=f"{type(self).__name__} `{self.name}`",
-                       make_gradient=self._intermediate_gradient)
+                       make_gradient=self._intermediate_gradient) + \
+            [Eq(gradient[gradient.dimensions], 0) for gradient in repeated]
 
     def gradient_map(self):
-        """``{Function: its gradient}``: the output's (read by the backward pass),
-        each input's and each parameter's (written by it)."""
+        """``({Function: its gradient}, [gradient, ...])``: the output's gradient
+        (read by the backward pass), each input's and each parameter's (written by
+        it); then the gradients of inputs fed the same Function as an earlier one
+        (``Add()(x, x)``), set to 0: the first takes the whole gradient, and the net
+        sums them."""
         inputs = getattr(self, 'inputs', None) or [self.input]
-        found = {self.result: self.result_gradients}
+        found, repeated = {self.result: self.result_gradients}, []
         for index, function in enumerate(inputs):
-            found[function] = self.input_gradients_of(index)
+            if function in found:
+                repeated.append(self.input_gradients_of(index))
+            else:
+                found[function] = self.input_gradients_of(index)
         parameters, gradients = self.parameters(), self.gradients()
         found.update((parameters[role], gradients[role]) for role in parameters)
-        return found
+        return found, repeated
 
     def _intermediate_gradient(self, function):
         """The gradient of a Function the forward equations compute and read again

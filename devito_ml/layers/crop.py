@@ -30,8 +30,8 @@ class Crop(Layer):
 
     Notes
     -----
-    ``y[n, c, h, w] = x[n, c, h + t, w + l]``; the adjoint writes ``dy`` back in
-    place and zeros where rows and columns were dropped.
+    ``y[n, c, h, w] = x[n, c, h + t, w + l]``; the adjoint, derived, gathers
+    ``dy`` back in place and zeros where rows and columns were dropped.
 
     Examples
     --------
@@ -62,10 +62,3 @@ class Crop(Layer):
         n, c, y, x = self.out_dims
         top, left = self.before
         return [Eq(self.result[n, c, y, x], self.input[n, c, y + top, x + left])]
-
-    def _backward_equations(self, training):
-        n, c, y, x = self.out_dims
-        top, left = self.before
-        return [Eq(self.input_gradients[self.input_gradient_dims], 0),
-                Eq(self.input_gradients[n, c, y + top, x + left],
-                   self.result_gradients[n, c, y, x])]

@@ -1,5 +1,5 @@
 """Layers that take several inputs: element-wise sum (residual connections) and
-concatenation along channels, forward and backward side by side."""
+concatenation along channels; their adjoints are derived."""
 
 import numpy as np
 from devito import Eq
@@ -133,7 +133,7 @@ class Add(Merge):
     Notes
     -----
     :math:`y = f(\sum_i x_i)`; every input receives the same gradient,
-    :math:`\partial x_i = dy \cdot f'(y)`.
+    :math:`\partial x_i = dy \cdot f'(\sum_i x_i)` (derived: :mod:`devito_ml.autodiff`).
 
     Examples
     --------
@@ -157,26 +157,10 @@ class Add(Merge):
     def output_size(self):
         return self._input_sizes[0]
 
-    def _create_functions(self):
-        self.pre_activation_gradients = self.result_gradients \
-            if self.activation.is_identity else \
-            self.tensor('dz', self.out_storage, self.output_size)
-
     def _forward_equations(self, training):
         dims = self.out_dims
         total = sum(x[dims] for x in self.inputs)
         return [Eq(self.result[dims], self.activation.forward(total))]
-
-    def _backward_equations(self, training):
-        dims, dz = self.out_dims, self.pre_activation_gradients
-        eqs = []
-        if dz is not self.result_gradients:
-            eqs.append(Eq(dz[dims], self.result_gradients[dims]
-                          * self.activation.derivative_from_output(self.result[dims])))
-        for target in self.input_gradients_list:
-            own = target.dimensions
-            eqs.append(Eq(target[own], dz[own]))
-        return eqs
 
 
 class Concat(Merge):
@@ -185,7 +169,8 @@ class Concat(Merge):
     Notes
     -----
     Input ``i`` fills channels ``[o_i, o_i + C_i)`` with :math:`o_i = \sum_{j<i} C_j`;
-    its gradient is that slice of the output gradient.
+    its gradient is that slice of the output gradient (derived:
+    :mod:`devito_ml.autodiff`).
 
     Examples
     --------
@@ -215,12 +200,4 @@ class Concat(Merge):
         for x, offset in zip(self.inputs, self.offsets()):
             n, c, *rest = x.dimensions
             eqs.append(Eq(self.result[(n, c + offset, *rest)], x[(n, c, *rest)]))
-        return eqs
-
-    def _backward_equations(self, training):
-        eqs = []
-        for target, offset in zip(self.input_gradients_list, self.offsets()):
-            n, c, *rest = target.dimensions
-            eqs.append(Eq(target[(n, c, *rest)],
-                          self.result_gradients[(n, c + offset, *rest)]))
         return eqs

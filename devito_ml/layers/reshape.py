@@ -12,8 +12,8 @@ class Flat(Layer):
 
     Notes
     -----
-    ``y[n, c*H*W + h*W + w] = x[n, c, h, w]`` and the adjoint is the same map read
-    backwards: ``dx[n, c, h, w] = dy[n, c*H*W + h*W + w]``.
+    ``y[n, c*H*W + h*W + w] = x[n, c, h, w]``; the adjoint, derived, is the same
+    map read backwards: ``dx[n, c, h, w] = dy[n, c*H*W + h*W + w]``.
 
     Examples
     --------
@@ -39,9 +39,3 @@ class Flat(Layer):
     def _forward_equations(self, training):
         n = self.batch_dim
         return [Eq(self.result[n, self._feature()], self.input[self.in_dims])]
-
-    def _backward_equations(self, training):
-        n, c, y, x = self.input_gradient_dims
-        _, _, h, w = self.input_size
-        return [Eq(self.input_gradients[n, c, y, x],
-                   self.result_gradients[n, c * h * w + y * w + x])]
