@@ -33,7 +33,8 @@ class Dropout(Layer):
     -----
     :math:`y = x\, m` and :math:`\partial x = dy\, m` with the same mask
     :math:`m \in \{0, 1/(1-p)\}`, drawn on the host before each training step
-    (``mask``); in evaluation :math:`y = x`, :math:`\partial x = dy`.
+    (``mask``); in evaluation :math:`y = x`, :math:`\partial x = dy` (derived:
+    :mod:`devito_ml.autodiff`).
 
     Examples
     --------
@@ -95,10 +96,3 @@ class Dropout(Layer):
         dims = self.out_dims
         value = self.input[dims] * self.mask[dims] if training else self.input[dims]
         return [Eq(self.result[dims], value)]
-
-    def _backward_equations(self, training):
-        dims = self.input_gradient_dims
-        value = self.result_gradients[dims]
-        if training:
-            value = value * self.mask[dims]
-        return [Eq(self.input_gradients[dims], value)]

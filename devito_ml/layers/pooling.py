@@ -357,7 +357,8 @@ class Subsampling(Pooling):
 class GlobalAvgPooling(AvgPooling):
     """Average over each whole feature map, as ``torch.nn.AdaptiveAvgPool2d(1)``.
 
-    The window is the input's rows x columns, known once the input size is.
+    The window is the input's rows x columns, known once the input size is; the
+    adjoint (every position gets ``dy / (H W)``) is derived.
 
     Shape
     -----
@@ -393,11 +394,8 @@ class GlobalAvgPooling(AvgPooling):
                             self.input[n, c, h, w], (n, c), (h, w),
                             finish=lambda total: total / area)
 
-    def _backward_equations(self, training):
-        n, c, h, w = self.input_gradient_dims
-        area = self.kernel_size[0] * self.kernel_size[1]
-        return [Eq(self.input_gradients[n, c, h, w],
-                   self.result_gradients[n, c, 0, 0] / area)]
+    # derived from the forward maths, not the windowed pooling's stuffed gather
+    _backward_equations = Layer._backward_equations
 
 
 class AdaptivePooling(Pooling):
