@@ -57,7 +57,9 @@ def invert(indices, targets, target_extents, extents):
             if sympy.expand(index - target) != 0:
                 conditions.append(CondEq(target - index, 0))
             continue
-        pivot = max(free, key=lambda d: (extents[d], -loops.index(d)))
+        # the longest loop; of equals, one of unit step (no divisibility test)
+        pivot = max(free, key=lambda d: (extents[d], abs(index.coeff(d)) == 1,
+                                         -loops.index(d)))
         coefficient = index.coeff(pivot)
         if not (coefficient.is_Integer and coefficient != 0):
             return None
