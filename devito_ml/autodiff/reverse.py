@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import sympy
 from devito import Eq, Inc
-from devito.types import DefaultDimension
+from devito.types import DefaultDimension, Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.autodiff.gather import guarded, invert, opaque_indices
@@ -176,16 +176,31 @@ class _Walk:
         self.terms.setdefault(function, []).append((kind, lhs, value, loops))
 
     def flush(self, function):
-        """Write the gradient of ``function`` from every term gathered for it."""
+        """Write the gradient of ``function`` from every term gathered for it.
+
+        Terms summed over the same loops are summed together, in a register
+        (a Scalar private to each point of the gradient: an ``Inc`` of the
+        gradient in memory would store it at every term); a scattered term is an
+        ``Inc`` after them."""
         gradient = self.grads[function]
-        targets = gradient.dimensions
+        targets = tuple(gradient.dimensions)
         terms = self.terms.pop(function, [])
-        pointwise = [t for t in terms if t[0] == 'gather' and not t[3]]
-        summed = [t for t in terms if t not in pointwise]
-        start = sympy.Add(*[opaque_indices(t[2]) for t in pointwise])
-        self.equations.append(Eq(gradient[targets], start))
-        for kind, lhs, value, loops in summed:
-            order = tuple(targets) + tuple(loops) if kind == 'gather' else tuple(loops)
-            lhs = lhs if kind == 'gather' else opaque_indices(lhs)
-            self.equations.append(Inc(lhs, opaque_indices(value),
-                                      implicit_dims=IgnoreDimSort(order)))
+        total = sympy.Add(*[opaque_indices(value) for kind, _, value, loops in terms
+                            if kind == 'gather' and not loops])
+        sums = OrderedDict()
+        for kind, _, value, loops in terms:
+            if kind == 'gather' and loops:
+                sums.setdefault(loops, []).append(opaque_indices(value))
+        for index, (loops, values) in enumerate(sums.items()):
+            register = Scalar(name=f"{gradient.name}_sum{index if index else ''}",
+                              dtype=gradient.dtype)
+            self.equations += [
+                Eq(register, 0, implicit_dims=targets),
+                Eq(register, register + sympy.Add(*values),
+                   implicit_dims=IgnoreDimSort(targets + loops))]
+            total += register
+        self.equations.append(Eq(gradient[targets], total, implicit_dims=targets))
+        for kind, lhs, value, loops in terms:
+            if kind == 'scatter':
+                self.equations.append(Inc(opaque_indices(lhs), opaque_indices(value),
+                                          implicit_dims=IgnoreDimSort(loops)))
