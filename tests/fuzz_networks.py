@@ -1,6 +1,8 @@
 """Property-based fuzzing of generated code: hypothesis draws small networks
 (convolutions with any kernel, stride, padding, dilation and groups, max and average
-pooling, BatchNorm, Dropout, activations, non-square maps, batch sizes, dtypes),
+pooling, BatchNorm, Dropout, activations, custom layers of forward maths alone with
+mirrored index maps and pointwise functions, whose adjoints are derived
+(``drawn_layers.py``), non-square maps, batch sizes, dtypes),
 builds the fused train-step operator (forward, loss, backward, SGD update) and
 compares the output, loss, every gradient and the updated parameters with torch.
 
@@ -15,12 +17,13 @@ import os
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
 from devito_ml import (AvgPooling, BatchNorm, Conv, Dropout, Flat, FullyConnected,
                        LeakyReLU, MaxPooling, Net, ReLU, Sigmoid, Tanh)
 from devito_ml.optim import SGD
+from drawn_layers import FUNCTIONS, Drawn, TorchDrawn
 from reference import TOLERANCE, relative_error
 
 EXAMPLES = int(os.environ.get('DEVITO_ML_FUZZ_EXAMPLES', '100'))
@@ -59,7 +62,7 @@ def networks(draw):
     for _ in range(draw(st.integers(1, 3))):
         channels, rows, cols = shape
         kind = draw(st.sampled_from(['conv', 'conv', 'maxpool', 'avgpool', 'batchnorm',
-                                     'dropout']))
+                                     'dropout', 'drawn']))
         if kind == 'conv':
             largest = draw(st.sampled_from([3, 5, 9]))       # 9: looped taps too
             kernel, stride, padding, dilation = draw(window(rows, cols, largest, True))
@@ -73,6 +76,15 @@ def networks(draw):
                         activation=draw(st.sampled_from(sorted(ACTIVATIONS))))
             shape = (out,) + tuple(output_extent(s, k, st_, p, d) for s, k, st_, p, d in
                                    zip((rows, cols), kernel, stride, padding, dilation))
+        elif kind == 'drawn':
+            kernel, stride, padding, dilation = draw(window(rows, cols, 3, True))
+            spec = dict(kind=kind, out=draw(st.integers(1, 4)), kernel=kernel,
+                        stride=stride, padding=padding, dilation=dilation,
+                        mirror=(draw(st.booleans()), draw(st.booleans())),
+                        function=draw(st.sampled_from(sorted(FUNCTIONS))))
+            shape = (spec['out'],) + tuple(
+                output_extent(s, k, st_, p, d) for s, k, st_, p, d in
+                zip((rows, cols), kernel, stride, padding, dilation))
         elif kind in ('maxpool', 'avgpool'):
             kernel, stride, padding, _ = draw(window(rows, cols, 4, False))
             spec = dict(kind=kind, kernel=kernel, stride=stride, padding=padding)
@@ -107,6 +119,8 @@ def build(config, input_shape):
             pooling = MaxPooling if kind == 'maxpool' else AvgPooling
             layers.append(pooling(spec['kernel'], stride=spec['stride'],
                                   padding=spec['padding']))
+        elif kind == 'drawn':
+            layers.append(Drawn(**{k: v for k, v in spec.items() if k != 'kind'}))
         elif kind == 'batchnorm':
             layers.append(BatchNorm(eps=spec['eps'], momentum=spec['momentum'],
                                     affine=spec['affine']))
@@ -148,6 +162,8 @@ def twin(net, dtype):
                                           momentum=layer.momentum, affine=layer.affine)
         elif name == 'Dropout':
             module = Masked(layer)
+        elif name == 'Drawn':
+            module = TorchDrawn(layer, kind)
         elif name == 'Flat':
             module = torch.nn.Flatten()
         else:
@@ -225,4 +241,6 @@ def _settings(test):
 @_settings
 @given(networks())
 def test_generated_train_step_agrees_with_torch(config):
+    for kind in sorted({spec['kind'] for spec in config['specs']}):
+        event(f"has {kind}")
     run_config(config)

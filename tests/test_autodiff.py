@@ -353,3 +353,22 @@ def test_a_custom_layer_of_forward_maths_alone_trains_in_a_net(dtype, rng):
     gradients = net.gradients()
     for name, parameter in reference.items():
         assert_close(gradients[name], parameter.grad.numpy(), dtype, name)
+
+
+@pytest.mark.parametrize('window, stride', [(2, 2), (2, 3), (3, 2)],
+                         ids=['2-stride2', '2-stride3', '3-stride2'])
+def test_average_pooling_over_tap_loops(window, stride, rng):
+    """A window no wider than its stride is split into quotient and remainder (no
+    loop over its taps); a wider one gathers over its taps."""
+    maths = Maths()
+    x = maths.tensor('avg_in', dims('xn', 'xc', 'xh', 'xw'), (2, 3, 9, 8))
+    rows, cols = ((size - window) // stride + 1 for size in (9, 8))
+    out = dims('n', 'ac', 'ah', 'aw')
+    y = maths.tensor('avg_out', out, (2, 3, rows, cols), role='output')
+    n, c, h, w = out
+    ky, kx = tap_dimension('avg_ky', window), tap_dimension('avg_kx', window)
+    maths.derive([Eq(y[out], 0),
+                  Inc(y[out], x[n, c, stride * h + ky, stride * w + kx] / window ** 2)])
+    against_torch(maths, lambda t: torch.nn.functional.avg_pool2d(t, window, stride), rng)
+    loops = 'avg_in_grad_avg_ky' in str(maths.operator)
+    assert loops == (window > stride)

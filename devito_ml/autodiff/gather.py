@@ -7,7 +7,9 @@ Dimensions ``g``: each axis ``g_j = e_j(d)`` is solved for the loop of
 ``e_j`` that runs longest (an output row, not a kernel tap), so the taps stay
 the loops summed over; a stride ``s`` leaves ``(g_j - rest) / s``, read where it
 divides (a predicate) and within the loop's extent. Axes indexed by a constant,
-or by loops already solved, become predicates too (``A[i, i]``). What it cannot
+or by loops already solved, become predicates too (``A[i, i]``). A window that does
+not overlap the next (a tap of at most ``s`` values beside a stride ``s``) is split
+at once into quotient and remainder: no loop over its taps. What it cannot
 invert (an index that is not affine, a coefficient that is not an integer) it
 says so, and the caller scatters.
 
@@ -57,6 +59,12 @@ def invert(indices, targets, target_extents, extents):
             if sympy.expand(index - target) != 0:
                 conditions.append(CondEq(target - index, 0))
             continue
+        split = _window_split(index, target, free, extents)
+        if split is not None:
+            found, guards = split
+            solution.update(found)
+            conditions += guards
+            continue
         # the longest loop; of equals, one of unit step (no divisibility test)
         pivot = max(free, key=lambda d: (extents[d], abs(index.coeff(d)) == 1,
                                          -loops.index(d)))
@@ -76,6 +84,24 @@ def invert(indices, targets, target_extents, extents):
         if not (value == target and extents[pivot] == size):
             conditions += [value >= 0, value <= extents[pivot] - 1]
     return solution, conditions
+
+
+def _window_split(index, target, free, extents):
+    """``target = s o + t + rest`` with a tap ``t`` of at most ``s`` values: both
+    solved at once, ``o = q / s`` and ``t = q % s`` for ``q = target - rest``, so a
+    window that does not overlap the next (pooling 2x2 stride 2, a patch) is read
+    with no loop over its taps and no divisibility test. None for other maps."""
+    if len(free) != 2:
+        return None
+    (outer, step), (tap, unit) = sorted(((d, index.coeff(d)) for d in free),
+                                        key=lambda pair: -abs(pair[1]))
+    if not (step.is_Integer and step > 1 and unit == 1 and extents[tap] <= step):
+        return None
+    quotient = sympy.expand(target - (index - step * outer - tap))
+    conditions = [quotient >= 0, IntDiv(quotient, step) <= extents[outer] - 1]
+    if extents[tap] < step:
+        conditions.append(sympy.Mod(quotient, step) <= extents[tap] - 1)
+    return {outer: IntDiv(quotient, step), tap: sympy.Mod(quotient, step)}, conditions
 
 
 def _affine(index, loops):
