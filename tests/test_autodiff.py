@@ -372,3 +372,36 @@ def test_average_pooling_over_tap_loops(window, stride, rng):
     against_torch(maths, lambda t: torch.nn.functional.avg_pool2d(t, window, stride), rng)
     loops = 'avg_in_grad_avg_ky' in str(maths.operator)
     assert loops == (window > stride)
+
+
+class Lookup(Layer):
+    """Reads its input through a table of indices: no adjoint exists."""
+
+    family = 'lookup'
+    input_ndim = 2
+
+    @property
+    def output_size(self):
+        return self.input_size
+
+    def _create_functions(self):
+        n, f = self.out_dims
+        self.table = Function(name=f"{self.name}_table", dimensions=(f,),
+                              shape=self.input_size[1:], dtype=np.int32, space_order=0)
+        self.table.data[:] = np.arange(self.input_size[1])[::-1]
+
+    def _forward_equations(self, training):
+        n, f = self.out_dims
+        return [Eq(self.result[n, f], self.input[n, self.table[f]])]
+
+
+def test_a_layer_without_an_adjoint_runs_forward_and_says_why_it_cannot_train(rng):
+    net = Net([FullyConnected(4), Lookup(), FullyConnected(3)], dtype=np.float64,
+              batch_size=2, input_shape=(5,), seed=0)
+    x = rng.standard_normal((2, 5))
+    hidden = x @ net.parameters()['fc1_W'].T + net.parameters()['fc1_b']
+    expected = hidden[:, ::-1] @ net.parameters()['fc2_W'].T + net.parameters()['fc2_b']
+    assert_close(net.forward(x), expected, np.float64, 'output')
+    with pytest.raises(AutodiffError, match=r"Lookup `lookup1`.*lookup1_table.*depends "
+                                            r"on data"):
+        net.backward(np.array([0, 2]))
