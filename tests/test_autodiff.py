@@ -300,11 +300,11 @@ def test_a_net_trains_through_a_derived_adjoint(dtype, rng):
     compare_net(net, rng)
 
 
-class ChannelScale(Layer):
+class PReLU(Layer):
     """A layer that is not built in, written as its forward maths alone:
-    ``y = x * W[c] + b[c]``."""
+    ``torch.nn.PReLU(channels)``, ``y = max(x, 0) + a[c] min(x, 0)``."""
 
-    family = 'scale'
+    family = 'prelu'
 
     @property
     def output_size(self):
@@ -312,29 +312,28 @@ class ChannelScale(Layer):
 
     def _create_functions(self):
         channel, size = self.out_dims[1], self.input_size[1:2]
-        self.scale, self.shift = (self.tensor(r, (channel,), size) for r in 'Wb')
-        self.scale_gradients, self.shift_gradients = (
-            self.tensor(r, (channel,), size) for r in ('dW', 'db'))
+        self.slope = self.tensor('a', (channel,), size)
+        self.slope_gradients = self.tensor('da', (channel,), size)
 
     def reset_parameters(self, rng):
-        self.scale.data[:] = rng.uniform(0.5, 1.5, self.scale.shape)
-        self.shift.data[:] = rng.uniform(-0.5, 0.5, self.shift.shape)
+        self.slope.data[:] = rng.uniform(0.1, 0.4, self.slope.shape)
 
     def parameters(self):
-        return {'W': self.scale, 'b': self.shift}
+        return {'a': self.slope}
 
     def gradients(self):
-        return {'W': self.scale_gradients, 'b': self.shift_gradients}
+        return {'a': self.slope_gradients}
 
     def _forward_equations(self, training):
         n, c, h, w = self.out_dims
+        x = self.input[n, c, h, w]
         return [Eq(self.result[n, c, h, w],
-                   self.input[n, c, h, w] * self.scale[c] + self.shift[c])]
+                   sympy.Max(x, 0) + self.slope[c] * sympy.Min(x, 0))]
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=['f64', 'f32'])
 def test_a_custom_layer_of_forward_maths_alone_trains_in_a_net(dtype, rng):
-    net = Net([Conv((3, 3, 3), padding=1), ChannelScale(), Flat(), FullyConnected(4)],
+    net = Net([Conv((3, 3, 3), padding=1), PReLU(), Flat(), FullyConnected(4)],
               dtype=dtype, seed=1, batch_size=2, input_shape=(2, 5, 5))
     x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
     labels = np.array([1, 3])
@@ -344,8 +343,7 @@ def test_a_custom_layer_of_forward_maths_alone_trains_in_a_net(dtype, rng):
                  for k, v in net.parameters().items()}
     y = torch.nn.functional.conv2d(torch.tensor(x), reference['conv1_W'],
                                    reference['conv1_b'], padding=1)
-    y = y * reference['scale1_W'][None, :, None, None] + \
-        reference['scale1_b'][None, :, None, None]
+    y = torch.nn.functional.prelu(y, reference['prelu1_a'])
     y = y.flatten(1) @ reference['fc1_W'].T + reference['fc1_b']
     expected = torch.nn.functional.cross_entropy(y, torch.tensor(labels))
     expected.backward()
@@ -353,25 +351,6 @@ def test_a_custom_layer_of_forward_maths_alone_trains_in_a_net(dtype, rng):
     gradients = net.gradients()
     for name, parameter in reference.items():
         assert_close(gradients[name], parameter.grad.numpy(), dtype, name)
-
-
-@pytest.mark.parametrize('window, stride', [(2, 2), (2, 3), (3, 2)],
-                         ids=['2-stride2', '2-stride3', '3-stride2'])
-def test_average_pooling_over_tap_loops(window, stride, rng):
-    """A window no wider than its stride is split into quotient and remainder (no
-    loop over its taps); a wider one gathers over its taps."""
-    maths = Maths()
-    x = maths.tensor('avg_in', dims('xn', 'xc', 'xh', 'xw'), (2, 3, 9, 8))
-    rows, cols = ((size - window) // stride + 1 for size in (9, 8))
-    out = dims('n', 'ac', 'ah', 'aw')
-    y = maths.tensor('avg_out', out, (2, 3, rows, cols), role='output')
-    n, c, h, w = out
-    ky, kx = tap_dimension('avg_ky', window), tap_dimension('avg_kx', window)
-    maths.derive([Eq(y[out], 0),
-                  Inc(y[out], x[n, c, stride * h + ky, stride * w + kx] / window ** 2)])
-    against_torch(maths, lambda t: torch.nn.functional.avg_pool2d(t, window, stride), rng)
-    loops = 'avg_in_grad_avg_ky' in str(maths.operator)
-    assert loops == (window > stride)
 
 
 class Lookup(Layer):
