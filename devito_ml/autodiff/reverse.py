@@ -27,6 +27,7 @@ from devito_ml.autodiff.gather import guarded, invert, opaque_indices
 from devito_ml.autodiff.rules import AutodiffError, derivative
 from devito_ml.autodiff.statements import accesses, extents, statements
 from devito_ml.kernel_calls import BATCH, is_batch_dimension
+from devito_ml.symbolics import tensor
 
 __all__ = ['adjoint', 'ScatterWarning', 'gradient_name']
 
@@ -96,7 +97,6 @@ def _last(forward, function):
 
 
 def _same_as(function):
-    from devito_ml.symbolics import tensor
     return tensor(gradient_name(function.name), function.dimensions, function.shape,
                   function.dtype)
 
