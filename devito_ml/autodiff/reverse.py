@@ -43,7 +43,7 @@ def gradient_name(name):
     return f"{head}_d{role}" if head else f"d{name}"
 
 
-def adjoint(equations, gradients, where='layer', make_gradient=None):
+def adjoint(equations, gradients, where='layer', make_gradient=None, constants=()):
     """The equations of the gradients of ``equations``.
 
     Parameters
@@ -51,9 +51,10 @@ def adjoint(equations, gradients, where='layer', make_gradient=None):
     equations : list of Eq or Inc
         The forward equations, in the order they run.
     gradients : dict
-        ``{Function: its gradient Function}``: for each output, the gradient that
-        is given (read); for each input or parameter, the gradient to write
-        (overwritten: a gradient no statement reaches is set to 0).
+        ``{Function: its gradient}``: for each output, the gradient that is given
+        (read: a Function, or an expression such as the ``1 / batch`` of a mean
+        loss); for each input or parameter, the Function to write (overwritten: a
+        gradient no statement reaches is set to 0).
     where : str
         Who the equations belong to, for messages (``"Conv `conv1`"``).
     make_gradient : callable, optional
@@ -61,11 +62,18 @@ def adjoint(equations, gradients, where='layer', make_gradient=None):
         Function (computed by one statement and read by a later one); default: a
         Function of the same Dimensions and shape, named by
         :func:`gradient_name`.
+    constants : tuple of Function, optional
+        Functions held constant: the equations computing them are not
+        differentiated, and no gradient flows through them (a softmax's row
+        maximum, which only shifts the logits: :mod:`devito_ml.loss`).
 
     Returns
     -------
     list of Eq and Inc
     """
+    held = set(constants)
+    equations = [eq for eq in equations
+                 if not (isinstance(eq.lhs, sympy.Indexed) and eq.lhs.function in held)]
     forward = statements(equations, where)
     written = list(OrderedDict.fromkeys(s.target.function for s in forward))
     grads = dict(gradients)
@@ -112,7 +120,9 @@ class _Walk:
 
     def statement(self, statement):
         sizes = extents(statement, self.where)
-        seed = self.grads[statement.target.function][statement.target.indices]
+        given = self.grads[statement.target.function]
+        seed = given[statement.target.indices] \
+            if getattr(given, 'is_DiscreteFunction', False) else given
         for access in accesses(statement.value):
             if access.function not in self.grads:
                 continue

@@ -14,7 +14,8 @@ from devito_ml.layers.matmul_tiles import TiledMatmul
 from devito_ml.symbolics import register_sum
 from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
 
-__all__ = ['FullyConnected', 'FullyConnectedSoftmax', 'softmax_equations']
+__all__ = ['FullyConnected', 'FullyConnectedSoftmax', 'softmax_equations',
+           'row_sum_equations']
 
 TILED_MIN_BATCH = 16
 """Smallest batch whose products are register-tiled (the batch fills the lanes)."""
@@ -210,20 +211,27 @@ class FullyConnected(WeightedLayer):
                 Eq(self.kernel_gradients[o, i], dw.target_at(o, i))]
 
 
+def row_sum_equations(logits, row_max, row_sum, n, passes):
+    """Equations of each row's maximum and its sum of ``exp(logits - max)``, into the
+    ``(batch,)`` Functions ``row_max`` and ``row_sum``; ``passes`` are two
+    Dimensions over the classes, one per pass: Devito fuses equations over the same
+    Dimensions point-wise, which would read a partial maximum."""
+    k_max, k_sum = passes
+    return [Eq(row_max[n], -sympy.oo),
+            Eq(row_max[n], Max(row_max[n], logits[n, k_max])),
+            Eq(row_sum[n], 0), Inc(row_sum[n], sympy.exp(logits[n, k_sum] - row_max[n]))]
+
+
 def softmax_equations(logits, probabilities, row_max, row_sum, n, passes):
     """Equations of ``probabilities[n, k] = softmax(logits[n, :])[k]``, stable.
 
     ``row_max`` and ``row_sum`` are ``(batch,)`` Functions that the equations fill
-    with each row's maximum and its sum of ``exp(logits - max)``. ``passes`` are
-    three Dimensions over the classes, one per pass: Devito fuses equations over
-    the same Dimensions point-wise, which would read a partial maximum.
+    (:func:`row_sum_equations`); ``passes`` are three Dimensions over the classes,
+    one per pass.
     """
     k_max, k_sum, k = passes
-    shifted = lambda j: sympy.exp(logits[n, j] - row_max[n])  # noqa: E731
-    return [Eq(row_max[n], -sympy.oo),
-            Eq(row_max[n], Max(row_max[n], logits[n, k_max])),
-            Eq(row_sum[n], 0), Inc(row_sum[n], shifted(k_sum)),
-            Eq(probabilities[n, k], shifted(k) / row_sum[n])]
+    return row_sum_equations(logits, row_max, row_sum, n, (k_max, k_sum)) + [
+        Eq(probabilities[n, k], sympy.exp(logits[n, k] - row_max[n]) / row_sum[n])]
 
 
 class FullyConnectedSoftmax(FullyConnected):

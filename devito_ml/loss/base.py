@@ -1,8 +1,10 @@
-"""The Loss base class: the Functions a loss owns, named after it."""
+"""The Loss base class: the Functions a loss owns, named after it, and its gradient,
+derived from the per-sample losses (:mod:`devito_ml.autodiff`)."""
 
 import numpy as np
 from devito import Dimension
 
+from devito_ml.autodiff import adjoint, gradient_name
 from devito_ml.symbolics import plain_view, tap_dimension, tensor
 
 __all__ = ['Loss']
@@ -11,8 +13,9 @@ __all__ = ['Loss']
 class Loss:
     """Base of losses on a ``(batch, ...)`` output.
 
-    ``equations(output, gradient)`` returns equations that write each sample's
-    loss into ``per_sample`` and dL/doutput (of the batch mean) into ``gradient``.
+    A loss states its maths, ``forward_equations(output)``: each sample's loss
+    into ``per_sample``. ``equations(output, gradient)`` adds dL/doutput of the
+    batch mean, derived from them, into ``gradient``.
     :meth:`value` sums the per-sample losses in a fixed order, so the same inputs
     give the same loss bit for bit (an ``Inc`` over the batch becomes an
     ``omp atomic`` whose order varies). A loss allocates ``targets`` and
@@ -50,8 +53,31 @@ class Loss:
         """Number of active samples, as a symbol of the batch bound."""
         return self.n.symbolic_max - self.n.symbolic_min + 1
 
-    def equations(self, output, gradient):
+    def forward_equations(self, output):
+        """Equations writing each sample's loss of ``output`` into ``per_sample``."""
         raise NotImplementedError
+
+    def constants(self):
+        """Functions the gradient does not flow through (see
+        :func:`~devito_ml.autodiff.adjoint`)."""
+        return ()
+
+    def equations(self, output, gradient):
+        """Each sample's loss into ``per_sample``, and dL/doutput of their mean
+        over the active batch into ``gradient``."""
+        forward = self.forward_equations(output)
+        return forward + adjoint(
+            forward, {self.per_sample: 1 / self.batch_size(), output: gradient},
+            where=f"loss `{self.name}`", make_gradient=self._intermediate_gradient,
+            constants=self.constants())
+
+    def _intermediate_gradient(self, function):
+        made = self.__dict__.setdefault('_intermediate_gradients', {})
+        if function.name not in made:
+            made[function.name] = tensor(gradient_name(function.name),
+                                         function.dimensions, function.shape,
+                                         function.dtype)
+        return made[function.name]
 
     def set_targets(self, targets, batch):
         """Write a batch of targets (numpy) into ``targets``."""

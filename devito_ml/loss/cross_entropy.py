@@ -4,7 +4,7 @@ import numpy as np
 import sympy
 from devito import Eq, Inc
 
-from devito_ml.layers.dense import softmax_equations
+from devito_ml.layers.dense import row_sum_equations
 from devito_ml.loss.base import Loss
 from devito_ml.symbolics import tap_dimension, tensor
 from devito_ml.validation import ShapeError
@@ -32,7 +32,9 @@ class CrossEntropy(Loss):
     cancels, so logits of 1e4 keep float32's relative precision in the loss. The
     shifted logits ``z - m`` are stored before the loss reads them: written in one
     expression, sympy flattens ``log s - (z - m)`` into ``log s - z + m`` and a
-    common offset of 1e4 then costs the loss four digits in float32.
+    common offset of 1e4 then costs the loss four digits in float32. The gradient
+    is derived from the per-sample losses (:mod:`devito_ml.autodiff`), the row
+    maximum held constant (:meth:`constants`).
     """
 
     name = 'cross_entropy'
@@ -45,26 +47,23 @@ class CrossEntropy(Loss):
         batch = self.output_size[:1]
         self.row_max = tensor(f"{self.name}_max", (self.n,), batch, self.dtype)
         self.row_sum = tensor(f"{self.name}_sum", (self.n,), batch, self.dtype)
-        self.probabilities = tensor(f"{self.name}_probabilities", (self.n, self.k),
-                                    self.output_size, self.dtype)
-        self.target_sum = tensor(f"{self.name}_target_sum", (self.n,), batch, self.dtype)
         self.shifted = tensor(f"{self.name}_shifted", (self.n, self.k), self.output_size,
                               self.dtype)
 
-    def equations(self, output, gradient):
+    def constants(self):
+        """The row maximum only shifts the logits, and the loss does not depend on
+        it: a constant of the derivative (the rule of cross entropy from logits),
+        whose gradient is then ``(T_n softmax(z)_nk - t_nk) / N``."""
+        return (self.row_max,)
+
+    def forward_equations(self, output):
         n, k, t = self.n, self.k, self.targets
         classes = self.output_size[1]
         passes = [tap_dimension(f"{self.name}_{role}", classes)
-                  for role in ('max_f', 'sum_f')] + [k]
+                  for role in ('max_f', 'sum_f')]
         k_dot = tap_dimension(f"{self.name}_dot_f", classes)
-        k_total = tap_dimension(f"{self.name}_total_f", classes)
-        batch = self.batch_size()
-        loss, total = self.per_sample[n], self.target_sum[n]
-        log_sum = sympy.log(self.row_sum[n])
-        return softmax_equations(output, self.probabilities, self.row_max,
-                                 self.row_sum, n, passes) + [
-            Eq(total, 0), Inc(total, t[n, k_total]),
-            Eq(gradient[n, k], (total * self.probabilities[n, k] - t[n, k]) / batch),
+        loss, log_sum = self.per_sample[n], sympy.log(self.row_sum[n])
+        return row_sum_equations(output, self.row_max, self.row_sum, n, passes) + [
             Eq(self.shifted[n, k], output[n, k] - self.row_max[n]),
             Eq(loss, 0),
             Inc(loss, t[n, k_dot] * (log_sum - self.shifted[n, k_dot]))]

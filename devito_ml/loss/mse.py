@@ -17,19 +17,18 @@ class MSE(Loss):
     .. math:: L = \frac{1}{NK}\sum_{n,k}(y_{nk} - t_{nk})^2,\qquad
               \frac{\partial L}{\partial y_{nk}} = \frac{2}{NK}(y_{nk} - t_{nk})
 
-    where ``k`` runs over every non-batch element (``K`` of them).
+    where ``k`` runs over every non-batch element (``K`` of them); the gradient is
+    derived from the per-sample losses.
     """
 
     name = 'mse'
 
-    def equations(self, output, gradient):
+    def forward_equations(self, output):
         dims, t = self.dims, self.targets
         elements = int(np.prod(self.output_size[1:]))
-        count = self.batch_size() * elements
         error = output[dims] - t[dims]
         loss = self.per_sample[self.n]
-        return [Eq(gradient[dims], 2 * error / count),
-                Eq(loss, 0), Inc(loss, error * error / elements)]
+        return [Eq(loss, 0), Inc(loss, error * error / elements)]
 
     def set_targets(self, targets, batch):
         """Targets of the batch's outputs' shape (a numpy array or nested lists)."""
