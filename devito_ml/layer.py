@@ -13,7 +13,10 @@ axes.
   copies; ``fwd``, ``bwd00``, ``dW``: register tiles, with ``_tile`` / ``_block``
   loops over groups of columns, channels or lanes);
 - a register tile's own axes: ``lane`` (a vector lane), ``pos`` (an output
-  position), ``row`` ``column`` ``sum`` (of a matrix product).
+  position), ``row`` ``column`` ``sum`` (of a matrix product);
+- a derived adjoint's sums (:mod:`devito_ml.autodiff`): the gradient they sum into,
+  then the forward loop they run over: ``cross_entropy_dsum_dot_f`` runs the loss's
+  ``dot_f`` loop into the gradient of ``cross_entropy_sum``.
 
 So ``conv1_out_h`` is an output row of ``conv1``, ``fc1_in_f`` a feature of its
 input, ``conv2_fwd_ky`` a kernel row in ``conv2``'s forward tiles, and ``conv1_n`` a
@@ -23,7 +26,7 @@ sample walked by a reduction over the batch (``n`` alone is the batch of the net
 import numpy as np
 from devito import Dimension, Eq
 
-from devito_ml.autodiff import adjoint, gradient_name
+from devito_ml.autodiff import adjoint, gradient_name, intermediates
 from devito_ml.compiled import BATCH, CompiledOperator
 from devito_ml.symbolics import Halo, tap_dimension, tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
@@ -176,8 +179,7 @@ class Layer:
         (:func:`devito_ml.autodiff.adjoint`): a layer that states only its forward
         maths gets its backward pass from there."""
         found, repeated = self.gradient_map()
-        return adjoint(self._forward_equations(training), found,
-                       where=f"{type(self).__name__} `{self.name}`",
+        return adjoint(self._forward_equations(training), found, where=self._where(),
                        make_gradient=self._intermediate_gradient) + \
             [Eq(gradient[gradient.dimensions], 0) for gradient in repeated]
 
@@ -200,7 +202,8 @@ class Layer:
 
     def _intermediate_gradient(self, function):
         """The gradient of a Function the forward equations compute and read again
-        (made once: every pass that derives it uses the same)."""
+        (made once, with the layer's Functions, so that a unit's description holds
+        it: every pass that derives it uses the same)."""
         made = self.__dict__.setdefault('_intermediate_gradients', {})
         if function.name not in made:
             made[function.name] = tensor(gradient_name(function.name),
@@ -316,6 +319,14 @@ class Layer:
             raise
         self.reset_parameters(np.random.default_rng(self.seed))
         self._reset_buffers()
+        if type(self)._backward_equations is Layer._backward_equations:
+            for training in (True, False):
+                for function in intermediates(self._forward_equations(training),
+                                              self._where()):
+                    self._intermediate_gradient(function)
+
+    def _where(self):
+        return f"{type(self).__name__} `{self.name}`"
 
     def _reset_buffers(self):
         """Initial values of buffers (running statistics)."""

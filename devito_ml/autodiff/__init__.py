@@ -45,8 +45,9 @@ expressions of Dimensions (strides, dilations, offsets), pointwise sympy functio
 equation reads needs Dimensions of its own (Devito fuses loops over shared ones).
 """
 
-from devito_ml.autodiff.reverse import ScatterWarning, adjoint, gradient_name
+from devito_ml.autodiff.reverse import (ScatterWarning, adjoint, gradient_name,
+                                        intermediates)
 from devito_ml.autodiff.rules import RULES, AutodiffError, derivative
 
-__all__ = ['adjoint', 'derivative', 'gradient_name', 'RULES', 'AutodiffError',
-           'ScatterWarning']
+__all__ = ['adjoint', 'intermediates', 'derivative', 'gradient_name', 'RULES',
+           'AutodiffError', 'ScatterWarning']

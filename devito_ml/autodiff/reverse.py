@@ -29,7 +29,7 @@ from devito_ml.autodiff.statements import accesses, extents, statements
 from devito_ml.kernel_calls import BATCH, is_batch_dimension
 from devito_ml.symbolics import tensor
 
-__all__ = ['adjoint', 'ScatterWarning', 'gradient_name']
+__all__ = ['adjoint', 'intermediates', 'ScatterWarning', 'gradient_name']
 
 
 class ScatterWarning(UserWarning):
@@ -71,20 +71,14 @@ def adjoint(equations, gradients, where='layer', make_gradient=None, constants=(
     -------
     list of Eq and Inc
     """
-    held = set(constants)
-    equations = [eq for eq in equations
-                 if not (isinstance(eq.lhs, sympy.Indexed) and eq.lhs.function in held)]
-    forward = statements(equations, where)
+    forward = statements(_varying(equations, constants), where)
     written = list(OrderedDict.fromkeys(s.target.function for s in forward))
     grads = dict(gradients)
-    for position, function in enumerate(written):
-        later = [s for s in forward[_last(forward, function) + 1:]
-                 if any(a.function is function for a in accesses(s.value))]
-        if later and function in gradients:
+    for function in _read_again(forward):
+        if function in gradients:
             raise AutodiffError(f"{where}: `{function.name}` is an output (its "
                                 "gradient is given) and is read by a later equation")
-        if later:
-            grads[function] = (make_gradient or _same_as)(function)
+        grads[function] = (make_gradient or _same_as)(function)
     walk = _Walk(grads, where)
     for index in reversed(range(len(forward))):
         statement = forward[index]
@@ -98,6 +92,27 @@ def adjoint(equations, gradients, where='layer', make_gradient=None, constants=(
         if function not in written:
             walk.flush(function)
     return walk.equations
+
+
+def intermediates(equations, where='layer', constants=()):
+    """The Functions ``equations`` compute and read again: those whose gradients
+    :func:`adjoint` makes (with ``make_gradient``), in the order computed. A layer
+    makes them when its Functions are made, so that they are described with it."""
+    return _read_again(statements(_varying(equations, constants), where))
+
+
+def _varying(equations, constants):
+    """``equations`` but those computing a Function held constant."""
+    held = set(constants)
+    return [eq for eq in equations
+            if not (isinstance(eq.lhs, sympy.Indexed) and eq.lhs.function in held)]
+
+
+def _read_again(forward):
+    written = list(OrderedDict.fromkeys(s.target.function for s in forward))
+    return [function for function in written
+            if any(a.function is function for s in forward[_last(forward, function) + 1:]
+                   for a in accesses(s.value))]
 
 
 def _last(forward, function):

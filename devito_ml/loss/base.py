@@ -4,7 +4,7 @@ derived from the per-sample losses (:mod:`devito_ml.autodiff`)."""
 import numpy as np
 from devito import Dimension
 
-from devito_ml.autodiff import adjoint, gradient_name
+from devito_ml.autodiff import adjoint, gradient_name, intermediates
 from devito_ml.symbolics import plain_view, tap_dimension, tensor
 
 __all__ = ['Loss']
@@ -38,6 +38,12 @@ class Loss:
         self.per_sample = tensor(f"{self.name}_per_sample", (self.n,),
                                  output_size[:1], dtype)
         self._allocate()
+        # the gradients of what the loss computes and reads again, made now, so
+        # that a unit's description holds them
+        placeholder = tensor(f"{self.name}_output", self.dims, output_size, dtype)
+        for function in intermediates(self.forward_equations(placeholder),
+                                      self._where(), self.constants()):
+            self._intermediate_gradient(function)
         self._targets = plain_view(self.targets)
         self._per_sample = plain_view(self.per_sample)
         return self
@@ -68,8 +74,11 @@ class Loss:
         forward = self.forward_equations(output)
         return forward + adjoint(
             forward, {self.per_sample: 1 / self.batch_size(), output: gradient},
-            where=f"loss `{self.name}`", make_gradient=self._intermediate_gradient,
+            where=self._where(), make_gradient=self._intermediate_gradient,
             constants=self.constants())
+
+    def _where(self):
+        return f"loss `{self.name}`"
 
     def _intermediate_gradient(self, function):
         made = self.__dict__.setdefault('_intermediate_gradients', {})
