@@ -320,9 +320,10 @@ class Layer:
         self.reset_parameters(np.random.default_rng(self.seed))
         self._reset_buffers()
         if type(self)._backward_equations is Layer._backward_equations:
-            for training in (True, False):
-                for function in intermediates(self._forward_equations(training),
-                                              self._where()):
+            for training in (True, False) if self.mode_dependent else (True,):
+                forward = self._forward_equations(training)
+                for function in intermediates(forward, self._where()) \
+                        if len(forward) > 1 else ():
                     self._intermediate_gradient(function)
 
     def _where(self):
