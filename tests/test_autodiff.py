@@ -112,35 +112,24 @@ CONVOLUTIONS = [
 @pytest.mark.parametrize('case', CONVOLUTIONS, ids=[
     'strided-dilated', '3x3', 'stride3-grouped', 'depthwise', '5x5'])
 @pytest.mark.parametrize('dtype', DTYPES, ids=['f64', 'f32'])
-def test_convolution_gradients_match_torch(case, dtype, rng):
+def test_convolution_gradients_match_torch_as_gathers(case, dtype, rng):
+    """Every gradient as torch's; the input gradient is the adjoint of the
+    convolution (<A x, y> = <x, A^T y>, float64); no gradient is written at a
+    computed index, and the C holds no atomic."""
     *_, stride, padding, dilation, groups = case
     maths = Maths(dtype)
     maths.derive(convolution(maths, *case))
     against_torch(maths, lambda x, w: torch.nn.functional.conv2d(
         x, w, stride=stride, padding=padding, dilation=dilation, groups=groups), rng)
-
-
-@pytest.mark.parametrize('case', CONVOLUTIONS[:4],
-                         ids=['strided-dilated', '3x3', 'stride3-grouped', 'depthwise'])
-def test_convolution_adjoint_is_a_gather_without_atomics(case):
-    maths = Maths().derive(convolution(Maths(), *case))
-    code = str(Operator(maths.backward)) if maths.backward else ''
-    assert 'atomic' not in code
-    assert all(not isinstance(eq.lhs.indices[0], sympy.Add) for eq in maths.backward)
-
-
-def test_dot_product_of_derived_linear_adjoints(rng):
-    """<A x, y> = <x, A^T y> for the convolution's input map (weights held)."""
-    for case in CONVOLUTIONS:
-        maths = Maths()
-        forward = convolution(maths, *case)
-        x, w = maths.inputs
-        maths.derive(forward)
+    assert 'atomic' not in str(maths.operator)
+    assert all(not isinstance(eq.lhs.indices[0], sympy.Add) for eq in maths.backward
+               if isinstance(eq.lhs, sympy.Indexed))
+    if dtype == np.float64:
         values = [rng.standard_normal(f.shape) for f in maths.inputs]
         seed = rng.standard_normal(maths.outputs[0].shape)
         (y,), (dx, _) = maths.run(values, [seed])
         left, right = np.vdot(y, seed), np.vdot(values[0], dx)
-        assert abs(left - right) <= 1e-12 * max(abs(left), 1.0), case
+        assert abs(left - right) <= 1e-12 * max(abs(left), 1.0)
 
 
 def test_dense_with_register_sum_bias_and_tanh(rng):
