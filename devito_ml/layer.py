@@ -26,7 +26,7 @@ sample walked by a reduction over the batch (``n`` alone is the batch of the net
 import numpy as np
 from devito import Dimension, Eq
 
-from devito_ml.autodiff import adjoint, gradient_name, intermediates
+from devito_ml.autodiff import adjoint, gradient_of, intermediates
 from devito_ml.compiled import BATCH, CompiledOperator
 from devito_ml.symbolics import Halo, tap_dimension, tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
@@ -205,11 +205,7 @@ class Layer:
         (made once, with the layer's Functions, so that a unit's description holds
         it: every pass that derives it uses the same)."""
         made = self.__dict__.setdefault('_intermediate_gradients', {})
-        if function.name not in made:
-            made[function.name] = tensor(gradient_name(function.name),
-                                         function.dimensions, function.shape,
-                                         function.dtype)
-        return made[function.name]
+        return gradient_of(function, made)
 
     def parameters(self):
         """Parameters by role, e.g. ``{'W': kernel, 'b': bias}``."""

@@ -46,8 +46,8 @@ equation reads needs Dimensions of its own (Devito fuses loops over shared ones)
 """
 
 from devito_ml.autodiff.reverse import (ScatterWarning, adjoint, gradient_name,
-                                        intermediates)
+                                        gradient_of, intermediates)
 from devito_ml.autodiff.rules import RULES, AutodiffError, derivative
 
-__all__ = ['adjoint', 'intermediates', 'derivative', 'gradient_name', 'RULES',
-           'AutodiffError', 'ScatterWarning']
+__all__ = ['adjoint', 'intermediates', 'derivative', 'gradient_name', 'gradient_of',
+           'RULES', 'AutodiffError', 'ScatterWarning']

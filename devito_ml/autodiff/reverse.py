@@ -29,7 +29,7 @@ from devito_ml.autodiff.statements import accesses, extents, statements
 from devito_ml.kernel_calls import BATCH, is_batch_dimension
 from devito_ml.symbolics import tensor
 
-__all__ = ['adjoint', 'intermediates', 'ScatterWarning', 'gradient_name']
+__all__ = ['adjoint', 'intermediates', 'ScatterWarning', 'gradient_name', 'gradient_of']
 
 
 class ScatterWarning(UserWarning):
@@ -122,6 +122,15 @@ def _last(forward, function):
 def _same_as(function):
     return tensor(gradient_name(function.name), function.dimensions, function.shape,
                   function.dtype)
+
+
+def gradient_of(function, made):
+    """The gradient of ``function`` kept in ``made`` (``{name: gradient}``, its
+    owner's), made there first if it is not: a Function of the same Dimensions and
+    shape, named by :func:`gradient_name`."""
+    if function.name not in made:
+        made[function.name] = _same_as(function)
+    return made[function.name]
 
 
 class _Walk:

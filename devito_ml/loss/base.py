@@ -4,7 +4,7 @@ derived from the per-sample losses (:mod:`devito_ml.autodiff`)."""
 import numpy as np
 from devito import Dimension
 
-from devito_ml.autodiff import adjoint, gradient_name, intermediates
+from devito_ml.autodiff import adjoint, gradient_of, intermediates
 from devito_ml.symbolics import plain_view, tap_dimension, tensor
 
 __all__ = ['Loss']
@@ -82,11 +82,7 @@ class Loss:
 
     def _intermediate_gradient(self, function):
         made = self.__dict__.setdefault('_intermediate_gradients', {})
-        if function.name not in made:
-            made[function.name] = tensor(gradient_name(function.name),
-                                         function.dimensions, function.shape,
-                                         function.dtype)
-        return made[function.name]
+        return gradient_of(function, made)
 
     def set_targets(self, targets, batch):
         """Write a batch of targets (numpy) into ``targets``."""
