@@ -25,9 +25,11 @@ from devito_ml.autodiff.rules import AutodiffError, derivative
 
 __all__ = ['Statement', 'statements', 'accesses', 'dimensions_of', 'extents']
 
-Statement = namedtuple('Statement', 'target value factor accumulate dims equation')
+Statement = namedtuple('Statement', 'target value factor dims equation')
 """``target (+)= factor * value``: ``target`` an Indexed, ``dims`` every loop,
-``factor`` what a register sum's finish multiplies it by (1 otherwise)."""
+``factor`` what a register sum's finish multiplies it by (1 otherwise). Whether it
+sets or adds makes no difference to the adjoint: the target's gradient reaches
+every term alike."""
 
 
 def statements(equations, where):
@@ -61,7 +63,7 @@ def statements(equations, where):
                 raise AutodiffError(
                     f"{where}: `{equation}` overwrites `{lhs}` in a loop over "
                     f"{', '.join(d.name for d in loose)}: a sum is an Inc")
-        found.append(Statement(lhs, rhs, sympy.Integer(1), accumulate, dims, equation))
+        found.append(Statement(lhs, rhs, sympy.Integer(1), dims, equation))
     return found
 
 
@@ -97,7 +99,7 @@ def _finished(lhs, rhs, sums, scalars, equation, where):
                 "its adjoint would need the sum itself (store it in a Function)")
         for term, implicit, added in scalars[total][1]:
             dims = dimensions_of(lhs, term, implicit)
-            found.append(Statement(lhs, term, slope, True, dims, added))
+            found.append(Statement(lhs, term, slope, dims, added))
     rest = rhs.xreplace({s: 0 for s in sums})
     for access in accesses(rest):
         if derivative(rest, access) != 0 and any(
@@ -107,7 +109,7 @@ def _finished(lhs, rhs, sums, scalars, equation, where):
                 "register sum: store the sum in a Function")
     if accesses(rest):
         dims = dimensions_of(lhs, rest, ())
-        found.append(Statement(lhs, rest, sympy.Integer(1), False, dims, equation))
+        found.append(Statement(lhs, rest, sympy.Integer(1), dims, equation))
     return found
 
 
