@@ -61,7 +61,7 @@ def rng():
 def pytest_addoption(parser):
     group = parser.getgroup('devito_ml')
     group.addoption('--fuzz-examples', type=int, default=None,
-                    help='networks the sanitized fuzzer draws (default 100, or '
+                    help='networks the sanitized fuzzer draws (default 60, or '
                     '$DEVITO_ML_FUZZ_EXAMPLES)')
     group.addoption('--fuzz-seed', type=int, default=None,
                     help='draw another set of networks (default: the same set every '

@@ -9,7 +9,7 @@ compares the output, loss, every gradient and the updated parameters with torch.
 Not collected by default: ``tests/test_fuzz.py`` runs this file under
 AddressSanitizer (every operator compiled with ``-fsanitize=address``, every array
 red-zoned), where any read or write out of bounds aborts the run with a report.
-``DEVITO_ML_FUZZ_EXAMPLES`` sets the number of networks (default 100);
+``DEVITO_ML_FUZZ_EXAMPLES`` sets the number of networks (default 60);
 ``DEVITO_ML_FUZZ_SEED`` draws another set (default: the same set every run).
 """
 
@@ -26,7 +26,7 @@ from devito_ml.optim import SGD
 from drawn_layers import FUNCTIONS, Drawn, TorchDrawn
 from reference import TOLERANCE, relative_error
 
-EXAMPLES = int(os.environ.get('DEVITO_ML_FUZZ_EXAMPLES', '100'))
+EXAMPLES = int(os.environ.get('DEVITO_ML_FUZZ_EXAMPLES', '60'))
 SEED = os.environ.get('DEVITO_ML_FUZZ_SEED')
 
 ACTIVATIONS = {'identity': None, 'relu': ReLU, 'leaky': lambda: LeakyReLU(0.1),

@@ -117,8 +117,9 @@ class TorchvisionClassifier(nn.Module):
 
 
 def torchvision_classifier(kind, side, width=4, hidden=8, classes=5):
-    """VGG-16, VGG-19-BN or AlexNet at ``width / 64`` of their channels, with
-    torchvision's pools (7x7; AlexNet 6x6) on ``side`` x ``side`` images."""
+    """VGG (``vgg11``, ``vgg13_bn``, ...) or AlexNet at ``width / 64`` of their
+    channels, with torchvision's pools (7x7; AlexNet 6x6) on ``side`` x ``side``
+    images."""
     if kind == 'alexnet':
         features = torch_models.alexnet((side, side), 3, classes, width, hidden).features
         channels, pooled = torch_models.scaled(256, width), 6
@@ -132,7 +133,7 @@ def torchvision_classifier(kind, side, width=4, hidden=8, classes=5):
     return TorchvisionClassifier(features, nn.AdaptiveAvgPool2d((pooled, pooled)), head)
 
 
-@pytest.mark.parametrize('kind, side', [('vgg16', 32), ('vgg19_bn', 48),
+@pytest.mark.parametrize('kind, side', [('vgg11', 32), ('vgg13_bn', 48),
                                         ('alexnet', 63), ('alexnet', 96)])
 def test_torchvision_vgg_and_alexnet_at_small_inputs(kind, side, rng):
     """Their adaptive pools replicate or average small maps into 7x7 (6x6): the
