@@ -11,7 +11,8 @@ axes.
   the forward pass reads it, ``din`` the input gradient as the backward pass writes
   it; a schedule's own buffers by their names (``in_cl``, ``dz_cl``: channels-last
   copies; ``fwd``, ``bwd00``, ``dW``: register tiles, with ``_tile`` / ``_block``
-  loops over groups of columns, channels or lanes);
+  loops over groups of columns, channels or lanes, and ``copy`` loops that copy a
+  matrix product's operands into them);
 - a register tile's own axes: ``lane`` (a vector lane), ``pos`` (an output
   position), ``row`` ``column`` ``sum`` (of a matrix product);
 - a derived adjoint's sums (:mod:`devito_ml.autodiff`): the gradient they sum into,
@@ -71,7 +72,9 @@ class Layer:
     Subclasses define ``output_size``, ``_create_functions`` and
     ``_forward_equations(training)``; the backward pass is derived from the forward
     equations (:mod:`devito_ml.autodiff`) unless a subclass writes
-    ``_backward_equations(training)`` itself.
+    ``_backward_equations(training)`` itself. Both are maths; :meth:`schedule`
+    lowers them to the loops that run (register tiles, copies), and never changes
+    what they compute.
 
     Attributes
     ----------
@@ -179,9 +182,37 @@ class Layer:
         (:func:`devito_ml.autodiff.adjoint`): a layer that states only its forward
         maths gets its backward pass from there."""
         found, repeated = self.gradient_map()
-        return adjoint(self._forward_equations(training), found, where=self._where(),
-                       make_gradient=self._intermediate_gradient) + \
-            [Eq(gradient[gradient.dimensions], 0) for gradient in repeated]
+        return self.schedule(
+            self._derived(self._forward_equations(training), found)
+            + [Eq(gradient[gradient.dimensions], 0) for gradient in repeated])
+
+    def _derived(self, forward, gradients, constants=()):
+        """:func:`~devito_ml.autodiff.adjoint` of ``forward`` for this layer: its
+        intermediates' gradients its own, its input gradients' sums named as its
+        own (``fc1_din``)."""
+        inputs = getattr(self, 'inputs', None) or [self.input]
+        names = {self.input_gradients_of(index): f"{self.name}_din"
+                 + (str(index) if len(inputs) > 1 else '')
+                 for index in range(len(inputs))}
+        return adjoint(forward, gradients, where=self._where(),
+                       make_gradient=self._intermediate_gradient, constants=constants,
+                       names=names)
+
+    def schedule(self, equations):
+        """The loops that run ``equations`` (forward maths, or the adjoint derived
+        from it): the maths itself by default. A layer whose passes run as
+        register tiles (:class:`~devito_ml.FullyConnected`) lowers them here, chosen
+        by shape; a schedule never changes what the equations compute.
+
+        Parameters
+        ----------
+        equations : list of Eq and Inc
+
+        Returns
+        -------
+        list of Eq and Inc
+        """
+        return equations
 
     def gradient_map(self):
         """``({Function: its gradient}, [gradient, ...])``: the output's gradient
@@ -442,7 +473,7 @@ class Layer:
                 self.input = input
             else:
                 eqs.append(Eq(self.input[self.in_dims], input[self.in_dims]))
-        return eqs + self._forward_equations(training)
+        return eqs + self.schedule(self._forward_equations(training))
 
     def backprop_equations(self, input_gradients=None, training=True):
         """Backward equations: parameter gradients and ``input_gradients``.

@@ -1,9 +1,12 @@
 """Flat, FullyConnected and FullyConnectedSoftmax against torch, with every
 activation."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
+from devito import Operator
 
 from devito_ml import (Flat, FullyConnected, FullyConnectedSoftmax, Identity,
                        LeakyReLU, ReLU, ShapeError, Sigmoid, Tanh)
@@ -51,6 +54,18 @@ def test_batches_of_16_or_more_run_register_tiles_and_match_torch(outputs, featu
                            dtype=dtype, seed=0)
     assert layer.tiled
     compare_layer(layer, Activated(torch.nn.Linear(features, outputs), torch.relu), rng)
+
+
+def test_derived_gradients_run_the_register_tiles_of_the_forward_pass():
+    """The adjoint is derived from the forward maths, and the schedule finds its
+    two matrix products (dx and dW) as it finds the forward one: three tiled
+    products, no atomics, and no sum left in memory."""
+    layer = FullyConnected((13, 37), (16, 37), activation=ReLU(), seed=0)
+    code = str(Operator(layer.equations() + layer.backprop_equations()).ccode)
+    for tiles in ('fc_fwd', 'fc_bwd', 'fc_dW'):
+        assert f'{tiles}_acc' in code
+    assert 'atomic' not in code
+    assert not re.search(r'(float|double) fc_(dW|din)_sum\b', code)   # registers
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)

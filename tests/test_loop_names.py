@@ -16,7 +16,7 @@ from widths import WIDTHS
 AXES = r'(n|c|h|w|f|ky|kx|k)'
 TILE_AXES = r'(lane|pos|row|column|sum)'   # a register tile's own (conv_tiles.py)
 TENSORS = (r'(out|in|din\d*|in_cl|dz_cl|dz_stuffed|dout_stuffed|W|Wt|group|dW'
-           r'|fwd|bwd\d*|tile|mean|var|grad|max|sum|dot|total|phase'
+           r'|fwd|bwd\d*|tile|copy|mean|var|grad|max|sum|dot|total|phase'
            r'|d(sum|mean|var|shifted))')      # a derived gradient's own (autodiff)
 LOOP = re.compile(rf'^({TENSORS}_)*({AXES}|{TILE_AXES})(\d+)?(_(tile|block))?$')
 

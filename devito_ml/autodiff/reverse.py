@@ -43,7 +43,8 @@ def gradient_name(name):
     return f"{head}_d{role}" if head else f"d{name}"
 
 
-def adjoint(equations, gradients, where='layer', make_gradient=None, constants=()):
+def adjoint(equations, gradients, where='layer', make_gradient=None, constants=(),
+            names=None):
     """The equations of the gradients of ``equations``.
 
     Parameters
@@ -66,6 +67,11 @@ def adjoint(equations, gradients, where='layer', make_gradient=None, constants=(
         Functions held constant: the equations computing them are not
         differentiated, and no gradient flows through them (a softmax's row
         maximum, which only shifts the logits: :mod:`devito_ml.loss`).
+    names : dict, optional
+        ``{gradient: name}``: how the loops summing into a gradient are named
+        (``<name>_<forward loop>``) where not by the gradient's own name: a layer
+        names the gradient of its input, a Function of the layer before it, as its
+        own (``fc1_din``).
 
     Returns
     -------
@@ -79,7 +85,7 @@ def adjoint(equations, gradients, where='layer', make_gradient=None, constants=(
             raise AutodiffError(f"{where}: `{function.name}` is an output (its "
                                 "gradient is given) and is read by a later equation")
         grads[function] = (make_gradient or _same_as)(function)
-    walk = _Walk(grads, where)
+    walk = _Walk(grads, where, names or {})
     for index in reversed(range(len(forward))):
         statement = forward[index]
         function = statement.target.function
@@ -136,8 +142,8 @@ def gradient_of(function, made):
 class _Walk:
     """The terms gathered for each gradient, and the equations written so far."""
 
-    def __init__(self, grads, where):
-        self.grads, self.where = grads, where
+    def __init__(self, grads, where, names):
+        self.grads, self.where, self.names = grads, where, names
         self.terms = {}           # function -> [(equation kind, lhs, value, loops)]
         self.equations = []
         self.loops = {}
@@ -192,17 +198,19 @@ class _Walk:
 
     def _loop(self, gradient, dimension, extent):
         """A Dimension of its own for ``dimension``, summed over in ``gradient``'s
-        equations (named ``<gradient>_<role>``; a batch one ends in ``_n``)."""
+        equations (named ``<gradient>_<role>``, or by ``names``; a batch one ends
+        in ``_n``)."""
         key = (gradient.name, dimension.name)
         if key not in self.loops:
-            prefix = gradient.name.rpartition('_')[0]
+            stem = self.names.get(gradient, gradient.name)
+            prefix = stem.rpartition('_')[0]
             role = dimension.name[len(prefix) + 1:] \
                 if prefix and dimension.name.startswith(prefix + '_') else dimension.name
             if is_batch_dimension(dimension):
                 role = BATCH
             elif role == BATCH or role.endswith('_' + BATCH):
                 role += 'x'
-            self.loops[key] = DefaultDimension(name=f"{gradient.name}_{role}",
+            self.loops[key] = DefaultDimension(name=f"{stem}_{role}",
                                                default_value=int(extent))
         return self.loops[key]
 
@@ -226,7 +234,8 @@ class _Walk:
             if kind == 'gather' and loops:
                 sums.setdefault(loops, []).append(opaque_indices(value))
         for index, (loops, values) in enumerate(sums.items()):
-            register = Scalar(name=f"{gradient.name}_sum{index if index else ''}",
+            stem = self.names.get(gradient, gradient.name)
+            register = Scalar(name=f"{stem}_sum{index if index else ''}",
                               dtype=gradient.dtype)
             self.equations += [
                 Eq(register, 0, implicit_dims=targets),

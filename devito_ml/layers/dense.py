@@ -1,16 +1,15 @@
-"""Fully connected layers, forward and backward side by side."""
+"""Fully connected layers: their forward maths (the adjoint is derived from it,
+:mod:`devito_ml.autodiff`) and their schedule (matrix products as register tiles)."""
 
 import numbers
 
 import sympy
 from devito import Eq, Inc
-from devito.types import Scalar
-from devito.types.utils import IgnoreDimSort
-from sympy import Max, Min
+from sympy import Max
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
-from devito_ml.layers.matmul_tiles import TiledMatmul
+from devito_ml.layers.matmul_tiles import schedule_products
 from devito_ml.symbolics import register_sum
 from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
 
@@ -41,13 +40,17 @@ class FullyConnected(WeightedLayer):
 
     Notes
     -----
-    With ``dz = dy . f'(y)``:
+    The layer states ``z = x W^T + b`` and ``y = f(z)``; its adjoint is derived
+    (:mod:`devito_ml.autodiff`): with ``dz = dy . f'(z)``,
 
     .. math::
 
         \partial b_o = \sum_n dz_{no},\qquad
         \partial W_{oi} = \sum_n dz_{no} x_{ni},\qquad
         \partial x_{ni} = \sum_o W_{oi} dz_{no}
+
+    From a batch of ``TILED_MIN_BATCH`` the three products run as register tiles
+    (:meth:`schedule`).
 
     Examples
     --------
@@ -102,8 +105,12 @@ class FullyConnected(WeightedLayer):
         self.bias = self.tensor('b', (self.o,), self.weight_size[:1])
         self.bias_gradients = self.tensor('db', (self.o,), self.weight_size[:1])
         self._create_pre_activation()
-        if self.tiled:
-            self._create_tiles()
+
+    def _create_pre_activation(self):
+        """``z = x W^T + b``: the output itself with no activation, else a Function
+        of its own (the activation's derivative reads it)."""
+        self.pre_activation = self.result if self.activation.is_identity else \
+            self.tensor('z', self.out_dims, self.output_size)
 
     @property
     def tiled(self):
@@ -112,103 +119,39 @@ class FullyConnected(WeightedLayer):
         dot product an output, vectorised over the features."""
         return self.input_size[0] >= TILED_MIN_BATCH
 
-    def _create_tiles(self):
-        """The three products, each with the batch or the input features as lanes:
-        ``z^T = W x^T``, ``dx^T = W^T dz^T`` and ``dW = dz^T x``."""
-        (n, i), o = self.input_size, self.out_features
-        self.forward_tiles = TiledMatmul(f"{self.name}_fwd", self.dtype, o, i, n,
-                                         lambda row, c: self.kernel[row, c])
-        self.input_gradient_tiles = TiledMatmul(f"{self.name}_bwd", self.dtype, i, o, n)
-        self.weight_gradient_tiles = TiledMatmul(f"{self.name}_dW", self.dtype, o, n, i)
-
-    def _create_pre_activation(self):
-        if self.activation.is_identity:
-            self.pre_activation_gradients = self.result_gradients
-        else:
-            self.pre_activation_gradients = self.tensor('dz', self.out_storage,
-                                                        self.output_size)
-
     @property
     def fan_in(self):
         return self.weight_size[1]
 
     def _affine_equations(self, z):
-        """``z = x W^T + b`` into the Function ``z``.
-
-        Each row-column product is summed in a Scalar private to its (n, o)
-        iteration, which gcc keeps in a register and vectorises; an ``Inc`` into
-        ``z[n][o]`` in memory was not (measured, 64x800 -> 500: 2.8 GFLOP/s).
-        """
+        """``z = x W^T + b`` into the Function ``z``: each row-column product summed
+        in a register (a Scalar private to its (n, o) iteration, which gcc
+        vectorises; an ``Inc`` into ``z[n][o]`` in memory was not: 64x800 -> 500,
+        2.8 GFLOP/s)."""
         n, o, i = self.batch_dim, self.o, self.i
-        if self.tiled:
-            tiles = self.forward_tiles
-            bias = self.bias[o] if self.has_bias else 0
-            return [Eq(tiles.b_at(i, n), self.input[n, i]),
-                    *tiles.equations(),
-                    # the target is read column-major: the loop order is named
-                    Eq(z[n, o], tiles.target_at(o, n) + bias,
-                       implicit_dims=IgnoreDimSort((n, o)))]
-        total = Scalar(name=f"{self.name}_acc", dtype=self.dtype.type)
-        return [Eq(total, self.bias[o] if self.has_bias else 0, implicit_dims=(n, o)),
-                Eq(total, total + self.kernel[o, i] * self.input[n, i]),
-                Eq(z[n, o], total, implicit_dims=(n, o))]
+        bias = self.bias[o] if self.has_bias else 0
+        return register_sum(f"{self.name}_acc", z[n, o],
+                            self.kernel[o, i] * self.input[n, i], (n, o), (i,),
+                            dtype=self.dtype, finish=lambda total: total + bias)
 
     def _forward_equations(self, training):
-        eqs = self._affine_equations(self.result)
+        eqs = self._affine_equations(self.pre_activation)
         if not self.activation.is_identity:
-            out = self.result[self.out_dims]
-            eqs.append(Eq(out, self.activation.forward(out)))
+            out = self.out_dims
+            eqs.append(Eq(self.result[out],
+                          self.activation.forward(self.pre_activation[out])))
         return eqs
 
-    def _pre_activation_gradient_equations(self):
-        dz = self.pre_activation_gradients
-        if dz is self.result_gradients:
-            return []
-        out = self.out_dims
-        return [Eq(dz[out], self.result_gradients[out]
-                   * self.activation.derivative_from_output(self.result[out]))]
-
-    def _backward_equations(self, training):
-        n, o, i, m = self.batch_dim, self.o, self.i, self.reduction_batch_dim
-        f = self.input_gradient_dims[1]
-        dz = self.pre_activation_gradients
-        eqs = self._pre_activation_gradient_equations()
-        if self.has_bias:
-            eqs += register_sum(f"{self.name}_sum_dz", self.bias_gradients[o], dz[m, o],
-                                (o,), (m,))
-        if self.tiled:
-            return eqs + self._tiled_gradient_equations()
-        return eqs + [
-            Eq(self.kernel_gradients[o, i], 0),
-            Inc(self.kernel_gradients[o, i], dz[m, o] * self.input[m, i],
-                implicit_dims=IgnoreDimSort((o, m, i))),
-            Eq(self.input_gradients[n, f], 0),
-            Inc(self.input_gradients[n, f], self.kernel[o, f] * dz[n, o])]
-
-    def _tiled_gradient_equations(self):
-        """dx and dW as register-tiled products. dW reduces over every row of its
-        copies, so rows past the active batch are copied as zeros."""
-        n, o, i = self.batch_dim, self.o, self.i
-        f = self.input_gradient_dims[1]
-        dz = self.pre_activation_gradients
-        dx, dw = self.input_gradient_tiles, self.weight_gradient_tiles
-        rows = self.dim('dW_out_f', self.out_features)
-        columns = self.dim('dW_in_f', self.in_features)
-        # every row of the copies, past the active batch too (so not named `_n`)
-        sample = self.dim('dW_row', self.input_size[0])
-        # 1 for the active samples (n <= n_M), else 0
-        active = Min(Max(n.symbolic_max + 1 - sample, 0), 1)
-        return [Eq(dx.a_entry(i, o), self.kernel[o, i]),   # W, with literal strides
-                Eq(dx.b_at(o, n), dz[n, o]),
-                *dx.equations(),
-                Eq(self.input_gradients[n, f], dx.target_at(f, n),
-                   implicit_dims=IgnoreDimSort((n, f))),
-                Eq(dw.a_entry(rows, sample), dz[sample, rows] * active,
-                   implicit_dims=IgnoreDimSort((sample, rows))),
-                Eq(dw.b_at(sample, columns), self.input[sample, columns] * active,
-                   implicit_dims=IgnoreDimSort((sample, columns))),
-                *dw.equations(),
-                Eq(self.kernel_gradients[o, i], dw.target_at(o, i))]
+    def schedule(self, equations):
+        """The three products (``z = x W^T``, ``dx = dz W``, ``dW = dz^T x``) as
+        register tiles from a batch of ``TILED_MIN_BATCH`` on, named ``fwd``,
+        ``bwd`` and ``dW``; below, the forward one a dot product in a register and
+        the gradients summed in memory along their rows
+        (:func:`~devito_ml.layers.matmul_tiles.schedule_products`)."""
+        names = {self.pre_activation: f"{self.name}_fwd",
+                 self.input_gradients: f"{self.name}_bwd",
+                 self.kernel_gradients: f"{self.name}_dW"}
+        return schedule_products(equations, names, self.batch_dim, self.tiled)
 
 
 def row_sum_equations(logits, row_max, row_sum, n, passes):
@@ -238,9 +181,9 @@ class FullyConnectedSoftmax(FullyConnected):
     r"""A fully connected layer followed by a softmax over the output features.
 
     ``logits`` holds ``x W^T + b``; ``result`` the probabilities. Its adjoint is
-    the softmax Jacobian, :math:`dz_{no} = y_{no}(dy_{no} - \sum_j dy_{nj}y_{nj})`;
-    a Net pairing it with cross entropy writes ``dz`` directly from the logits
-    instead (``backprop_equations(from_logits=True)``), which stays exact when a
+    derived through the softmax; a Net pairing it with cross entropy writes
+    ``logits_gradients`` directly from the logits instead
+    (``backprop_equations(from_logits=True)``), which stays exact when a
     probability underflows.
 
     Examples
@@ -253,13 +196,14 @@ class FullyConnectedSoftmax(FullyConnected):
 
     def _create_pre_activation(self):
         self.logits = self.tensor('logits', self.out_storage, self.output_size)
-        self.pre_activation_gradients = self.tensor('dz', self.out_storage,
-                                                    self.output_size)
-        self.logits_gradients = self.pre_activation_gradients
+        self.pre_activation = self.logits
         batch = (self.batch_dim,)
         self.row_max = self.tensor('max', batch, self.output_size[:1])
         self.row_sum = self.tensor('sum', batch, self.output_size[:1])
-        self.row_dot = self.tensor('dot', batch, self.output_size[:1])
+        # what a cross-entropy loss writes from the logits (made with the layer's
+        # Functions, as the derived adjoint's other intermediates)
+        self.logits_gradients = self._intermediate_gradient(self.logits)
+        self._intermediate_gradient(self.row_sum)
 
     def _forward_equations(self, training):
         return self._affine_equations(self.logits) + softmax_equations(
@@ -277,15 +221,20 @@ class FullyConnectedSoftmax(FullyConnected):
                 f"`activation` must be None, got {self.activation!r}")
 
     def backprop_equations(self, input_gradients=None, from_logits=False, training=True):
+        """As :meth:`Layer.backprop_equations`; ``from_logits``: the loss has
+        written ``logits_gradients`` (cross entropy does, from the logits), and the
+        adjoint starts there instead of at the probabilities."""
         self._from_logits = from_logits
         return super().backprop_equations(input_gradients, training)
 
-    def _pre_activation_gradient_equations(self):
+    def _backward_equations(self, training):
+        """Derived, through the softmax (its row maximum only shifts the logits, a
+        constant) or from the logits' gradient."""
+        gradients, _ = self.gradient_map()
+        forward = self._forward_equations(training)
         if getattr(self, '_from_logits', False):
-            return []
-        n, o = self.batch_dim, self.o
-        j = self.dim('dot_f', self.output_size[1])
-        y, dy = self.result[n, o], self.result_gradients[n, o]
-        return [Eq(self.row_dot[n], 0),
-                Inc(self.row_dot[n], self.result_gradients[n, j] * self.result[n, j]),
-                Eq(self.pre_activation_gradients[n, o], y * (dy - self.row_dot[n]))]
+            del gradients[self.result]
+            gradients[self.logits] = self.logits_gradients
+            forward = self._affine_equations(self.logits)
+        return self.schedule(self._derived(forward, gradients,
+                                           constants=(self.row_max,)))

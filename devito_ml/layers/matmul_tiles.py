@@ -10,24 +10,32 @@ blocks) and a tile of ``rows x blocks`` outputs in Scalars while the loop over
 expression the caller gives (clamped to its last row, so that padded rows read in
 bounds). As in ``conv_tiles.py``, the lane loop is a
 :class:`~devito_ml.lanes.LaneDimension`, and the target lives on the row-tile loop
-itself so that Devito proves it parallel. The maths of each pass stays in
-``dense.py``.
+itself so that Devito proves it parallel.
+
+`schedule_products` is the schedule step that uses them: it finds the matrix
+products among a layer's equations (its forward maths, or the adjoint derived from
+it) and lowers each to a :class:`TiledMatmul`, so that the maths stays in
+``dense.py`` and the derived gradients run the same tiles as the forward pass.
 """
 
+from collections import namedtuple
+
 import numpy as np
-from devito import Eq
+import sympy
+from devito import Dimension, Eq, Inc
 from devito.symbolics import DefFunction, IntDiv
 from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
-from sympy import Min
+from sympy import Max, Min
 
 from devito_ml.lanes import LaneDimension
 from devito_ml.layers.conv_tiles import (flat_tensor, gradient_tile_shape,
                                          literal_extent, round_up)
-from devito_ml.symbolics import tensor
+from devito_ml.kernel_calls import is_batch_dimension
+from devito_ml.symbolics import tap_dimension, tensor
 from devito_ml.vector_width import vector_lanes
 
-__all__ = ['TiledMatmul']
+__all__ = ['TiledMatmul', 'schedule_products']
 
 
 class TiledMatmul:
@@ -108,3 +116,146 @@ class TiledMatmul:
             eqs.append(Eq(self.target[row_tile, i * self.padded_columns + column],
                           acc[i, j], implicit_dims=outer))
         return eqs
+
+
+Product = namedtuple('Product', 'total rows channels columns a b')
+"""A register sum ``total = sum over channels of a * b`` at (rows, columns): ``a``
+the Indexed read at (rows, channels), ``b`` the one read at (channels, columns)."""
+
+
+def schedule_products(equations, names, batch, tiled):
+    """``equations`` with each matrix product among them lowered for its shape.
+
+    A matrix product is a register sum (:func:`~devito_ml.symbolics.register_sum`,
+    or the sums of a derived adjoint) of one product of two Functions over one
+    loop, into a Function of two Dimensions, every index a plain Dimension:
+    ``T[p, q] = sum over r of A[.., r, ..] * B[.., r, ..] + rest``, with ``A``
+    indexed by ``p`` and ``r``, ``B`` by ``q`` and ``r``.
+
+    ``tiled``: each runs as register tiles (:class:`TiledMatmul`), its vector lanes
+    along the batch where ``T`` has one (it fills them), else along ``T``'s last
+    axis; the other operand is broadcast, read in place when it is stored (rows,
+    sum), else copied; a sum over the batch reads zeros past the active batch.
+    Otherwise a product whose operands are both stored along ``r`` stays a sum in a
+    register (a dot product, vectorised along ``r``), and any other is summed into
+    ``T`` in memory with ``r`` outside ``T``'s last axis (vectorised along it).
+
+    Parameters
+    ----------
+    equations : list of Eq and Inc
+    names : dict
+        ``{Function: tile name}``: the targets whose products are lowered (others
+        stay as they are), and the prefix of each one's tensors and loops.
+    batch : Dimension
+        The net's batch, whose bound at run time is the active batch.
+    tiled : bool
+
+    Returns
+    -------
+    list of Eq and Inc
+    """
+    equations, lowered = list(equations), []
+    while equations:
+        product, finish = _product(equations, names)
+        if product is None or not (tiled or _strided(product)):
+            lowered.append(equations.pop(0))
+            continue
+        target = equations[finish].lhs
+        order = IgnoreDimSort(tuple(target.indices))
+        if tiled:
+            tiles, copies = _tiles(product, names[target.function], batch)
+            value = equations[finish].rhs.xreplace(
+                {product.total: tiles.target_at(product.rows, product.columns)})
+            equations[finish] = Eq(target, value, implicit_dims=order)
+            lowered += copies + tiles.equations()
+        else:
+            rest = equations[finish].rhs.xreplace({product.total: 0})
+            outer, last = target.indices
+            equations[finish:finish + 1] = [
+                Eq(target, rest, implicit_dims=order),
+                Inc(target, product.a * product.b,
+                    implicit_dims=IgnoreDimSort((outer, product.channels, last)))]
+        del equations[:2]
+    return lowered
+
+
+def _strided(product):
+    """Whether an operand of ``product`` is not stored along its sum."""
+    return any(access.indices[-1] is not product.channels
+               for access in (product.a, product.b))
+
+
+def _product(equations, names):
+    """The :class:`Product` that ``equations`` start with, and the index of the
+    equation storing it; ``(None, None)`` if they start with none."""
+    if len(equations) < 3:
+        return None, None
+    start, step = equations[:2]
+    total = start.lhs
+    if not isinstance(total, Scalar) or start.rhs != 0 or step.lhs != total:
+        return None, None
+    term = sympy.expand(step.rhs - total)
+    finish = next((i for i, eq in enumerate(equations[2:], 2) if eq.rhs.has(total)),
+                  None)
+    if finish is None or not isinstance(term, sympy.Mul) or term.has(total) or \
+            sympy.diff(equations[finish].rhs, total) != 1:
+        return None, None
+    target = equations[finish].lhs
+    factors = term.args
+    if getattr(target, 'function', None) not in names or len(factors) != 2 or \
+            not all(isinstance(f, sympy.Indexed) for f in factors):
+        return None, None
+    outer = tuple(target.indices)
+    inner = [d for d in step.implicit_dims or () if d not in outer]
+    plain = all(isinstance(i, Dimension) for f in (target, *factors)
+                for i in f.indices)
+    if not plain or len(outer) != 2 or len(inner) != 1:
+        return None, None
+    channels = inner[0]
+    batch = [d for d in outer if is_batch_dimension(d)]
+    columns = batch[0] if batch else outer[-1]
+    rows = outer[0] if columns is outer[1] else outer[1]
+    reads = {frozenset(f.indices): f for f in factors}
+    a = reads.get(frozenset((rows, channels)))
+    b = reads.get(frozenset((channels, columns)))
+    if a is None or b is None or len(a.indices) != 2 or len(b.indices) != 2:
+        return None, None
+    return Product(total, rows, channels, columns, a, b), finish
+
+
+def _extent(access, dimension):
+    return access.function.shape[list(access.indices).index(dimension)]
+
+
+def _tiles(product, name, batch):
+    """The :class:`TiledMatmul` of ``product`` and the copies that feed it."""
+    a, b = product.a, product.b
+    rows, channels = _extent(a, product.rows), _extent(a, product.channels)
+    columns = _extent(b, product.columns)
+    dtype = a.function.dtype
+    # copies loop on Dimensions of their own: Devito imposes one loop order per
+    # operator, and they walk their source in its order
+    own = {product.rows: tap_dimension(f"{name}_copy_row", rows),
+           product.channels: tap_dimension(f"{name}_copy_sum", channels),
+           product.columns: tap_dimension(f"{name}_copy_column", columns)}
+    mask = 1
+    if is_batch_dimension(product.channels):
+        # every row of the copies, past the active batch too, as zeros
+        mask = Min(Max(batch.symbolic_max + 1 - own[product.channels], 0), 1)
+    elif is_batch_dimension(product.columns):
+        own[product.columns] = product.columns   # the active batch only
+    in_place = not is_batch_dimension(product.channels) and \
+        tuple(a.indices) == (product.rows, product.channels) and \
+        tuple(a.function.dimensions) == tuple(a.indices) and \
+        all(tuple(h) == (0, 0) for h in a.function.halo)
+    tiles = TiledMatmul(name, dtype, rows, channels, columns,
+                        (lambda row, c: a.function[row, c]) if in_place else None)
+    copies = []
+    if not in_place:
+        copies.append(Eq(tiles.a_entry(own[product.rows], own[product.channels]),
+                         a.xreplace(own) * mask,
+                         implicit_dims=IgnoreDimSort(tuple(own[d] for d in a.indices))))
+    copies.append(Eq(tiles.b_at(own[product.channels], own[product.columns]),
+                     b.xreplace(own) * mask,
+                     implicit_dims=IgnoreDimSort(tuple(own[d] for d in b.indices))))
+    return tiles, copies

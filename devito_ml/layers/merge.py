@@ -89,14 +89,14 @@ class Merge(Layer):
             if own is not source:     # a padded producer: copy the domain
                 dims = own.dimensions
                 eqs.append(Eq(own[dims], source[dims]))
-        return eqs + self._forward_equations(training)
+        return eqs + self.schedule(self._forward_equations(training))
 
     def equations(self, input=None, training=True):
         """Forward equations, reading ``inputs`` (see :meth:`net_equations`)."""
         if input is not None:
             raise LayerArgumentError(f"{type(self).__name__} `{self.name}` reads "
                                      "several inputs: use it in a Net")
-        return self._forward_equations(training)
+        return self.schedule(self._forward_equations(training))
 
     def forward(self, *xs):
         """Run alone on arrays ``xs``, one per input; return the result."""
