@@ -27,7 +27,7 @@ sample walked by a reduction over the batch (``n`` alone is the batch of the net
 import numpy as np
 from devito import Dimension, Eq
 
-from devito_ml.autodiff import adjoint, gradient_of, intermediates
+from devito_ml.autodiff import adjoint, gradient_of, intermediates, plain_equations
 from devito_ml.compiled import BATCH, CompiledOperator
 from devito_ml.symbolics import Halo, tap_dimension, tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
@@ -200,9 +200,11 @@ class Layer:
 
     def schedule(self, equations):
         """The loops that run ``equations`` (forward maths, or the adjoint derived
-        from it): the maths itself by default. A layer whose passes run as
-        register tiles (:class:`~devito_ml.FullyConnected`) lowers them here, chosen
-        by shape; a schedule never changes what the equations compute.
+        from it): the maths itself by default, each
+        :class:`~devito_ml.autodiff.Operation` as its plain loop nests. A layer
+        whose passes run as register tiles (:class:`~devito_ml.FullyConnected`,
+        :class:`~devito_ml.Conv`) lowers them here, chosen by shape; a schedule
+        never changes what the equations compute.
 
         Parameters
         ----------
@@ -212,7 +214,7 @@ class Layer:
         -------
         list of Eq and Inc
         """
-        return equations
+        return plain_equations(equations)
 
     def gradient_map(self):
         """``({Function: its gradient}, [gradient, ...])``: the output's gradient
@@ -222,13 +224,15 @@ class Layer:
         sums them."""
         inputs = getattr(self, 'inputs', None) or [self.input]
         found, repeated = {self.result: self.result_gradients}, []
+        parameters, gradients = self.parameters(), self.gradients()
+        # parameters before inputs: the adjoint writes these gradients in this
+        # order, the parameters' reductions before the input gradient's gather
+        found.update((parameters[role], gradients[role]) for role in parameters)
         for index, function in enumerate(inputs):
             if function in found:
                 repeated.append(self.input_gradients_of(index))
             else:
                 found[function] = self.input_gradients_of(index)
-        parameters, gradients = self.parameters(), self.gradients()
-        found.update((parameters[role], gradients[role]) for role in parameters)
         return found, repeated
 
     def _intermediate_gradient(self, function):

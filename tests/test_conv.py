@@ -107,8 +107,27 @@ def test_few_output_channels_accumulate_weight_gradients_in_registers(width):
     assert 'conv_dW[conv_out_c][conv_in_c][1][1] = conv_dW_1_1;' in backward
 
 
-def test_weight_gradient_has_no_atomics():
-    layer = Conv((4, 3, 3), (2, 3, 8, 8), stride=2, padding=1, generate_code=True)
+@pytest.mark.parametrize('kernels, channels, stride, padding, dilation, groups', [
+    (4, 3, 2, 1, 1, 1),      # NCHW nests
+    (16, 16, 2, 2, 2, 1),    # register tiles, strided and dilated
+    (16, 8, 3, 0, 1, 1),     # tiles forward, NCHW input gradient at 4 lanes
+    (8, 8, 1, 1, 1, 4),      # grouped
+    (12, 6, 2, 1, 2, 3)])
+def test_backward_is_the_forward_transposed_and_gathers(kernels, channels, stride,
+                                                        padding, dilation, groups, rng):
+    """The adjoint rule of the correlation, as each schedule lowers it: the dot
+    product test in float64, for the input (``<A x, y> = <x, A^T y>``) and for the
+    kernel (the output is linear in it too), and no atomics in the C."""
+    layer = Conv((kernels, 3, 3), (2, channels, 9, 11), stride=stride, padding=padding,
+                 dilation=dilation, groups=groups, bias=False, dtype=np.float64,
+                 seed=0, generate_code=True)
+    x = rng.standard_normal(layer.input_size)
+    y = rng.standard_normal(layer.output_size)
+    forward = np.vdot(layer.forward(x), y)
+    transposed = layer.backward(y)
+    assert np.isclose(forward, np.vdot(x, transposed), rtol=1e-12, atol=0)
+    assert np.isclose(forward, np.vdot(layer.kernel.data, layer.kernel_gradients.data),
+                      rtol=1e-12, atol=0)
     assert 'atomic' not in layer.backward_operator.code
 
 

@@ -4,6 +4,7 @@ first maximum, and the tutorial's Subsampling."""
 
 import numpy as np
 import pytest
+import sympy
 import torch
 from sympy import Max
 
@@ -59,15 +60,16 @@ def test_subsampling_with_mean_is_avg_pooling(rng):
                   rng)
 
 
-def test_subsampling_with_other_function_runs_forward_only():
-    layer = Subsampling((2, 2), (1, 1, 3, 3),
-                        function=lambda window: sum(t * t for t in window),
-                        dtype=np.float64)
-    x = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
-    expected = [[0 + 1 + 9 + 16, 1 + 4 + 16 + 25], [9 + 16 + 36 + 49, 16 + 25 + 49 + 64]]
-    assert np.array_equal(layer.forward(x)[0, 0], expected)
-    with pytest.raises(NotImplementedError, match='max or mean'):
-        layer.backprop_equations()
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_subsampling_with_any_other_function_gets_a_derived_adjoint(dtype, rng):
+    """The tutorial's generic pooling with a function nobody wrote an adjoint for:
+    the root of the sum of squares of each window, torch's LPPool2d(2)."""
+    layer = Subsampling((2, 3), (2, 3, 7, 8),
+                        function=lambda window: sympy.sqrt(sum(t * t for t in window)),
+                        stride=(2, 1), dtype=dtype)
+    assert layer.reduction is None
+    compare_layer(layer, lambda x: torch.nn.functional.lp_pool2d(x, 2, (2, 3), (2, 1)),
+                  rng)
 
 
 def test_padding_above_half_the_kernel_is_refused():

@@ -7,7 +7,10 @@ differentiation (with PyTorch's conventions where a function is not smooth),
 :mod:`~devito_ml.autodiff.statements` how forward equations are read,
 :mod:`~devito_ml.autodiff.gather` how an access's index map is inverted so that a
 gradient is gathered (parallel, no atomics), and :mod:`~devito_ml.autodiff.reverse`
-the reverse walk that writes every gradient.
+the reverse walk that writes every gradient. :mod:`~devito_ml.autodiff.operations`
+are coarser steps of forward maths (a convolution's correlation, a pooling's window
+reduction) whose adjoint is a rule of their own, so that a layer's schedule
+recognises the step and its adjoint whole.
 
 A layer that is not built in, from its forward maths alone: its Functions (made
 with ``self.tensor``, named ``<layer>_<role>``), its parameters and their gradients
@@ -45,9 +48,10 @@ expressions of Dimensions (strides, dilations, offsets), pointwise sympy functio
 equation reads needs Dimensions of its own (Devito fuses loops over shared ones).
 """
 
+from devito_ml.autodiff.operations import Operation, plain_equations
 from devito_ml.autodiff.reverse import (ScatterWarning, adjoint, gradient_name,
                                         gradient_of, intermediates)
 from devito_ml.autodiff.rules import RULES, AutodiffError, derivative
 
 __all__ = ['adjoint', 'intermediates', 'derivative', 'gradient_name', 'gradient_of',
-           'RULES', 'AutodiffError', 'ScatterWarning']
+           'RULES', 'AutodiffError', 'ScatterWarning', 'Operation', 'plain_equations']

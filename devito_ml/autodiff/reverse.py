@@ -24,6 +24,7 @@ from devito.types import DefaultDimension, Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.autodiff.gather import guarded, invert, opaque_indices
+from devito_ml.autodiff.operations import Operation
 from devito_ml.autodiff.rules import AutodiffError, derivative
 from devito_ml.autodiff.statements import accesses, extents, statements
 from devito_ml.kernel_calls import BATCH, is_batch_dimension
@@ -111,7 +112,8 @@ def _varying(equations, constants):
     """``equations`` but those computing a Function held constant."""
     held = set(constants)
     return [eq for eq in equations
-            if not (isinstance(eq.lhs, sympy.Indexed) and eq.lhs.function in held)]
+            if not (isinstance(getattr(eq, 'lhs', None), sympy.Indexed)
+                    and eq.lhs.function in held)]
 
 
 def _read_again(forward):
@@ -149,6 +151,9 @@ class _Walk:
         self.loops = {}
 
     def statement(self, statement):
+        if isinstance(statement, Operation):
+            self._operation(statement)
+            return
         sizes = extents(statement, self.where)
         given = self.grads[statement.target.function]
         seed = given[statement.target.indices] \
@@ -162,6 +167,19 @@ class _Walk:
             if term == 0:
                 continue
             self._add(access, seed * statement.factor * term, statement, sizes)
+
+    def _operation(self, operation):
+        """An operation's adjoint, by its own rule: what every gradient reads now,
+        and each gradient whole when it is flushed."""
+        given = self.grads[operation.target]
+        if not getattr(given, 'is_DiscreteFunction', False):
+            raise AutodiffError(f"{self.where}: {operation!r} needs the gradient of "
+                                f"`{operation.target.name}` in a Function, got {given}")
+        wanted = {f: self.grads[f] for f in operation.reads if f in self.grads}
+        shared, each = operation.adjoint(given, wanted)
+        self.equations += shared
+        for function, equations in each.items():
+            self._term(function, 'whole', None, equations, ())
 
     def _add(self, access, value, statement, sizes):
         gradient = self.grads[access.function]
@@ -227,6 +245,14 @@ class _Walk:
         gradient = self.grads[function]
         targets = tuple(gradient.dimensions)
         terms = self.terms.pop(function, [])
+        whole = [value for kind, _, value, _ in terms if kind == 'whole']
+        if whole:
+            if len(terms) > 1:
+                raise AutodiffError(
+                    f"{self.where}: `{function.name}` is read by an operation and by "
+                    "other equations: an operation writes its gradient whole")
+            self.equations += whole[0]
+            return
         total = sympy.Add(*[opaque_indices(value) for kind, _, value, loops in terms
                             if kind == 'gather' and not loops])
         sums = OrderedDict()

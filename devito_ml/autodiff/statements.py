@@ -21,6 +21,7 @@ import sympy
 from devito import Dimension, Inc
 from devito.types import DefaultDimension
 
+from devito_ml.autodiff.operations import Operation
 from devito_ml.autodiff.rules import AutodiffError, derivative
 
 __all__ = ['Statement', 'statements', 'accesses', 'dimensions_of', 'extents']
@@ -33,10 +34,14 @@ every term alike."""
 
 
 def statements(equations, where):
-    """The :class:`Statement` s of ``equations``, in order; ``where`` names the
-    layer in messages."""
+    """The :class:`Statement` s of ``equations``, in order, and each
+    :class:`~devito_ml.autodiff.operations.Operation` among them as it is;
+    ``where`` names the layer in messages."""
     scalars, found = {}, []
     for equation in equations:
+        if isinstance(equation, Operation):
+            found.append(equation)
+            continue
         lhs, rhs = equation.lhs, _inline(equation.rhs, scalars, 'value')
         implicit = tuple(getattr(equation, 'implicit_dims', None) or ())
         if not isinstance(lhs, sympy.Indexed):

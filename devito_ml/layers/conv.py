@@ -1,19 +1,22 @@
-"""2D convolution (cross-correlation), forward and backward side by side."""
+"""2D convolution (cross-correlation): hyperparameters, Functions, and the schedule
+that lowers its maths (``correlation.py``: the forward pass and its adjoint rule)
+to register tiles or NCHW nests."""
 
 import numbers
 
 import numpy as np
 from devito import Dimension, Eq, Inc
-from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
+from devito_ml.autodiff import plain_equations
 from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
                                          TiledTransposedCorrelation, TiledWeightGradient)
+from devito_ml.layers.correlation import (Correlation, TransposedCorrelation,
+                                          WeightCorrelation)
 from devito_ml.layers.window import padding_halo, window_output_size
-from devito_ml.symbolics import (Halo, kernel_taps, register_sum, stuffed_extent,
-                                 stuffed_halo)
+from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
                                   check_positive_ints)
 from devito_ml.vector_width import vector_lanes
@@ -74,7 +77,10 @@ class Conv(WeightedLayer):
 
     Notes
     -----
-    With ``z = W * x + b`` and ``y = f(z)``, ``dz = dy . f'(y)``:
+    The layer states its forward pass, a
+    :class:`~devito_ml.layers.correlation.Correlation`; the backward pass comes from
+    that operation's adjoint rule. With ``z = W * x + b`` and ``y = f(z)``,
+    ``dz = dy . f'(y)``:
 
     .. math::
 
@@ -84,12 +90,13 @@ class Conv(WeightedLayer):
         \partial x_{nchw} &= \sum_{k,r,q} W_{kcrq}\, \tilde{dz}_{n,k,h+p-rd,w+p-qd}
 
     where :math:`\tilde{dz}` is ``dz`` with ``s - 1`` zeros between entries and a
-    zero halo: the input gradient is a gather, with no atomics. Inside, every pass
-    runs register tiles (``conv_tiles.py``, channels last) when its vector channels
-    fill three quarters of whole vector registers (the input gradient one tiled
-    correlation a stride phase, the weight gradient one partial sum a sample), else
-    NCHW nests (image columns innermost, the weight gradient parallel over its own
-    channels); the public tensors are NCHW either way.
+    zero halo: the input gradient is a gather, with no atomics. Its schedule
+    (:meth:`schedule`) runs every pass as register tiles (``conv_tiles.py``,
+    channels last) when its vector channels fill three quarters of whole vector
+    registers (the input gradient one tiled correlation a stride phase, the weight
+    gradient one partial sum a sample), else NCHW nests (image columns innermost,
+    the weight gradient parallel over its own channels); the public tensors are
+    NCHW either way.
 
     Examples
     --------
@@ -202,27 +209,6 @@ class Conv(WeightedLayer):
         _, r, q = self.kernel_size
         return self.input_size[1] // self.groups * r * q
 
-    def _input_channel(self):
-        """The input channel read by kernel channel ``wc`` of output channel ``k``."""
-        if self.groups == 1:
-            return self.in_dims[1]
-        return self.group_input_start[self.k] + self.wc
-
-    def _tap(self, n=None, ky=None, kx=None, y=None, x=None):
-        """The input value under kernel tap (ky, kx) of output (y, x) of sample n."""
-        n = self.in_dims[0] if n is None else n
-        ky = self.ky if ky is None else ky
-        kx = self.kx if kx is None else kx
-        c = self._input_channel()
-        y = self.out_dims[2] if y is None else y
-        x = self.out_dims[3] if x is None else x
-        (sy, sx), (py, px), (dy, dx) = self.stride, self.padding, self.dilation
-        return self.input[n, c, y * sy + ky * dy - py, x * sx + kx * dx - px]
-
-    def _taps(self):
-        _, r, q = self.kernel_size
-        return kernel_taps(r, q, self.ky, self.kx)
-
     def _create_channels_last(self):
         """The register-tiled passes (``conv_tiles.py``) and the copies they need.
 
@@ -304,84 +290,70 @@ class Conv(WeightedLayer):
         return Halo.none(4) if self.channels_last else padding_halo(self.padding)
 
     def _forward_equations(self, training):
-        if not self.channels_last:
-            return self._forward_equations_nchw()
+        """The maths: one :class:`~devito_ml.layers.correlation.Correlation`, whose
+        adjoint rule gives the backward pass; :meth:`schedule` lowers both."""
+        return [Correlation(self, self.result, self.input, self.kernel,
+                            self.bias if self.has_bias else None, self.activation)]
+
+    def schedule(self, equations):
+        """Each correlation as register tiles (channels last) where its vector
+        channels fill ``LANE_FILL`` of the lanes, else as its NCHW nests."""
+        lowered = []
+        for item in equations:
+            if isinstance(item, Correlation) and self.channels_last:
+                lowered += self._tiled_forward(item)
+            elif isinstance(item, WeightCorrelation) and self.channels_last:
+                lowered += self._weight_gradient_equations(item)
+            elif isinstance(item, TransposedCorrelation) and \
+                    self.input_gradient_channels_last:
+                lowered += self._input_gradient_equations(item)
+            else:
+                lowered += plain_equations([item])
+        return lowered
+
+    def _tiled_forward(self, correlation):
         n, xh, xw, xc = self.cl_in_dims
         yk = self.dz_cl_dims[3]
         _, k, y, x = self.out_dims
         (py, px), (_, q) = self.padding, self.kernel_size[1:]
         tiles = self.forward_tiles
-        value = tiles.target_at(n, y, x, k) + (self.bias[k] if self.has_bias else 0)
+        bias = correlation.bias[k] if correlation.bias is not None else 0
+        value = tiles.target_at(n, y, x, k) + bias
         # Transposing copies name their loop order: they relate the same Dimensions
         # in two orders, which Devito's dimension sort would find cyclic.
-        return [Eq(tiles.source_at(n, xh + py, xw + px, xc), self.input[n, xc, xh, xw],
+        return [Eq(tiles.source_at(n, xh + py, xw + px, xc),
+                   correlation.source[n, xc, xh, xw],
                    implicit_dims=IgnoreDimSort((n, xh, xw, xc))),
                 Eq(tiles.weight_at(self.ky * q + self.kx, xc, yk),
-                   self.kernel[yk, xc, self.ky, self.kx],
+                   correlation.kernel[yk, xc, self.ky, self.kx],
                    implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, yk)))] + \
             tiles.equations() + \
-            [Eq(self.result[n, k, y, x], self.activation.forward(value),
+            [Eq(correlation.target[n, k, y, x], correlation.activation.forward(value),
                 implicit_dims=IgnoreDimSort((n, k, y, x)))]
 
-    def _forward_equations_nchw(self):
-        n, k, y, x = self.out_dims
-        out = self.result[n, k, y, x]
-        taps = sum(self.kernel[k, self.wc, i, j] * self._tap(ky=i, kx=j)
-                   for i, j in self._taps())
-        eqs = [Eq(out, self.bias[k] if self.has_bias else 0), Inc(out, taps)]
-        if not self.activation.is_identity:
-            eqs.append(Eq(out, self.activation.forward(out)))
-        return eqs
-
-    def _weight_gradient_equations_nchw(self):
-        """dW with one register accumulator a tap, parallel over (k, c).
-
-        gcc keeps the Scalars, private to each (k, c) iteration, in registers and
-        vectorises the x loop (2.6 -> 17.6 GFLOP/s against an Inc into memory).
-        """
-        k, c, m = self.k, self.wc, self.reduction_batch_dim
-        _, _, y, x = self.out_dims
-        dz = self.pre_activation_gradients
-        taps = self._taps()
-        if taps == [(self.ky, self.kx)]:
-            # Taps as loops outside the output rows: the forward pass (same operator
-            # when training) orders rows before taps, so this nest walks rows and
-            # columns of its own, or Devito finds the two orders cyclic.
-            _, _, oh, ow = self.output_size
-            gy, gx = self.dim('dW_h', oh), self.dim('dW_w', ow)
-            tap = self._tap(m, y=gy, x=gx)
-            return [Eq(self.kernel_gradients[k, c, self.ky, self.kx], 0),
-                    Inc(self.kernel_gradients[k, c, self.ky, self.kx],
-                        dz[m, k, gy, gx] * tap,
-                        implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx, m, gy,
-                                                     gx)))]
-        eqs = []
-        for i, j in taps:
-            total = Scalar(name=f"{self.name}_dW_{i}_{j}", dtype=self.dtype.type)
-            eqs += [Eq(total, 0, implicit_dims=(k, c)),
-                    Eq(total, total + dz[m, k, y, x] * self._tap(m, i, j),
-                       implicit_dims=IgnoreDimSort((k, c, m, y, x))),
-                    Eq(self.kernel_gradients[k, c, i, j], total, implicit_dims=(k, c))]
-        return eqs
-
-    def _weight_gradient_equations(self):
+    def _weight_gradient_equations(self, correlation):
         r"""dW[k, c, i, j] = sum over (batch, y, x) of dz * input, channels last.
 
         Parallel over input channels, the batch and output positions inside, and
         one accumulation a tap vectorised over output channels: each thread owns its
-        rows of ``dW_cl`` (no atomics).
+        rows of ``dW_cl`` (no atomics); from register tiles where their per-sample
+        partial sums fit.
         """
-        if not self.channels_last:
-            return self._weight_gradient_equations_nchw()
+        n, gh, gw, yk = self.dz_cl_dims
+        dz = correlation.gradient
         if self.weight_gradient_tiles is not None:
-            return self._weight_gradient_equations_tiled()
+            return [Eq(self.weight_gradient_tiles.gradient_at(n, gh, gw, yk),
+                       dz[n, yk, gh, gw], implicit_dims=IgnoreDimSort((n, gh, gw, yk)))
+                    ] + self._weight_gradient_equations_tiled(correlation)
         xc = self.cl_in_dims[3]
-        _, yh, yw, yk = self.dz_cl.dimensions
+        _, yh, yw, _ = self.dz_cl.dimensions
         m = self.reduction_batch_dim
         (sy, sx), (dy, dx) = self.stride, self.dilation
         dw = self.kernel_gradients_cl
-        eqs = [Eq(dw[self.ky, self.kx, xc, yk], 0)]
-        taps = self._taps()
+        eqs = [Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
+                  implicit_dims=IgnoreDimSort((n, gh, gw, yk))),
+               Eq(dw[self.ky, self.kx, xc, yk], 0)]
+        taps = correlation.taps()
         order = (xc, m, yh, yw, yk) if taps != [(self.ky, self.kx)] else \
             (self.ky, self.kx, xc, m, yh, yw, yk)
         for i, j in taps:
@@ -389,12 +361,12 @@ class Conv(WeightedLayer):
             eqs.append(Inc(dw[i, j, xc, yk], read * self.dz_cl[m, yh, yw, yk],
                            implicit_dims=IgnoreDimSort(order)))
         k, c = self.k, self.in_dims[1]
-        eqs.append(Eq(self.kernel_gradients[k, c, self.ky, self.kx],
+        eqs.append(Eq(correlation.target[k, c, self.ky, self.kx],
                       dw[self.ky, self.kx, c, k],
                       implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx))))
         return eqs
 
-    def _weight_gradient_equations_tiled(self):
+    def _weight_gradient_equations_tiled(self, correlation):
         """dW from register tiles: one partial sum a sample (``conv_tiles.py``),
         then their sum over the batch, parallel over taps and input channels."""
         tiles = self.weight_gradient_tiles
@@ -406,16 +378,12 @@ class Conv(WeightedLayer):
             Inc(dw[self.ky, self.kx, xc, yk],
                 tiles.partial_at(m, self.ky, self.kx, xc, yk),
                 implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, m, yk))),
-            Eq(self.kernel_gradients[k, c, self.ky, self.kx], dw[self.ky, self.kx, c, k],
+            Eq(correlation.target[k, c, self.ky, self.kx], dw[self.ky, self.kx, c, k],
                implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx)))]
 
-    def _input_gradient_equations(self):
-        """dx as a gather: register-tiled channels last with at least
-        ``LANE_FILL`` of their lanes in input channels, one tiled correlation a
-        stride phase (``conv_tiles.py``); else NCHW with image columns innermost,
-        from a stuffed, padded dz (6 channels do not fill a vector)."""
-        if not self.input_gradient_channels_last:
-            return self._input_gradient_equations_nchw()
+    def _input_gradient_equations(self, correlation):
+        """dx as a gather, register-tiled channels last: one tiled correlation a
+        stride phase (``conv_tiles.py``)."""
         n, ci = self.input_gradient_dims[:2]
         _, gh, gw, yk = self.dz_cl_dims
         # the kernel's channels swapped, on loops of their own (the forward copy
@@ -423,12 +391,13 @@ class Conv(WeightedLayer):
         tk = self.dim('Wt_k', self.kernel_size[0])
         tc = self.dim('Wt_c', self.input_size[1])
         transposed = self.input_gradient_tiles
-        dz = self.pre_activation_gradients
+        dz = correlation.gradient
         eqs = [Eq(transposed.source_at(n, gh, gw, yk), dz[n, yk, gh, gw],
                   implicit_dims=IgnoreDimSort((n, gh, gw, yk)))]
         for phase in transposed.phases:
             for t, (i, j) in enumerate(phase.kernel_taps):
-                eqs.append(Eq(phase.tiles.weight_at(t, tk, tc), self.kernel[tk, tc, i, j],
+                eqs.append(Eq(phase.tiles.weight_at(t, tk, tc),
+                              correlation.kernel[tk, tc, i, j],
                               implicit_dims=IgnoreDimSort((tk, tc))))
         eqs += transposed.equations()
         (sy, sx) = self.stride
@@ -437,47 +406,6 @@ class Conv(WeightedLayer):
             y = self.dim(f'din{a}{b}_h', phase.rows)
             x = self.dim(f'din{a}{b}_w', phase.columns)
             value = 0 if phase.tiles is None else phase.tiles.target_at(n, y, x, ci)
-            eqs.append(Eq(self.input_gradients[n, ci, y * sy + a, x * sx + b], value,
+            eqs.append(Eq(correlation.target[n, ci, y * sy + a, x * sx + b], value,
                           implicit_dims=IgnoreDimSort((n, ci, y, x))))
         return eqs
-
-    def _input_gradient_equations_nchw(self):
-        n, k = self.batch_dim, self.k
-        _, ci, h, w = self.input_gradient_dims
-        (py, px), (dy, dx) = self.padding, self.dilation
-        local = ci
-        if self.groups > 1:   # only the output channels of ci's group
-            per_group = self.kernel_size[0] // self.groups
-            k = self.group_output_start[ci] + self.dim('group_k', per_group)
-            local = ci - self.group_channel_start[ci]
-        total = sum(self.kernel[k, local, i, j]
-                    * self.stuffed_gradients[n, k, h + py - i * dy, w + px - j * dx]
-                    for i, j in self._taps())
-        return [Eq(self.input_gradients[n, ci, h, w], 0),
-                Inc(self.input_gradients[n, ci, h, w], total)]
-
-    def _backward_equations(self, training):
-        n, k, y, x = self.out_dims
-        (sy, sx) = self.stride
-        dz = self.pre_activation_gradients
-        eqs = []
-        if dz is not self.result_gradients:
-            eqs.append(Eq(dz[n, k, y, x], self.result_gradients[n, k, y, x]
-                          * self.activation.derivative_from_output(
-                              self.result[n, k, y, x])))
-        m = self.reduction_batch_dim
-        if self.has_bias:
-            eqs += register_sum(f"{self.name}_sum_dz", self.bias_gradients[k],
-                                dz[m, k, y, x], (k,), (m, y, x))
-        _, gh, gw, yk = self.dz_cl_dims
-        if self.channels_last and self.weight_gradient_tiles is not None:
-            eqs.append(Eq(self.weight_gradient_tiles.gradient_at(n, gh, gw, yk),
-                          dz[n, yk, gh, gw],
-                          implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
-        elif self.channels_last:
-            eqs.append(Eq(self.dz_cl[n, gh, gw, yk], dz[n, yk, gh, gw],
-                          implicit_dims=IgnoreDimSort((n, gh, gw, yk))))
-        if not self.input_gradient_channels_last:
-            eqs.append(Eq(self.stuffed_gradients[n, k, y * sy, x * sx], dz[n, k, y, x]))
-        return eqs + self._weight_gradient_equations() + \
-            self._input_gradient_equations()

@@ -9,6 +9,7 @@ from sympy import Max, Min
 
 from devito_ml.layer import Layer
 from devito_ml.layers.window import output_extent, padding_halo, window_output_size
+from devito_ml.layers.window_reduction import WindowGradient, WindowReduction
 from devito_ml.layers.window_tables import (WindowTables, adaptive_windows,
                                             sliding_windows)
 from devito_ml.symbolics import (CondEq, CondNe, Halo, Select, kernel_taps,
@@ -24,7 +25,10 @@ class Pooling(Layer):
 
     Notes
     -----
-    Both adjoints are gathers from :math:`\tilde{g}`, the output gradient with
+    The layer states its forward pass, a
+    :class:`~devito_ml.layers.window_reduction.WindowReduction`; the backward pass
+    is that operation's adjoint rule, lowered by :meth:`lower`. Both adjoints are
+    gathers from :math:`\tilde{g}`, the output gradient with
     ``stride - 1`` zeros between entries and a zero halo:
 
     .. math::
@@ -147,9 +151,18 @@ class Pooling(Layer):
         return kernel_taps(*self.kernel_size, self.ky, self.kx)
 
     def _forward_equations(self, training):
+        """The maths: one :class:`~devito_ml.layers.window_reduction.WindowReduction`
+        (whose adjoint rule gives the backward pass)."""
+        return [WindowReduction(self, self.result, self.input)]
+
+    def lower(self, operation):
+        """The loops of a window reduction or of its gradient: index tables, or
+        affine windows."""
+        if isinstance(operation, WindowGradient):
+            return self._window_gradient(operation)
         if self.tabled:
             return self.tables.forward_equations()
-        out = self.result[self.out_dims]
+        out = operation.target[self.out_dims]
         taps = [self._tap(i, j) for i, j in self._taps()]
         if self.reduction == 'max':
             if len(taps) > 1:
@@ -189,7 +202,7 @@ class Pooling(Layer):
         return self.reduction == 'max' and self.stride == self.kernel_size and \
             self.padding == (0, 0)
 
-    def _disjoint_max_gradient(self):
+    def _disjoint_max_gradient(self, operation):
         r"""The adjoint as a scatter, no stuffed copies: each window's gradient to
         its first maximum, zeros to the rest of the window,
         :math:`\partial x_{n,c,yR+i,xQ+j} = g_{ncyx}\,[a_{ncyx} = iQ + j]`, and
@@ -197,8 +210,8 @@ class Pooling(Layer):
         n, c, y, x = self.out_dims
         r, q = self.kernel_size
         arg = self.argmax[n, c, y, x]
-        gradient = self.result_gradients[n, c, y, x]
-        din = self.input_gradients
+        gradient = operation.gradient[n, c, y, x]
+        din = operation.target
         eqs = []
         _, _, h, w = self.input_size
         _, _, oh, ow = self.output_size
@@ -209,17 +222,17 @@ class Pooling(Layer):
                          Select(CondEq(arg, i * q + j), gradient, 0))
                       for i, j in self._taps()]
 
-    def _backward_equations(self, training):
+    def _window_gradient(self, operation):
         if self.tabled:
             return self.tables.backward_equations()
         if self._disjoint_max:
-            return self._disjoint_max_gradient()
+            return self._disjoint_max_gradient(operation)
         n, c, y, x = self.out_dims
         _, ci, h, w = self.input_gradient_dims
         (sy, sx), (py, px) = self.stride, self.padding
         r, q = self.kernel_size
         stuffed = self.stuffed_gradients
-        eqs = [Eq(stuffed[n, c, y * sy, x * sx], self.result_gradients[n, c, y, x])]
+        eqs = [Eq(stuffed[n, c, y * sy, x * sx], operation.gradient[n, c, y, x])]
         if self.reduction == 'max':
             arg = self.argmax[n, c, y, x]
             eqs += self._first_maximum(arg)
@@ -232,7 +245,7 @@ class Pooling(Layer):
         else:
             def contribution(i, j):
                 return stuffed[n, ci, h + py - i, w + px - j] / (r * q)
-        din = self.input_gradients[n, ci, h, w]
+        din = operation.target[n, ci, h, w]
         total = sympy.Add(*[contribution(i, j) for i, j in self._taps()])
         return eqs + [Eq(din, 0), Inc(din, total)]
 
@@ -300,8 +313,9 @@ class Subsampling(Pooling):
     input_size : tuple of int
     function : callable
         Receives the list of a window's values (row-major) and returns an
-        expression, e.g. ``lambda l: Max(*l)``. Max and mean are recognised and get
-        their exact adjoints; other functions run forward only.
+        expression, e.g. ``lambda l: Max(*l)``. Max and mean are recognised (a
+        :class:`~devito_ml.layers.window_reduction.WindowReduction`); the adjoint
+        of any other is derived from it (:mod:`devito_ml.autodiff`).
     stride : pair of int
         Default ``(1, 1)``, as in the tutorial.
     padding : pair of int
@@ -346,13 +360,6 @@ class Subsampling(Pooling):
                   for i in range(r) for j in range(q)]
         return [Eq(self.result[n, c, y, x], self.function(window))]
 
-    def _backward_equations(self, training):
-        if self.reduction is None:
-            raise NotImplementedError(
-                f"Subsampling `{self.name}`: backpropagation needs a max or mean "
-                f"`function`, got {self.function!r}")
-        return super()._backward_equations(training)
-
 
 class GlobalAvgPooling(AvgPooling):
     """Average over each whole feature map, as ``torch.nn.AdaptiveAvgPool2d(1)``.
@@ -393,9 +400,6 @@ class GlobalAvgPooling(AvgPooling):
         return register_sum(f"{self.name}_sum_x", self.result[n, c, 0, 0],
                             self.input[n, c, h, w], (n, c), (h, w),
                             finish=lambda total: total / area)
-
-    # derived from the forward maths, not the windowed pooling's stuffed gather
-    _backward_equations = Layer._backward_equations
 
 
 class AdaptivePooling(Pooling):
