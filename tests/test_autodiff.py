@@ -281,8 +281,9 @@ def test_activation_layer_backward_is_derived(activation, dtype, rng):
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=['f64', 'f32'])
 def test_a_net_trains_through_a_derived_adjoint(dtype, rng):
-    """A derived adjoint inside a net's fused backward pass, beside hand-written
-    ones: every gradient as torch's."""
+    """An adjoint derived term by term inside a net's fused backward pass, beside
+    those of operations (correlation, window reduction): every gradient as
+    torch's."""
     net = Net([Conv((4, 3, 3), padding=1), MaxPooling(2), ActivationLayer(Tanh()),
                Flat(), FullyConnected(5)], dtype=dtype, seed=2, batch_size=3,
               input_shape=(2, 6, 6))

@@ -1,4 +1,4 @@
-"""Dropout with a seeded mask, forward and backward side by side."""
+"""Dropout with a seeded mask: the forward maths (the adjoint is derived)."""
 
 import numbers
 
