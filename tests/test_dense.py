@@ -68,6 +68,19 @@ def test_derived_gradients_run_the_register_tiles_of_the_forward_pass():
     assert not re.search(r'(float|double) fc_(dW|din)_sum\b', code)   # registers
 
 
+@pytest.mark.parametrize('batch', [3, 16], ids=['products', 'tiles'])
+def test_backward_is_the_forward_transposed(batch, rng):
+    """The derived gradients as each schedule lowers them: the dot product test in
+    float64, for the input and for the weight (the output is linear in both)."""
+    layer = FullyConnected((13, 37), (batch, 37), bias=False, dtype=np.float64, seed=0)
+    x = rng.standard_normal((batch, 37))
+    y = rng.standard_normal((batch, 13))
+    forward = np.vdot(layer.forward(x), y)
+    assert np.isclose(forward, np.vdot(x, layer.backward(y)), rtol=1e-12, atol=0)
+    assert np.isclose(forward, np.vdot(layer.kernel.data, layer.kernel_gradients.data),
+                      rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
 def test_tiled_gradients_ignore_samples_past_the_active_batch(dtype, rng):
     """A full batch leaves its samples in the tiles' copies; a smaller batch after it

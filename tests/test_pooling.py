@@ -33,6 +33,24 @@ def test_pooling_matches_torch(kind, size, kernel, stride, padding, dtype, rng):
     compare_layer(layer, lambda x: function(x, kernel, stride, padding), rng)
 
 
+@pytest.mark.parametrize('layer', [
+    lambda: AvgPooling(3, (2, 3, 9, 8), stride=2, padding=1, dtype=np.float64),
+    lambda: AvgPooling((2, 3), (1, 2, 7, 9), stride=(1, 2), dtype=np.float64),
+    lambda: AvgPooling(3, (2, 2, 9, 9), stride=2, ceil_mode=True, padding=1,
+                       count_include_pad=False, dtype=np.float64),       # tables
+    lambda: AdaptiveAvgPooling((4, 3), (2, 2, 7, 9), dtype=np.float64)],
+    ids=['padded', 'overlapping', 'tabled', 'adaptive'])
+def test_average_pooling_backward_is_its_forward_transposed(layer, rng):
+    """The window reduction's adjoint rule, as each schedule lowers it: the dot
+    product test ``<A x, y> = <x, A^T y>`` in float64, and no atomics."""
+    layer = layer()
+    x = rng.standard_normal(layer.input_size)
+    y = rng.standard_normal(layer.output_size)
+    forward = np.vdot(layer.forward(x), y)
+    assert np.isclose(forward, np.vdot(x, layer.backward(y)), rtol=1e-12, atol=0)
+    assert 'atomic' not in layer.backward_operator.code
+
+
 def test_max_pooling_routes_ties_to_first_maximum():
     # After a ReLU whole windows are zero: torch gives the gradient to the first tap.
     layer = MaxPooling(3, (1, 1, 6, 6), stride=1, dtype=np.float64)
