@@ -134,9 +134,12 @@ class Pooling(Layer):
                 self.dim('dout_stuffed_w', stuffed[1]))
         halo = Halo((0, 0), (0, 0), *halos)
         if self.reduction == 'max':
+            if self._disjoint_max:   # a scatter: no stuffed copies
+                if len(self._taps()) == 1:    # the first maximum found by a loop
+                    self.argmax = self.tensor('argmax', self.out_storage,
+                                              self.output_size)
+                return
             self.argmax = self.tensor('argmax', self.out_storage, self.output_size)
-            if self._disjoint_max:
-                return          # a scatter: no stuffed copies
             self.stuffed_argmax = self.tensor('argmax_stuffed', dims, (n, c) + stuffed,
                                               halo)
         self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo)
