@@ -303,8 +303,14 @@ def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print, groups=GR
     """Run the cases of ``groups``; write ``bench.json`` and ``lenet_batch.png`` into
     ``out`` (``build``: also time building LeNet-5 in new processes)."""
     import tempfile
+    from devito_ml.machine_info import machine_summary
     rng = np.random.default_rng(0)
     results = []
+    machine = machine_summary()
+    forced = f" (forced by {machine['lanes_forced']})" if machine['lanes_forced'] else ''
+    log(f"CPU: {machine['cpu']}, {machine['cores']} cores, "
+        f"{' '.join(machine['isa'])}; schedules for {machine['float32_lanes']} "
+        f"float32 lanes{forced}, {machine['vector_registers']} vector registers")
     log(f"{'case':62s} {'devito_ml ms':>12s} {'PyTorch ms':>11s} {'format':>13s} "
         f"{'ratio':>6s} {'GFLOP/s':>15s}")
     for case in cases(rng, quick, groups):
@@ -324,8 +330,8 @@ def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print, groups=GR
             build = build_times(folder)
         log(f"LeNet-5 operators built in a new process: {build['cold_s']:.1f} s with "
             f"every cache empty, {build['warm_s']:.1f} s again")
-    report = {'threads': os.environ.get('OMP_NUM_THREADS'), 'rounds': rounds,
-              'cases': results, 'build': build}
+    report = {'machine': machine, 'threads': os.environ.get('OMP_NUM_THREADS'),
+              'rounds': rounds, 'cases': results, 'build': build}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'bench.json'), 'w') as handle:
         json.dump(report, handle, indent=2)

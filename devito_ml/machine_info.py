@@ -19,7 +19,7 @@ from devito_ml.layers.dense import TILED_MIN_BATCH
 from devito_ml.vector_width import (LANES_VARIABLE, detected_lanes, float32_lanes,
                                     vector_registers)
 
-__all__ = ['machine_report', 'tiled_channel_counts']
+__all__ = ['machine_report', 'machine_summary', 'tiled_channel_counts']
 
 ISA_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f')
 """CPU flags the report lists as present or absent."""
@@ -61,6 +61,25 @@ def tiled_channel_counts(limit=64):
     (a convolution's output channels for its forward pass and weight gradient, its
     input channels for its input gradient)."""
     return [c for c in range(1, limit + 1) if fills_lanes(c)]
+
+
+def machine_summary():
+    """What a benchmark's figures depend on, as a dict: the CPU, its cores and ISA
+    flags, and the vector width and registers the schedules were made for.
+
+    Returns
+    -------
+    dict
+    """
+    cpu = get_cpu_info()
+    flags = set(cpu.get('flags') or ())
+    return {'cpu': cpu.get('brand') or platform.processor() or platform.machine(),
+            'cores': cpu.get('physical'),
+            'isa': [f for f in ISA_FLAGS if f in flags],
+            'float32_lanes': float32_lanes(),
+            'vector_registers': vector_registers(),
+            'lanes_forced': os.environ.get(LANES_VARIABLE, '').strip() or None,
+            'compiler': _compiler_line()}
 
 
 def machine_report():

@@ -4,6 +4,8 @@ better memory format, ratios of medians. (No timing is asserted.)"""
 import numpy as np
 
 from devito_ml.benchmark import Case, _summary, interleaved
+from devito_ml.machine_info import machine_summary
+from devito_ml.vector_width import LANES_VARIABLE, detected_lanes
 
 
 def test_rounds_interleave_every_function():
@@ -25,3 +27,17 @@ def test_pytorch_is_taken_at_its_better_format():
     assert np.isclose(entry['ratio'], 0.25 / 0.11)
     assert np.isclose(entry['devito_ml_gflops'], 2e9 / 0.25 / 1e9)
     assert np.isclose(entry['torch_median_ms'], 110)
+
+
+def test_figures_name_the_machine_and_the_width_they_were_made_for(monkeypatch):
+    """bench.json (and the table's first line) carries the CPU and the vector width
+    the schedules were made for: figures from two machines are never confused."""
+    monkeypatch.setenv(LANES_VARIABLE, '16')
+    forced = machine_summary()
+    assert (forced['float32_lanes'], forced['vector_registers'],
+            forced['lanes_forced']) == (16, 32, '16')
+    assert forced['cpu'] and forced['cores'] and 'gcc' in forced['compiler']
+    monkeypatch.delenv(LANES_VARIABLE)
+    detected = machine_summary()
+    assert (detected['float32_lanes'], detected['lanes_forced']) == \
+        (detected_lanes(), None)
