@@ -45,16 +45,26 @@ MAX_TILED_TAPS = 25
 """Above this many taps (5x5), one statement a tap and tile entry is too much code."""
 
 
+MAX_TILE_COLUMNS = 8
+"""Widest tile, in output columns, whatever registers are left."""
+
+
 def tile_shape(blocks, columns):
     """``(tile columns, tile blocks)`` for ``blocks`` lane blocks over ``columns``.
 
     The tile, one weight vector a block and one broadcast input fit the
-    registers with two to spare; measured on 32->64 channels 3x3 with 8 lanes,
-    a 5x2 tile ran at 138 GFLOP/s, 6x2 (spilling) at 85, 8x1 at 110.
+    registers with two to spare, and it is at most ``MAX_TILE_COLUMNS`` wide.
+    Measured on 32->64 channels 3x3 with 8 lanes, a 5x2 tile ran at 138 GFLOP/s,
+    6x2 (spilling) at 85, 8x1 at 110. With 32 registers and 16 lanes (AMD EPYC
+    Zen 4 scheduled as AVX-512), tiles of one or two blocks filled them with 13
+    or 28 columns and ran far slower than at 8: the input gradient of 32->64
+    channels 2.0-2.2x PyTorch at 13 columns, 1.4-1.5x at 8 (stride 2: 2.3-2.7x,
+    1.3-1.4x), 16->16 channels 1.8-2.3x, 1.4-1.5x; 6 and 10 columns no better.
     """
     budget = vector_registers() - 3
     tile_blocks = min(blocks, 2 if vector_registers() == 16 else 4)
-    tile_columns = max(1, min(columns, (budget - tile_blocks) // tile_blocks))
+    tile_columns = max(1, min(columns, (budget - tile_blocks) // tile_blocks,
+                              MAX_TILE_COLUMNS))
     return tile_columns, tile_blocks
 
 
