@@ -190,7 +190,7 @@ class Layer:
         """:func:`~devito_ml.autodiff.adjoint` of ``forward`` for this layer: its
         intermediates' gradients its own, its input gradients' sums named as its
         own (``fc1_din``)."""
-        inputs = getattr(self, 'inputs', None) or [self.input]
+        inputs = self._input_functions()
         names = {self.input_gradients_of(index): f"{self.name}_din"
                  + (str(index) if len(inputs) > 1 else '')
                  for index in range(len(inputs))}
@@ -222,7 +222,7 @@ class Layer:
         it); then the gradients of inputs fed the same Function as an earlier one
         (``Add()(x, x)``), set to 0: the first takes the whole gradient, and the net
         sums them."""
-        inputs = getattr(self, 'inputs', None) or [self.input]
+        inputs = self._input_functions()
         found, repeated = {self.result: self.result_gradients}, []
         parameters, gradients = self.parameters(), self.gradients()
         # parameters before inputs: the adjoint writes these gradients in this
@@ -234,6 +234,10 @@ class Layer:
             else:
                 found[function] = self.input_gradients_of(index)
         return found, repeated
+
+    def _input_functions(self):
+        """The Functions the layer reads its inputs from (a merge has several)."""
+        return getattr(self, 'inputs', None) or [self.input]
 
     def _intermediate_gradient(self, function):
         """The gradient of a Function the forward equations compute and read again

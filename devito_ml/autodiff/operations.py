@@ -19,19 +19,13 @@ __all__ = ['Operation', 'plain_equations']
 class Operation:
     """A step of forward maths that writes ``target`` (overwritten) from ``reads``.
 
-    Subclasses set ``target`` (a Function), ``reads`` (the Functions read) and
-    ``indices`` (the target's loop Dimensions), and define :meth:`equations` and,
-    for those on a forward path, :meth:`adjoint`.
+    Subclasses set ``target`` (a Function) and ``reads`` (the Functions read),
+    and define :meth:`equations` and, for those on a forward path,
+    :meth:`adjoint`.
     """
 
     target = None
     reads = ()
-    indices = ()
-
-    @property
-    def access(self):
-        """The target at its loop indices: where the operation writes."""
-        return self.target[tuple(self.indices)]
 
     @property
     def value(self):

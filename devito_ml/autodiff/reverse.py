@@ -214,13 +214,17 @@ class _Walk:
         self._term(access.function, 'gather', gradient[targets], value,
                    tuple(renamed[d] for d in left))
 
+    def _stem(self, gradient):
+        """What the loops and registers summing into ``gradient`` are named after."""
+        return self.names.get(gradient, gradient.name)
+
     def _loop(self, gradient, dimension, extent):
         """A Dimension of its own for ``dimension``, summed over in ``gradient``'s
         equations (named ``<gradient>_<role>``, or by ``names``; a batch one ends
         in ``_n``)."""
         key = (gradient.name, dimension.name)
         if key not in self.loops:
-            stem = self.names.get(gradient, gradient.name)
+            stem = self._stem(gradient)
             prefix = stem.rpartition('_')[0]
             role = dimension.name[len(prefix) + 1:] \
                 if prefix and dimension.name.startswith(prefix + '_') else dimension.name
@@ -260,8 +264,7 @@ class _Walk:
             if kind == 'gather' and loops:
                 sums.setdefault(loops, []).append(opaque_indices(value))
         for index, (loops, values) in enumerate(sums.items()):
-            stem = self.names.get(gradient, gradient.name)
-            register = Scalar(name=f"{stem}_sum{index if index else ''}",
+            register = Scalar(name=f"{self._stem(gradient)}_sum{index if index else ''}",
                               dtype=gradient.dtype)
             self.equations += [
                 Eq(register, 0, implicit_dims=targets),

@@ -69,7 +69,6 @@ class Correlation(_ConvOperation):
         super().__init__(conv, result, [source, kernel] + ([bias] if bias else []))
         self.source, self.kernel, self.bias = source, kernel, bias
         self.activation = activation
-        self.indices = conv.out_dims
 
     def equations(self):
         n, k, y, x = self.conv.out_dims
@@ -112,7 +111,6 @@ class WeightCorrelation(_ConvOperation):
     def __init__(self, conv, kernel_gradient, gradient, source):
         super().__init__(conv, kernel_gradient, [gradient, source])
         self.gradient, self.source = gradient, source
-        self.indices = (conv.k, conv.wc, conv.ky, conv.kx)
 
     def equations(self):
         """One register accumulator a tap, parallel over (k, c): gcc keeps the
@@ -151,7 +149,6 @@ class TransposedCorrelation(_ConvOperation):
     def __init__(self, conv, source_gradient, gradient, kernel):
         super().__init__(conv, source_gradient, [gradient, kernel])
         self.gradient, self.kernel = gradient, kernel
-        self.indices = conv.input_gradient_dims
 
     def equations(self):
         """From ``gradient`` stuffed (``s - 1`` zeros between entries, a zero halo:
@@ -160,7 +157,7 @@ class TransposedCorrelation(_ConvOperation):
         n, k, y, x = conv.out_dims
         (sy, sx), (py, px), (dy, dx) = conv.stride, conv.padding, conv.dilation
         stuffed = conv.stuffed_gradients
-        _, ci, h, w = self.indices
+        _, ci, h, w = conv.input_gradient_dims
         local, kk = ci, k
         if conv.groups > 1:   # only the output channels of ci's group
             per_group = conv.kernel_size[0] // conv.groups

@@ -285,7 +285,6 @@ class Standardization(Operation):
     def __init__(self, bn, training):
         self.bn, self.training, self.target = bn, training, bn.result
         self.reads = (bn.input, bn.kernel, bn.bias) if bn.affine else (bn.input,)
-        self.indices = bn.out_dims
 
     def equations(self):
         return self.bn.normalization_equations(self.training)

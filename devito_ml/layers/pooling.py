@@ -197,7 +197,8 @@ class Pooling(Layer):
             tap = self._tap(i, j)
             first = Select(CondNe(tap, tap), i * q + j,
                            Select(CondEq(tap, out), i * q + j, first))
-        return [Eq(arg, first)]
+        # over the output's loops: ``arg`` may be a register
+        return [Eq(arg, first, implicit_dims=self.out_dims)]
 
     @property
     def _disjoint_max(self):
@@ -226,12 +227,9 @@ class Pooling(Layer):
         _, _, oh, ow = self.output_size
         if (h, w) != (oh * r, ow * q):
             eqs.append(Eq(din[self.input_gradient_dims], 0))
-        first = self._first_maximum(arg)
-        if len(taps) > 1:
-            first = [Eq(e.lhs, e.rhs, implicit_dims=(n, c, y, x)) for e in first]
-        return eqs + first + [Eq(din[n, c, y * r + i, x * q + j],
-                                 Select(CondEq(arg, i * q + j), gradient, 0))
-                              for i, j in taps]
+        return eqs + self._first_maximum(arg) + [
+            Eq(din[n, c, y * r + i, x * q + j],
+               Select(CondEq(arg, i * q + j), gradient, 0)) for i, j in taps]
 
     def _window_gradient(self, operation):
         if self.tabled:

@@ -28,7 +28,7 @@ class WindowReduction(Operation):
 
     def __init__(self, pool, result, source):
         self.pool, self.target, self.source = pool, result, source
-        self.reads, self.indices = (source,), pool.out_dims
+        self.reads = (source,)
 
     def equations(self):
         return self.pool.lower(self)
@@ -47,7 +47,7 @@ class WindowGradient(Operation):
 
     def __init__(self, pool, source_gradient, gradient):
         self.pool, self.target, self.gradient = pool, source_gradient, gradient
-        self.reads, self.indices = (gradient,), pool.input_gradient_dims
+        self.reads = (gradient,)
 
     def equations(self):
         return self.pool.lower(self)
