@@ -5,7 +5,9 @@ channels_last, devito_ml, ...), each round the mean of ``repeat`` calls after a 
 one; min and median over rounds are reported. PyTorch is taken at its better memory
 format (by median); the ratio is devito_ml's median over PyTorch's, above 1 when
 devito_ml is slower. Training steps include the loss and an SGD momentum update on
-both sides. Both run on the same number of threads.
+both sides, and a third column, ``torch.compile`` (inductor, default mode, model and
+input channels_last, the optimizer step eager, warmed by 4 steps: it recompiles as
+gradients appear), with its own ratio. Both run on the same number of threads.
 """
 
 import json
@@ -32,11 +34,16 @@ class Case:
         ``{'nchw': ..., 'channels_last': ...}``.
     flops : float, optional
         Floating-point operations of one call (for GFLOP/s).
+    group : str, optional
+        Which of ``GROUPS`` the case belongs to.
+    compiled : callable, optional
+        The same step through ``torch.compile``: a column of its own, never taken
+        as PyTorch's better format.
     """
 
-    def __init__(self, name, ours, theirs, flops=None, group=None):
+    def __init__(self, name, ours, theirs, flops=None, group=None, compiled=None):
         self.name, self.ours, self.theirs = name, ours, theirs
-        self.flops, self.group = flops, group
+        self.flops, self.group, self.compiled = flops, group, compiled
 
 
 def interleaved(functions, rounds, repeat):
@@ -54,10 +61,22 @@ def interleaved(functions, rounds, repeat):
     return times
 
 
+COMPILED = 'torch.compile'
+"""The name of the ``torch.compile`` column in the timings."""
+
+
+def _functions(case):
+    """Every callable of ``case`` by column name."""
+    functions = {'devito_ml': case.ours, **case.theirs}
+    if case.compiled is not None:
+        functions[COMPILED] = case.compiled
+    return functions
+
+
 def _summary(case, times):
     ours = times['devito_ml']
     formats = {name: np.median(values) for name, values in times.items()
-               if name != 'devito_ml'}
+               if name not in ('devito_ml', COMPILED)}
     best = min(formats, key=formats.get)
     entry = {'case': case.name, 'group': case.group,
              'devito_ml_min_ms': 1e3 * min(ours),
@@ -67,6 +86,11 @@ def _summary(case, times):
              'torch_by_format_median_ms': {k: 1e3 * float(v)
                                            for k, v in formats.items()},
              'ratio': float(np.median(ours) / formats[best])}
+    if COMPILED in times:
+        compiled = float(np.median(times[COMPILED]))
+        entry.update(torch_compile_min_ms=1e3 * min(times[COMPILED]),
+                     torch_compile_median_ms=1e3 * compiled,
+                     ratio_to_compile=float(np.median(ours) / compiled))
     if case.flops:
         entry['devito_ml_gflops'] = case.flops / np.median(ours) / 1e9
         entry['torch_gflops'] = case.flops / formats[best] / 1e9
@@ -92,7 +116,31 @@ def torch_train_step(torch, model, x, labels, memory_format, adam=False):
     return step
 
 
-def _train_case(name, net, torch_model, rng, group=None):
+COMPILE_WARMUP_STEPS = 4
+"""Steps run when a ``torch.compile`` step is made: its first compiles, the next
+recompile as gradients and optimizer buffers appear (not timed)."""
+
+
+def torch_compiled_train_step(torch, model, x, labels):
+    """:func:`torch_train_step` through ``torch.compile`` (default mode), model and
+    input channels_last, the optimizer step eager; compiled and warmed here."""
+    model = model.to(memory_format=torch.channels_last)
+    compiled = torch.compile(model)
+    x = torch.from_numpy(x)
+    x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+    labels = torch.from_numpy(labels)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(compiled(x), labels).backward()
+        optimizer.step()
+    for _ in range(COMPILE_WARMUP_STEPS):
+        step()
+    return step
+
+
+def _train_case(name, net, torch_model, rng, group=None, compiled=True):
     import torch
     from devito_ml.optim import SGD
     batch = net.input_size[0]
@@ -104,8 +152,10 @@ def _train_case(name, net, torch_model, rng, group=None):
         formats['channels_last'] = torch.channels_last
     theirs = {key: torch_train_step(torch, _copy(torch_model), x, labels, fmt)
               for key, fmt in formats.items()}
+    compiled = torch_compiled_train_step(torch, _copy(torch_model), x, labels) \
+        if compiled else None
     return Case(name, lambda: net.train_step(x, labels, optimizer), theirs,
-                group=group)
+                group=group, compiled=compiled)
 
 
 def _copy(module):
@@ -214,27 +264,34 @@ def _conv_pass_cases(layer, rng):
                    flops=flops, group='conv')
 
 
-GROUPS = ('train', 'lenet', 'conv', 'layer', 'resnet')
+GROUPS = ('train', 'lenet', 'conv', 'layer', 'resnet', 'deep')
 """Case groups: the tutorial step, LeNet-5 steps, convolution passes, other layers,
-the small ResNet's step."""
+the small ResNet's step, ResNet-18 and ResNet-50 steps."""
 
 RESNET = dict(depth=18, image_size=(32, 32), in_channels=3, classes=10, width=16,
               small_input=True, blocks=(2, 2, 2, 0))
 """The small ResNet of the speed targets: 3 stages of 2 basic blocks, 16/32/64
 channels, BatchNorm, 3x32x32 images."""
 
+DEEP_RESNETS = (18, 50)
+"""Depths of the full ResNets timed (width 64, the small-input stem, 32x32)."""
 
-def _resnet_case(rng, batch):
+
+def _resnet_case(rng, batch, depth=None):
+    """The small ResNet's training step, or (``depth``) a full ResNet of width 64."""
     from devito_ml.interop import torch_models, torch_state_dict
     from devito_ml.models import resnet
-    net = resnet(batch_size=batch, seed=0, **RESNET)
-    twin = torch_models.resnet(RESNET['depth'], RESNET['classes'], RESNET['width'],
-                               RESNET['in_channels'], RESNET['small_input'],
-                               blocks=RESNET['blocks'])
+    options = dict(RESNET) if depth is None else \
+        dict(RESNET, depth=depth, width=64, blocks=None)
+    net = resnet(batch_size=batch, seed=0, **options)
+    twin = torch_models.resnet(options['depth'], options['classes'], options['width'],
+                               options['in_channels'], options['small_input'],
+                               blocks=options['blocks'])
     twin.load_state_dict(torch_state_dict(net))
-    return _train_case(f"ResNet (3 stages x 2 basic blocks, 16/32/64, BatchNorm), "
-                       f"3x32x32, batch {batch}, train step", net, twin, rng,
-                       group='resnet')
+    title = "ResNet (3 stages x 2 basic blocks, 16/32/64, BatchNorm)" if depth is None \
+        else f"ResNet-{depth} width 64, small stem"
+    return _train_case(f"{title}, 3x32x32, batch {batch}, train step", net, twin, rng,
+                       group='resnet' if depth is None else 'deep')
 
 
 def cases(rng, quick=False, groups=GROUPS):
@@ -257,6 +314,8 @@ def cases(rng, quick=False, groups=GROUPS):
                                          padding=1), rng)
     if 'resnet' in groups:
         yield _resnet_case(rng, 8 if quick else 32)
+    for depth in DEEP_RESNETS * ('deep' in groups):
+        yield _resnet_case(rng, 8 if quick else 32, depth)
     if 'layer' not in groups:
         return
     for backward in (False, True):
@@ -274,28 +333,52 @@ def cases(rng, quick=False, groups=GROUPS):
                       (64, 32, 28, 28), rng, None, True)
 
 
-BUILD = '''
+BUILD = {
+    'devito_ml': '''
 import time, numpy as np
-began = time.perf_counter()
 from devito_ml.models import lenet5
 from devito_ml.optim import SGD
+rng = np.random.default_rng(0)
+x, labels = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
+began = time.perf_counter()
 net = lenet5(64, (28, 28), seed=0)
-net.train_operator(SGD(net, lr=0.01, momentum=0.9))
-net.evaluation_operator()
+net.train_step(x, labels, SGD(net, lr=0.01, momentum=0.9))
 print(time.perf_counter() - began)
-'''
+''',
+    COMPILED: '''
+import time, numpy as np, torch
+from devito_ml.benchmark import torch_compiled_train_step
+from devito_ml.interop import to_torch
+from devito_ml.models import lenet5
+rng = np.random.default_rng(0)
+x, labels = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
+model = to_torch(lenet5(64, (28, 28), seed=0))
+began = time.perf_counter()
+torch_compiled_train_step(torch, model, x, labels)
+print(time.perf_counter() - began)
+'''}
+"""What ``build_times`` times in a new process: constructing LeNet-5 (batch 64) to
+the end of its first training step; for ``torch.compile``, its first
+``COMPILE_WARMUP_STEPS`` steps (it recompiles on the first few)."""
 
 
 def build_times(folder):
-    """Seconds to build LeNet-5's train and evaluation operators in a new process:
-    with every cache empty (a fresh TMPDIR), then again with them filled."""
-    environment = dict(os.environ, TMPDIR=folder)
-    seconds = []
-    for _ in range(2):
-        run = subprocess.run([sys.executable, '-c', BUILD], env=environment,
-                             capture_output=True, text=True, check=True)
-        seconds.append(float(run.stdout.split()[-1]))
-    return {'cold_s': seconds[0], 'warm_s': seconds[1]}
+    """Seconds to build LeNet-5's training step in a new process, devito_ml and
+    ``torch.compile``: with every cache empty (a fresh TMPDIR, a fresh
+    ``TORCHINDUCTOR_CACHE_DIR``), then again with them filled."""
+    times = {}
+    for system, script in BUILD.items():
+        place = os.path.join(folder, system.replace('.', '_'))
+        environment = dict(os.environ, TMPDIR=place,
+                           TORCHINDUCTOR_CACHE_DIR=os.path.join(place, 'inductor'))
+        os.makedirs(place)
+        seconds = []
+        for _ in range(2):
+            run = subprocess.run([sys.executable, '-c', script], env=environment,
+                                 capture_output=True, text=True, check=True)
+            seconds.append(float(run.stdout.split()[-1]))
+        times[system] = {'cold_s': seconds[0], 'warm_s': seconds[1]}
+    return times
 
 
 def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print, groups=GROUPS,
@@ -312,9 +395,9 @@ def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print, groups=GR
         f"{' '.join(machine['isa'])}; schedules for {machine['float32_lanes']} "
         f"float32 lanes{forced}, {machine['vector_registers']} vector registers")
     log(f"{'case':62s} {'devito_ml ms':>12s} {'PyTorch ms':>11s} {'format':>13s} "
-        f"{'ratio':>6s} {'GFLOP/s':>15s}")
+        f"{'ratio':>6s} {'GFLOP/s':>15s} {'compile ms':>10s} {'ratio':>6s}")
     for case in cases(rng, quick, groups):
-        functions = {'devito_ml': case.ours, **case.theirs}
+        functions = _functions(case)
         once = interleaved(functions, 1, 1)
         slowest = max(max(v) for v in once.values())
         count = repeat or max(1, min(200, int(0.05 / max(slowest, 1e-6))))
@@ -322,14 +405,18 @@ def run_benchmarks(out, rounds=7, repeat=None, quick=False, log=print, groups=GR
         results.append(entry)
         flops = (f"{entry['devito_ml_gflops']:6.1f} / {entry['torch_gflops']:6.1f}"
                  if 'devito_ml_gflops' in entry else '')
+        compiled = (f"{entry['torch_compile_median_ms']:10.3f} "
+                    f"{entry['ratio_to_compile']:6.2f}" if COMPILED in functions else '')
         log(f"{case.name:62s} {entry['devito_ml_median_ms']:12.3f} "
             f"{entry['torch_median_ms']:11.3f} {entry['torch_format']:>13s} "
-            f"{entry['ratio']:6.2f} {flops:>15s}")
+            f"{entry['ratio']:6.2f} {flops:>15s} {compiled}")
     if build:
         with tempfile.TemporaryDirectory() as folder:
             build = build_times(folder)
-        log(f"LeNet-5 operators built in a new process: {build['cold_s']:.1f} s with "
-            f"every cache empty, {build['warm_s']:.1f} s again")
+        for system, seconds in build.items():
+            log(f"LeNet-5 batch 64 to the end of its first training step, {system}, in "
+                f"a new process: {seconds['cold_s']:.1f} s with every cache empty, "
+                f"{seconds['warm_s']:.1f} s again")
     report = {'machine': machine, 'threads': os.environ.get('OMP_NUM_THREADS'),
               'rounds': rounds, 'cases': results, 'build': build}
     os.makedirs(out, exist_ok=True)

@@ -3,7 +3,7 @@ better memory format, ratios of medians. (No timing is asserted.)"""
 
 import numpy as np
 
-from devito_ml.benchmark import Case, _summary, interleaved
+from devito_ml.benchmark import COMPILED, Case, _functions, _summary, interleaved
 from devito_ml.machine_info import machine_summary
 from devito_ml.vector_width import LANES_VARIABLE, detected_lanes
 
@@ -27,6 +27,21 @@ def test_pytorch_is_taken_at_its_better_format():
     assert np.isclose(entry['ratio'], 0.25 / 0.11)
     assert np.isclose(entry['devito_ml_gflops'], 2e9 / 0.25 / 1e9)
     assert np.isclose(entry['torch_median_ms'], 110)
+
+
+def test_torch_compile_is_a_column_of_its_own_never_the_better_format():
+    compiled = object()
+    case = Case('step', 'ours', {'nchw': 'eager'}, compiled=compiled)
+    assert _functions(case) == {'devito_ml': 'ours', 'nchw': 'eager', COMPILED: compiled}
+    times = {'devito_ml': [0.2, 0.3, 0.25], 'nchw': [0.4, 0.5, 0.45],
+             COMPILED: [0.1, 0.12, 0.11]}
+    entry = _summary(case, times)
+    assert entry['torch_format'] == 'nchw'
+    assert np.isclose(entry['ratio'], 0.25 / 0.45)
+    assert np.isclose(entry['torch_compile_median_ms'], 110)
+    assert np.isclose(entry['ratio_to_compile'], 0.25 / 0.11)
+    assert 'ratio_to_compile' not in _summary(Case('conv', None, {}),
+                                              {'devito_ml': [1.0], 'nchw': [2.0]})
 
 
 def test_figures_name_the_machine_and_the_width_they_were_made_for(monkeypatch):
