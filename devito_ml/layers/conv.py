@@ -15,6 +15,7 @@ from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
                                          TiledTransposedCorrelation, TiledWeightGradient)
 from devito_ml.layers.correlation import (Correlation, TransposedCorrelation,
                                           WeightCorrelation)
+from devito_ml.layers.weight_columns import ColumnWeightGradient
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
@@ -26,7 +27,9 @@ __all__ = ['Conv']
 LANE_FILL = 0.75
 """Least share of their vector lanes that register-tiled channels must fill."""
 TILED_WEIGHT_GRADIENT_MAX_BYTES = 64 << 20
-"""Largest per-sample partial sums of a tiled weight gradient (above: the ``Inc``)."""
+"""Largest per-sample partial sums of a tiled weight gradient (above: the columns)."""
+COLUMN_WEIGHT_GRADIENT_MAX_BYTES = 256 << 20
+"""Largest tap columns of a weight gradient as matrix products (above: the ``Inc``)."""
 
 
 def fills_lanes(channels):
@@ -240,12 +243,18 @@ class Conv(WeightedLayer):
             kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], yk)
             self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
                                                    (r, q, c, k))
-            self.weight_gradient_tiles = None
+            self.weight_gradient_tiles = self.weight_gradient_columns = None
+            columns = ColumnWeightGradient.shape_for(c, k, self.dtype)
+            column_bytes = r * q * n * oh * ow * c * np.dtype(self.dtype).itemsize
             if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
                                         TILED_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_tiles = TiledWeightGradient(
                     f"{self.name}_dW", self.forward_tiles, self.dim('dW_tile_n', n), n, k,
                     (oh, ow), (r, q), self.dilation)
+            elif columns and column_bytes <= COLUMN_WEIGHT_GRADIENT_MAX_BYTES:
+                self.weight_gradient_columns = ColumnWeightGradient(
+                    f"{self.name}_dWcol", self.forward_tiles, self.batch_dim, n, k,
+                    (oh, ow), (r, q), self.dilation, columns)
             else:
                 self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
         if self.input_gradient_channels_last:
@@ -341,6 +350,8 @@ class Conv(WeightedLayer):
         """
         n, gh, gw, yk = self.dz_cl_dims
         dz = correlation.gradient
+        if self.weight_gradient_columns is not None:
+            return self._weight_gradient_equations_columns(correlation)
         if self.weight_gradient_tiles is not None:
             return [Eq(self.weight_gradient_tiles.gradient_at(n, gh, gw, yk),
                        dz[n, yk, gh, gw], implicit_dims=IgnoreDimSort((n, gh, gw, yk)))
@@ -380,6 +391,16 @@ class Conv(WeightedLayer):
                 implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, m, yk))),
             Eq(correlation.target[k, c, self.ky, self.kx], dw[self.ky, self.kx, c, k],
                implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx)))]
+
+    def _weight_gradient_equations_columns(self, correlation):
+        """dW as one matrix product a tap over the whole batch
+        (``weight_columns.py``): wide layers whose per-sample partial sums do not
+        fit."""
+        columns, dz = self.weight_gradient_columns, correlation.gradient
+        dw = correlation.target
+        return columns.copies(lambda n, k, y, x: dz[n, k, y, x]) + \
+            columns.equations() + \
+            [columns.gradient_equation(lambda k, c, ky, kx: dw[k, c, ky, kx])]
 
     def _input_gradient_equations(self, correlation):
         """dx as a gather, register-tiled channels last: one tiled correlation a

@@ -1,0 +1,65 @@
+"""Wide convolutions whose per-sample partial sums do not fit compute the weight
+gradient as one register-tiled matrix product a tap over the whole batch
+(``layers/weight_columns.py``), and agree with PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+from devito_ml.layers import conv as conv_module
+from devito_ml.layers.conv import Conv
+from devito_ml.layers.weight_columns import column_tile_shape
+from devito_ml.vector_width import vector_registers
+from reference import compare_layer
+
+
+@pytest.fixture
+def no_room_for_partial_sums(monkeypatch):
+    """Every tiled weight gradient's partial sums 'too large': what ResNet-50's
+    layers of 256-2048 channels meet at batch 32, at test sizes."""
+    monkeypatch.setattr(conv_module, 'TILED_WEIGHT_GRADIENT_MAX_BYTES', 0)
+
+
+@pytest.mark.parametrize('kernels, channels, kernel, stride, padding, dilation, dtype', [
+    (16, 12, 3, 1, 1, 1, np.float64),
+    (32, 16, 3, 2, 1, 1, np.float32),
+    (16, 8, 1, 1, 0, 1, np.float64),      # 1x1: one tap, parallel over channel tiles
+    (16, 10, 3, 2, 2, 2, np.float64)])    # strided and dilated
+def test_wide_weight_gradient_as_tap_products_matches_torch(
+        kernels, channels, kernel, stride, padding, dilation, dtype, rng,
+        no_room_for_partial_sums):
+    layer = Conv((kernels, kernel, kernel), (4, channels, 9, 7), stride=stride,
+                 padding=padding, dilation=dilation, dtype=dtype, seed=0)
+
+    def module():
+        return torch.nn.Conv2d(channels, kernels, kernel, stride=stride,
+                               padding=padding, dilation=dilation)
+    compare_layer(layer, module(), rng)
+    assert layer.weight_gradient_columns is not None
+    # a smaller last batch after a full one: the products read zeros past it
+    compare_layer(layer, module(), rng, batch=3)
+    assert 'atomic' not in layer.backward_operator.code
+
+
+def test_tap_products_at_every_vector_width(width, rng, no_room_for_partial_sums):
+    layer = Conv((32, 3, 3), (3, 16, 6, 6), padding=1, dtype=np.float32, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(16, 32, 3, padding=1), rng)
+    assert layer.weight_gradient_columns is not None
+
+
+def test_without_room_for_columns_either_the_weight_gradient_accumulates(
+        rng, no_room_for_partial_sums, monkeypatch):
+    monkeypatch.setattr(conv_module, 'COLUMN_WEIGHT_GRADIENT_MAX_BYTES', 0)
+    layer = Conv((16, 3, 3), (2, 8, 6, 6), padding=1, dtype=np.float64, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(8, 16, 3, padding=1), rng)
+    assert layer.weight_gradient_columns is None and layer.weight_gradient_tiles is None
+
+
+def test_column_tiles_divide_the_channels_and_fit_the_registers(width):
+    for channels, blocks in [(64, 4), (256, 16), (512, 32), (96, 6), (2048, 128),
+                             (3, 1), (7, 2)]:
+        a, b = column_tile_shape(channels, blocks)
+        assert channels % a == 0 and blocks % b == 0
+        assert a * b + b + 1 <= vector_registers()
+    assert np.prod(column_tile_shape(256, 16)) >= 8    # two FMA units, 4 cycles each
+    assert column_tile_shape(1, 1) is None              # one accumulator: no tile
