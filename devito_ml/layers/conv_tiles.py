@@ -95,6 +95,30 @@ def correlation_reach(dtype, outputs, out_size, taps, stride):
             (columns - 1) * stride[1] + max(t[1] for t in taps) + 1)
 
 
+ALIASING_BYTES = 1024
+"""Pixel strides of a whole multiple of this many bytes get a cache line more."""
+
+
+def unaliased_stride(entries, dtype):
+    """The stride of rows of ``entries`` that a tile reads several of at once: the
+    entries, and one cache line more where they span a whole multiple of
+    ``ALIASING_BYTES``.
+
+    The L1 cache indexes lines by address modulo 4 KiB: with strides of 1-4 KiB
+    (a pixel of 256-1024 float32 channels, a tap of the weights) the lines a tile
+    reads together fall into one or two sets and evict one another. Measured on a
+    512->512 3x3 convolution of 4x4 maps (AMD EPYC Zen 4, 8 lanes), forward:
+    38 ms with the weights' taps 1 MiB apart, 25-29 ms a cache line further.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    if (entries * itemsize) % ALIASING_BYTES == 0:
+        return entries + CACHE_LINE_BYTES // itemsize
+    return entries
+
+
+CACHE_LINE_BYTES = 64
+
+
 def tap_grid(taps):
     """``((rows, first row, row step), (columns, first column, column step))`` when
     ``taps`` lists a grid row by row, ``(first row + u * row step, first column + v
@@ -146,6 +170,7 @@ class TiledCorrelation:
                  stride, source_size, source=None):
         self.name, self.dtype = name, np.dtype(dtype)
         self.channels, self.outputs, self.taps = channels, outputs, list(taps)
+        self.pixel = unaliased_stride(channels, dtype)
         self.stride = tuple(stride)
         self.lanes = vector_lanes(self.dtype)
         blocks = -(-outputs // self.lanes)
@@ -167,9 +192,10 @@ class TiledCorrelation:
             self.source_rows = round_up(max(source_size[0], reach_rows), sy)
             self.source_columns = round_up(max(source_size[1], reach_columns), sx)
             # a row past the end: the weight gradient's tiles read whole rows a tap
-            size = (batch * self.source_rows + 1) * self.source_columns * channels
+            size = (batch * self.source_rows + 1) * self.source_columns * self.pixel
             self.source = flat_tensor(f"{name}_src", f"{name}_si", size, dtype)
-        size = len(self.taps) * channels * self.padded_outputs
+        self.tap_stride = unaliased_stride(channels * self.padded_outputs, dtype)
+        size = len(self.taps) * self.tap_stride
         self.weights = flat_tensor(f"{name}_wts", f"{name}_wi", size, dtype)
         # the target on the batch and row loops themselves: Devito then proves them
         # parallel (flat, it parallelised only the tile loop, a region a row)
@@ -182,11 +208,11 @@ class TiledCorrelation:
     def source_at(self, n, row, column, channel):
         """The source at (sample, row, column, channel)."""
         return self.source[((n * self.source_rows + row) * self.source_columns + column)
-                           * self.channels + channel]
+                           * self.pixel + channel]
 
     def weight_at(self, tap, channel, output):
         """The weight of tap number ``tap`` from ``channel`` to ``output``."""
-        return self.weights[(tap * self.channels + channel) * self.padded_outputs
+        return self.weights[tap * self.tap_stride + channel * self.padded_outputs
                             + output]
 
     def target_at(self, n, row, column, output):
@@ -298,7 +324,7 @@ class TiledWeightGradient:
                  dilation):
         self.name, self.correlation = name, correlation
         self.dtype, self.lanes = correlation.dtype, correlation.lanes
-        self.channels = correlation.channels
+        self.channels, self.pixel = correlation.channels, correlation.pixel
         blocks = -(-outputs // self.lanes)
         self.tile_channels, self.tile_blocks = gradient_tile_shape(self.channels,
                                                                    blocks)
@@ -326,7 +352,7 @@ class TiledWeightGradient:
             self.phases = None   # the correlation's source is the one phase
         else:
             # per sample, a row of slack: the last taps read past their plane
-            size = (sy * sx * self.phase_rows + 1) * self.width * self.channels
+            size = (sy * sx * self.phase_rows + 1) * self.width * self.pixel
             self.phases = tensor(f"{name}_phs",
                                  (batch_dim, literal_extent(f"{name}_hi", size)),
                                  (batch, size), self.dtype)
@@ -373,13 +399,13 @@ class TiledWeightGradient:
         """Offset in a sample's phases of (row, column) of phase plane (a, b)."""
         sy, sx = self.stride
         plane = phase_row * sx + phase_column
-        return ((plane * self.phase_rows + row) * self.width + column) * self.channels
+        return ((plane * self.phase_rows + row) * self.width + column) * self.pixel
 
     def _source_at(self, n, offset):
         """The source of sample ``n`` at ``offset`` in its phases."""
         if self.phases is None:
             correlation = self.correlation
-            sample = correlation.source_rows * correlation.source_columns * self.channels
+            sample = correlation.source_rows * correlation.source_columns * self.pixel
             return correlation.source[n * sample + offset]
         return self.phases[n, offset]
 
@@ -425,7 +451,7 @@ class TiledWeightGradient:
             k = (block * self.tile_blocks + b) * lanes + lane
             c = tile * self.tile_channels + i
             first = self.tap_offsets[tap_row, tap_group * self.tile_taps + j]
-            term = (self._source_at(n, first + position * self.channels + c),
+            term = (self._source_at(n, first + position * self.pixel + c),
                     self.gradient[(n * self.rows * self.width + position)
                                   * self.padded_outputs + k])
             eqs.append(Eq(acc[j, i, b], DefFunction(fma, term + (acc[j, i, b],)),
@@ -505,7 +531,8 @@ class TiledTransposedCorrelation:
         size = (max([grad_size[0] + self.origin[0]] + [r[0] for r in reaches]),
                 max([grad_size[1] + self.origin[1]] + [r[1] for r in reaches]))
         rows_total = batch * size[0] + 1   # a row of slack, like a correlation's own
-        length = rows_total * size[1] * channels
+        self.pixel = unaliased_stride(channels, dtype)
+        length = rows_total * size[1] * self.pixel
         self.source = flat_tensor(f"{name}_src", f"{name}_si", length, dtype)
         self.source_rows, self.source_columns = size
         self.phases = []
@@ -520,7 +547,7 @@ class TiledTransposedCorrelation:
         """Where the gradient at (sample, row, column, channel) goes in the source."""
         row, column = row + self.origin[0], column + self.origin[1]
         return self.source[((n * self.source_rows + row) * self.source_columns + column)
-                           * self.channels + channel]
+                           * self.pixel + channel]
 
     def equations(self):
         """Every phase's tiled loop nest."""
