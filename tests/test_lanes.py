@@ -21,7 +21,7 @@ from devito_ml.layers.conv import Conv
 from devito_ml.layers.conv_tiles import (MAX_TILE_COLUMNS, TiledCorrelation,
                                          TiledWeightGradient, gradient_tile_shape,
                                          tap_grid, tile_shape)
-from devito_ml.vector_width import vector_registers
+from devito_ml.vector_width import LANES_VARIABLE, vector_registers
 
 
 def test_pinned_devito_version():
@@ -185,6 +185,26 @@ def test_tile_fits_the_registers(width):
     assert columns * blocks + blocks + 1 <= vector_registers() - 2
     assert columns * blocks >= 8     # enough independent multiply-adds in flight
     assert tile_shape(1, 3) == (3, 1)
+
+
+@pytest.mark.parametrize('columns', [4, 8, 16, 32, 28, 14, 7])
+def test_tiles_fit_the_registers_on_every_map_width(columns, width):
+    for blocks in (1, 2, 4, 32):
+        tile_columns, tile_blocks = tile_shape(blocks, columns)
+        assert tile_columns <= columns and tile_blocks <= blocks
+        assert tile_columns * tile_blocks + tile_blocks + 1 <= vector_registers() - 2
+
+
+def test_with_16_registers_tiles_pad_no_columns_where_a_full_tile_divides_them(
+        monkeypatch):
+    """ResNet's 8x8 and 16x16 maps: 5 columns (the widest of two blocks) padded
+    8 to 10 and 16 to 20; one block of 8 columns pads none and ran 1.2x faster
+    (256->256 3x3 on 8x8: 138 -> 164 GFLOP/s, 8 lanes)."""
+    monkeypatch.setenv(LANES_VARIABLE, '8')
+    assert tile_shape(32, 8) == (8, 1)
+    assert tile_shape(16, 16) == (8, 1)
+    assert tile_shape(8, 28) == (5, 2)       # 30 columns for 28, 32 with 8
+    assert tile_shape(64, 4) == (4, 2)       # no wider tile fits 4 columns
 
 
 def test_tiles_of_few_blocks_stay_narrow_whatever_registers_are_left(width):

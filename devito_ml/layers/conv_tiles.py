@@ -49,23 +49,46 @@ MAX_TILE_COLUMNS = 8
 """Widest tile, in output columns, whatever registers are left."""
 
 
+FULL_TILE = 10
+"""Accumulators from which a tile of 16 registers runs at its best; below, in
+proportion (8x1 ran at 0.8-0.9 of 5x2 on maps where neither pads columns)."""
+
+
 def tile_shape(blocks, columns):
     """``(tile columns, tile blocks)`` for ``blocks`` lane blocks over ``columns``.
 
     The tile, one weight vector a block and one broadcast input fit the
     registers with two to spare, and it is at most ``MAX_TILE_COLUMNS`` wide.
-    Measured on 32->64 channels 3x3 with 8 lanes, a 5x2 tile ran at 138 GFLOP/s,
-    6x2 (spilling) at 85, 8x1 at 110. With 32 registers and 16 lanes (AMD EPYC
-    Zen 4 scheduled as AVX-512), tiles of one or two blocks filled them with 13
-    or 28 columns and ran far slower than at 8: the input gradient of 32->64
-    channels 2.0-2.2x PyTorch at 13 columns, 1.4-1.5x at 8 (stride 2: 2.3-2.7x,
-    1.3-1.4x), 16->16 channels 1.8-2.3x, 1.4-1.5x; 6 and 10 columns no better.
+
+    With 16 registers, of the tiles of one or two blocks, the one with the least
+    padded work (columns and blocks rounded up to whole tiles) per
+    ``FULL_TILE`` accumulators; ties go to one block. Measured on 8 lanes (AMD
+    EPYC Zen 4), 3x3 forward, GFLOP/s: 32->64 on 28x28, 5x2 138, 6x2 (spilling)
+    85, 8x1 110 (32 columns for 28); 256->256 on 8x8, 5x2 (10 columns for 8)
+    138, 8x1 164, 4x2 131; 128->128 on 16x16, 5x2 143, 8x1 166; 64->64 on 32x32,
+    5x2 134, 8x1 136, 4x2 117; 512->512 on 4x4, 4x2 104, 4x1 78.
+
+    With 32 registers and 16 lanes (AMD EPYC Zen 4 scheduled as AVX-512), tiles
+    of one or two blocks filled them with 13 or 28 columns and ran far slower
+    than at 8: the input gradient of 32->64 channels 2.0-2.2x PyTorch at 13
+    columns, 1.4-1.5x at 8 (stride 2: 2.3-2.7x, 1.3-1.4x), 16->16 channels
+    1.8-2.3x, 1.4-1.5x; 6 and 10 columns no better. There, up to four blocks and
+    as many columns as fit.
     """
     budget = vector_registers() - 3
-    tile_blocks = min(blocks, 2 if vector_registers() == 16 else 4)
-    tile_columns = max(1, min(columns, (budget - tile_blocks) // tile_blocks,
-                              MAX_TILE_COLUMNS))
-    return tile_columns, tile_blocks
+    if vector_registers() > 16:
+        tile_blocks = min(blocks, 4)
+        return (max(1, min(columns, (budget - tile_blocks) // tile_blocks,
+                           MAX_TILE_COLUMNS)), tile_blocks)
+    shapes = [(c, b) for b in range(1, min(blocks, 2) + 1)
+              for c in range(1, min(columns, MAX_TILE_COLUMNS) + 1)
+              if c * b + b <= budget]
+
+    def cost(shape):
+        c, b = shape
+        work = round_up(columns, c) * round_up(blocks, b)
+        return work * FULL_TILE / min(c * b, FULL_TILE), b
+    return min(shapes, key=cost)
 
 
 def literal_extent(name, size):
