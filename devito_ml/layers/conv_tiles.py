@@ -452,15 +452,25 @@ class TiledWeightGradient:
         return self.phases[n, offset]
 
     def phase_equations(self):
-        """Copy the correlation's source into stride phases (none at stride 1)."""
+        """Copy the correlation's source into stride phases (none at stride 1):
+        all of them, or only those some tap reads (a 1x1 kernel of stride 2
+        reads one of four)."""
         if self.phases is None:
             return []
         (sy, sx), name, n = self.stride, self.name, self.batch_dim
-        a = literal_extent(f"{name}_phase_h0", sy)
-        b = literal_extent(f"{name}_phase_w0", sx)
+        (dy, dx) = self.dilation
+        read = sorted({(i * dy % sy, j * dx % sx) for i in range(self.kernel[0])
+                       for j in range(self.kernel[1])})
         row = literal_extent(f"{name}_phase_h", self.phase_rows)
         column = literal_extent(f"{name}_phase_w", self.width)
         c = literal_extent(f"{name}_phase_c", self.channels)
+        if len(read) < sy * sx:
+            return [Eq(self.phases[n, self._phase_offset(a, b, row, column) + c],
+                       self.correlation.source_at(n, row * sy + a, column * sx + b, c),
+                       implicit_dims=IgnoreDimSort((n, row, column, c)))
+                    for a, b in read]
+        a = literal_extent(f"{name}_phase_h0", sy)
+        b = literal_extent(f"{name}_phase_w0", sx)
         return [Eq(self.phases[n, self._phase_offset(a, b, row, column) + c],
                    self.correlation.source_at(n, row * sy + a, column * sx + b, c),
                    implicit_dims=IgnoreDimSort((n, a, b, row, column, c)))]
