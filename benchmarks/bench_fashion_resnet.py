@@ -15,17 +15,13 @@ import os
 os.environ.setdefault("DEVITO_LOGGING", "WARNING")  # before Devito is imported
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
-import torch_models  # noqa: E402
-
 from devito_ml.data import Batches, load_mnist  # noqa: E402
-from devito_ml.interop import torch_state_dict  # noqa: E402
+from devito_ml.interop import torch_models, torch_state_dict  # noqa: E402
 from devito_ml.models import resnet  # noqa: E402
 from devito_ml.optim import Adam  # noqa: E402
 from devito_ml.training import cosine_schedule, evaluate, fit  # noqa: E402

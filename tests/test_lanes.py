@@ -12,11 +12,14 @@ import sys
 import devito
 import numpy as np
 import pytest
+import torch
 from devito.core import Cpu64AdvOmpOperator, Intel64AdvOmpOperator
 from devito.operator.operator import Operator
 from devito.passes.iet.parpragma import PragmaSimdTransformer
 
-from devito_ml import compiled, lanes
+from devito_ml import FullyConnected, Flat, Net, ReLU, compiled, lanes
+from devito_ml.interop import to_torch, torch_state_dict
+from devito_ml.optim import SGD
 from devito_ml.layers.conv import Conv
 from devito_ml.layers.conv_tiles import (MAX_TILE_COLUMNS, TiledCorrelation,
                                          TiledWeightGradient, gradient_tile_shape,
@@ -230,5 +233,30 @@ def test_on_maps_narrower_than_a_tile_blocks_of_outputs_run_outermost(
     monkeypatch.setenv(LANES_VARIABLE, '8')
     layer = Conv((64, 3, 3), (2, 32, size, size), padding=1, generate_code=True)
     code = layer.forward_operator.code
-    order = loop_order(code, ['conv_fwd_k_block', 'conv_tile_n', 'conv_fwd_h'])
+    batch = layer.forward_tiles.batch_dim.name
+    order = loop_order(code, ['conv_fwd_k_block', batch, 'conv_fwd_h'])
     assert (order[0] == 'conv_fwd_k_block') == blocks_first
+
+
+def test_blocks_outermost_in_a_fused_train_step(monkeypatch, rng):
+    """The forward tiles of a narrow map order blocks before samples, the input
+    gradient's samples before blocks: on one batch Dimension the fused train
+    operator's loop order was cyclic (Devito refused to lower it)."""
+    monkeypatch.setenv(LANES_VARIABLE, '8')
+    net = Net([Conv((16, 3, 3), padding=1, activation=ReLU()),
+               Conv((16, 3, 3), padding=1), Flat(), FullyConnected(3)],
+              dtype=np.float64, seed=0, batch_size=2, input_shape=(8, 6, 6))
+    assert net.layers[1].forward_tiles.blocks_outside
+    x = rng.standard_normal(net.input_size)
+    labels = np.array([0, 2])
+    twin = to_torch(net)
+    optimizer = SGD(net, lr=0.1, momentum=0.9)
+    net.train_step(x, labels, optimizer)
+    torch_optimizer = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)),
+                                      torch.from_numpy(labels)).backward()
+    torch_optimizer.step()
+    ours, theirs = torch_state_dict(net), twin.state_dict()
+    assert len(ours) == len(theirs)
+    for value, reference in zip(ours.values(), theirs.values()):
+        np.testing.assert_allclose(value, reference.numpy(), rtol=1e-10, atol=1e-12)

@@ -35,7 +35,7 @@ from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.lanes import LaneDimension, LiteralDimension, UnrolledDimension
-from devito_ml.symbolics import tensor
+from devito_ml.symbolics import tap_dimension, tensor
 from devito_ml.vector_width import vector_lanes, vector_registers
 
 __all__ = ['TiledCorrelation', 'TiledTransposedCorrelation', 'TiledWeightGradient',
@@ -225,6 +225,12 @@ class TiledCorrelation:
         self.weights = flat_tensor(f"{name}_wts", f"{name}_wi", size, dtype)
         # the target on the batch and row loops themselves: Devito then proves them
         # parallel (flat, it parallelised only the tile loop, a region a row)
+        if self.blocks_outside:
+            # a batch loop of its own: inside the blocks here, outermost in the
+            # nests that share the caller's (ordered both ways, one Dimension made
+            # a fused train operator's loop order cyclic); bounded by the active
+            # batch like every Dimension named `*_n`
+            batch_dim = tap_dimension(f"{name}_tile_n", batch)
         self.batch_dim, self.row = batch_dim, literal_extent(f"{name}_h", self.rows)
         size = self.columns * self.padded_outputs
         self.target = tensor(f"{name}_acc", (batch_dim, self.row,
