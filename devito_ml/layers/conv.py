@@ -245,13 +245,13 @@ class Conv(WeightedLayer):
                                                    (r, q, c, k))
             self.weight_gradient_tiles = self.weight_gradient_columns = None
             columns = ColumnWeightGradient.shape_for(c, k, self.dtype)
-            column_bytes = r * q * n * oh * ow * c * np.dtype(self.dtype).itemsize
             if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
                                         TILED_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_tiles = TiledWeightGradient(
                     f"{self.name}_dW", self.forward_tiles, self.dim('dW_tile_n', n), n, k,
                     (oh, ow), (r, q), self.dilation)
-            elif columns and column_bytes <= COLUMN_WEIGHT_GRADIENT_MAX_BYTES:
+            elif columns and ColumnWeightGradient.fits(
+                    n, r * q, c, (oh, ow), self.dtype, COLUMN_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_columns = ColumnWeightGradient(
                     f"{self.name}_dWcol", self.forward_tiles, self.batch_dim, n, k,
                     (oh, ow), (r, q), self.dilation, columns)

@@ -81,8 +81,6 @@ class ColumnWeightGradient:
         self.kernel, self.dilation = tuple(kernel), tuple(dilation)
         self.taps = self.kernel[0] * self.kernel[1]
         self.positions = batch * self.rows * self.columns
-        itemsize = np.dtype(self.dtype).itemsize
-        self.column_bytes = self.taps * self.positions * self.channels * itemsize
         self.packed_columns = flat_tensor(
             f"{name}_cols", f"{name}_colsi",
             self.taps * self.positions * self.channels, self.dtype)
@@ -96,6 +94,12 @@ class ColumnWeightGradient:
         self.result = tensor(f"{name}_dW", (self.tile, self.tap, entries),
                              (self.channels // self.tile_channels, self.taps,
                               self.tile_channels * outputs), self.dtype)
+
+    @staticmethod
+    def fits(batch, taps, channels, out_size, dtype, max_bytes):
+        """Whether the tap columns for these sizes fit in ``max_bytes``."""
+        size = batch * taps * channels * out_size[0] * out_size[1]
+        return size * np.dtype(dtype).itemsize <= max_bytes
 
     @staticmethod
     def shape_for(channels, outputs, dtype):
