@@ -4,6 +4,7 @@ operators, and runs them."""
 import functools
 import os
 import re
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -121,7 +122,7 @@ class Net:
         self._forward_operators = {}
         self._backward_operators = {}
         self._evaluation_operators = {}
-        self._train_operators = {}
+        self._train_operators = weakref.WeakKeyDictionary()
 
     # -- construction ------------------------------------------------------------------
 
@@ -517,8 +518,11 @@ class Net:
     def train_operator(self, optimizer, loss=None):
         """Forward, backward and ``optimizer``'s update fused in one operator."""
         loss = self._bound_loss(loss)
-        key = (id(optimizer), loss.name)
-        if key not in self._train_operators:
+        # by the optimizer itself, held weakly: an entry goes with its optimizer (an
+        # id could be taken over by a new optimizer, which then ran on the old one's
+        # moments and step count)
+        operators = self._train_operators.setdefault(optimizer, {})
+        if loss.name not in operators:
             if optimizer.net is not self:
                 raise ValueError(f"Net `{self.name}`: the optimizer was built for "
                                  f"another net, `{optimizer.net.name}`")
@@ -535,10 +539,11 @@ class Net:
                             functools.partial(self._train_backward, loss, optimizer,
                                               segment, layers), segment)
                            for (layers, suffix), segment in reversed(parts)]
-            self._train_operators[key] = optimizer.attach(self._chain(
+            operator = optimizer.attach(self._chain(
                 self._operator_name(f"train_{optimizer.name}", loss), pieces,
                 f"train_{optimizer.name}", context=[loss], optimizer=optimizer))
-        return self._train_operators[key]
+            operators[loss.name] = operator
+        return operators[loss.name]
 
     def _train_backward(self, loss, optimizer, segment, layers):
         return self.backward_equations(loss, True, segment) + optimizer.equations(layers)
@@ -849,7 +854,9 @@ class Net:
     def _built(self):
         """Every operator built so far."""
         return [*self._forward_operators.values(), *self._backward_operators.values(),
-                *self._evaluation_operators.values(), *self._train_operators.values()]
+                *self._evaluation_operators.values(),
+                *(operator for operators in list(self._train_operators.values())
+                  for operator in operators.values())]
 
     def call_map(self, chains=None):
         """Which kernel each operator calls, in the order they run, and the layers

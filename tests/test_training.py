@@ -1,15 +1,17 @@
 """Training end to end: determinism, resuming bit for bit, atomic checkpoints."""
 
+import builtins
 import os
 
 import numpy as np
 import pytest
 
+import devito_ml.net
 import devito_ml.training as training
 import devito_ml.progress as progress
 from devito_ml.data import digits_split
 from devito_ml.models import lenet5
-from devito_ml.optim import SGD, Adam
+from devito_ml.optim import SGD, Adam, Optimizer
 from devito_ml.training import History, evaluate, fit, load_checkpoint
 
 
@@ -51,6 +53,23 @@ def test_resuming_continues_bit_for_bit(net, data, tmp_path):
         assert resumed[key] == straight[key], key
     for name, value in net.state_dict().items():
         assert np.array_equal(value, final[name]), name
+
+
+def test_each_new_optimizer_starts_from_its_own_state(net, data, monkeypatch):
+    """A new optimizer runs on its own zero moments and step count, even where it
+    has the id of an earlier one (CPython gives a freed object's address to the next
+    of its size; here every optimizer has one id, so that it happens every time)."""
+    def same_id_for_optimizers(obj):
+        return 0 if isinstance(obj, Optimizer) else builtins.id(obj)
+    monkeypatch.setattr(devito_ml.net, 'id', same_id_for_optimizers, raising=False)
+    (x, y), _ = data
+    after_one_step = []
+    for _ in range(2):
+        optimizer = Adam(fresh(net), lr=2e-3)
+        net.train_step(x[:32], y[:32], optimizer)
+        after_one_step.append(net.state_dict())
+    for name, value in after_one_step[1].items():
+        assert np.array_equal(value, after_one_step[0][name]), name
 
 
 def test_a_crash_while_saving_leaves_the_old_checkpoint(net, data, tmp_path,
