@@ -15,6 +15,7 @@ from devito.arch.compiler import GNUCompiler, compiler_registry
 from devito.data.allocators import PosixAllocator
 
 from devito_ml import compiler
+from devito_ml.vector_width import LANES_VARIABLE, SUPPORTED_LANES
 from devito_ml.compiler import (AsanGnuCompiler, GnuCompiler, clear_stale_lock,
                                 sanitizer_environment)
 
@@ -54,6 +55,17 @@ def test_operators_are_compiled_with_nan_semantics():
     assert '-fno-finite-math-only' in built.cflags
     assert '-g' not in built.cflags and '-O3' in built.cflags     # no debug information
     assert built.get_jit_dir() != GNUCompiler().get_jit_dir()   # a cache per flags
+
+
+@pytest.mark.parametrize('lanes', SUPPORTED_LANES)
+def test_gcc_vectorises_at_the_width_the_schedules_are_made_for(lanes, monkeypatch):
+    monkeypatch.setenv(LANES_VARIABLE, str(lanes))
+    monkeypatch.delenv('CFLAGS', raising=False)
+    flags = GnuCompiler().cflags
+    assert f"-mprefer-vector-width={32 * lanes}" in flags
+    assert flags.index('-mprefer-vector-width=%d' % (32 * lanes)) > flags.index('-O3')
+    monkeypatch.setenv('CFLAGS', '-mprefer-vector-width=128')      # a user's flag wins
+    assert GnuCompiler().cflags[-1] == '-mprefer-vector-width=128'
 
 
 def test_a_lock_held_open_is_kept_and_a_stale_one_removed(tmp_path):

@@ -115,6 +115,22 @@ def test_max_pooling_propagates_nan_as_torch(kernel):
     assert np.isnan(y[0, 0, 0, 0])
 
 
+@pytest.mark.parametrize('kernel', [2, 3, 8], ids=['unrolled2', 'unrolled3', 'looped'])
+def test_max_pooling_routes_non_finite_gradients_to_the_first_maximum_only(kernel):
+    """An infinite or NaN output gradient goes to the window's first maximum (ties
+    included) and nowhere else: the other taps get 0, not inf * 0."""
+    pool = MaxPooling(kernel_size=kernel, input_size=(2, 2, 8, 8), dtype=np.float64)
+    x = np.random.default_rng(1).integers(-2, 3, (2, 2, 8, 8)).astype(np.float64)
+    y = pool.forward(x)
+    upstream = np.random.default_rng(2).standard_normal(y.shape)
+    upstream.flat[::3] = np.inf
+    upstream.flat[1::3] = np.nan
+    dx = pool.backward(upstream)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    torch.nn.functional.max_pool2d(x_torch, kernel).backward(torch.from_numpy(upstream))
+    np.testing.assert_array_equal(dx, x_torch.grad.numpy())
+
+
 ADAPTIVE = [((2, 3, 1, 1), (7, 7)),    # VGG's pool on a 1x1 map: every output repeats
             ((1, 2, 5, 5), (2, 2)),    # overlapping windows of 3
             ((2, 2, 6, 4), (6, 6)),    # a map smaller than the output in one axis
