@@ -123,6 +123,7 @@ class Net:
         self._backward_operators = {}
         self._evaluation_operators = {}
         self._train_operators = weakref.WeakKeyDictionary()
+        self._latest_optimizer = None
 
     # -- construction ------------------------------------------------------------------
 
@@ -520,8 +521,11 @@ class Net:
         loss = self._bound_loss(loss)
         # by the optimizer itself, held weakly: an entry goes with its optimizer (an
         # id could be taken over by a new optimizer, which then ran on the old one's
-        # moments and step count)
+        # moments and step count); the latest optimizer is held, so that its
+        # operator stays among those built (`write_code` after
+        # `train_operator(Adam(net))`)
         operators = self._train_operators.setdefault(optimizer, {})
+        self._latest_optimizer = optimizer
         if loss.name not in operators:
             if optimizer.net is not self:
                 raise ValueError(f"Net `{self.name}`: the optimizer was built for "
