@@ -30,6 +30,7 @@ import ctypes
 import glob
 import hashlib
 import os
+import platform
 import tempfile
 import subprocess
 import time
@@ -108,7 +109,7 @@ class GnuCompiler(GNUCompiler):
     could hide behind a finite output. ``-fno-finite-math-only`` keeps the other
     fast-math licences (reassociation for vector reductions) and IEEE NaN/Inf.
 
-    gcc vectorises at the width the schedules are made for
+    gcc vectorises at the width the schedules are made for on x86
     (``-mprefer-vector-width``, from :func:`~devito_ml.vector_width.float32_lanes`):
     on an AMD EPYC Zen 4, scheduled at 8 lanes, ``-march=native`` otherwise picks
     16, and a loop of 14 (a 28-wide map pooled) then never fills a vector (2x2 max
@@ -123,8 +124,7 @@ class GnuCompiler(GNUCompiler):
         # as Devito's default (custom) compiler: the environment's flags too
         extra_c, extra_ld = (os.environ.get(k, '').split() for k in ('CFLAGS', 'LDFLAGS'))
         self.cflags = [f for f in self.cflags if f not in self.DROPPED] + \
-            ['-fno-finite-math-only', f"-mprefer-vector-width={32 * float32_lanes()}"] \
-            + extra_c      # last: a user's flags win
+            ['-fno-finite-math-only'] + vector_width_flags() + extra_c   # a user's last
         self.ldflags = self.ldflags + extra_ld
 
     def _cache_name(self, kind):
@@ -141,6 +141,17 @@ class GnuCompiler(GNUCompiler):
     def jit_compile(self, soname, code):
         clear_stale_lock(os.path.join(self.get_codepy_dir(), soname[:7], 'lock'))
         return super().jit_compile(soname, code)
+
+
+X86 = ('x86_64', 'amd64', 'i386', 'i686')
+
+
+def vector_width_flags(machine=None):
+    """``-mprefer-vector-width`` at the schedules' width on x86 (``machine``:
+    ``platform.machine()`` by default); nothing elsewhere, where gcc has no such
+    flag."""
+    machine = (machine or platform.machine()).lower()
+    return [f"-mprefer-vector-width={32 * float32_lanes()}"] if machine in X86 else []
 
 
 def jit_folders():

@@ -68,6 +68,12 @@ def test_gcc_vectorises_at_the_width_the_schedules_are_made_for(lanes, monkeypat
     assert GnuCompiler().cflags[-1] == '-mprefer-vector-width=128'
 
 
+def test_no_x86_vector_flag_where_gcc_has_none():
+    assert compiler.vector_width_flags('aarch64') == []
+    assert compiler.vector_width_flags('ppc64le') == []
+    assert compiler.vector_width_flags('x86_64') != []
+
+
 def test_a_lock_held_open_is_kept_and_a_stale_one_removed(tmp_path):
     lock = tmp_path / 'lock'
     handle = os.open(lock, os.O_CREAT | os.O_WRONLY | os.O_EXCL)
