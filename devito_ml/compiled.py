@@ -6,12 +6,13 @@ size, through the kernel's call layout (:mod:`devito_ml.kernel_calls`), and then
 calls the compiled function directly.
 """
 
-import functools
-
 import collections
+import functools
+import os
 
 from devito_ml import compiler, kernel_calls, kernels, lanes, operator_cache
 from devito_ml.allocation import batched_allocation
+from devito_ml.vector_width import float32_lanes
 from devito_ml.kernel_calls import BATCH, is_batch_dimension  # noqa: F401 (layers')
 
 __all__ = ['KernelSource', 'CompiledOperator', 'lowered', 'build', 'forget_loaded',
@@ -308,8 +309,15 @@ def forget_loaded():
     _CALLS.clear()
 
 
-@functools.lru_cache(maxsize=None)
 def _flags(compiler_name):
+    """The flags of ``compiler_name``, as they are now: they follow the lanes of the
+    schedules and ``CFLAGS``/``LDFLAGS``, which may change within a process."""
+    return _flags_for(compiler_name, float32_lanes(), os.environ.get('CFLAGS', ''),
+                      os.environ.get('LDFLAGS', ''))
+
+
+@functools.lru_cache(maxsize=None)
+def _flags_for(compiler_name, lanes, cflags, ldflags):
     return compiler.compiler_flags(compiler_name)
 
 

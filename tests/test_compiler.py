@@ -4,6 +4,7 @@ locks, and the AddressSanitizer mode proven to catch an out-of-bounds read."""
 
 import inspect
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -66,6 +67,20 @@ def test_gcc_vectorises_at_the_width_the_schedules_are_made_for(lanes, monkeypat
     assert flags.index('-mprefer-vector-width=%d' % (32 * lanes)) > flags.index('-O3')
     monkeypatch.setenv('CFLAGS', '-mprefer-vector-width=128')      # a user's flag wins
     assert GnuCompiler().cflags[-1] == '-mprefer-vector-width=128'
+
+
+@pytest.mark.skipif(platform.machine().lower() not in compiler.X86,
+                    reason='the vector-width flag is for x86 only')
+def test_kernel_keys_hold_the_flags_of_the_lanes_in_use(monkeypatch):
+    """The lanes may change within a process (a test, a notebook): the flags in a
+    kernel's key follow them, as the compiler's do."""
+    from devito_ml.compiled import kernel_options
+    keys = {}
+    for lanes in (8, 16, 8):
+        monkeypatch.setenv(LANES_VARIABLE, str(lanes))
+        keys.setdefault(lanes, []).append(kernel_options()['flags'])
+    assert keys[8][0] == keys[8][1] != keys[16][0]
+    assert f"-mprefer-vector-width={32 * 16}" in keys[16][0]
 
 
 def test_no_x86_vector_flag_where_gcc_has_none():
