@@ -12,8 +12,8 @@ import os
 
 from devito_ml import compiler, kernel_calls, kernels, lanes, operator_cache
 from devito_ml.allocation import batched_allocation
-from devito_ml.vector_width import float32_lanes
 from devito_ml.kernel_calls import BATCH, is_batch_dimension  # noqa: F401 (layers')
+from devito_ml.vector_width import float32_lanes
 
 __all__ = ['KernelSource', 'CompiledOperator', 'lowered', 'build', 'forget_loaded',
            'OperatorChain', 'SyncPoint', 'split_at_sync_points']
