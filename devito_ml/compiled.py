@@ -318,6 +318,8 @@ def _flags(compiler_name):
 
 @functools.lru_cache(maxsize=None)
 def _flags_for(compiler_name, lanes, cflags, ldflags):
+    """:func:`compiler.compiler_flags`, remembered for each state of what they
+    depend on (the arguments after the name: the key, read by the compiler)."""
     return compiler.compiler_flags(compiler_name)
 
 

@@ -519,6 +519,9 @@ class Net:
     def train_operator(self, optimizer, loss=None):
         """Forward, backward and ``optimizer``'s update fused in one operator."""
         loss = self._bound_loss(loss)
+        if optimizer.net is not self:
+            raise ValueError(f"Net `{self.name}`: the optimizer was built for "
+                             f"another net, `{optimizer.net.name}`")
         # by the optimizer itself, held weakly: an entry goes with its optimizer (an
         # id could be taken over by a new optimizer, which then ran on the old one's
         # moments and step count); the latest optimizer is held, so that its
@@ -527,9 +530,6 @@ class Net:
         operators = self._train_operators.setdefault(optimizer, {})
         self._latest_optimizer = optimizer
         if loss.name not in operators:
-            if optimizer.net is not self:
-                raise ValueError(f"Net `{self.name}`: the optimizer was built for "
-                                 f"another net, `{optimizer.net.name}`")
             parts = list(zip(self.parts(), self._segments()))
             if len(parts) == 1:
                 pieces = [('', lambda: self.forward_equations(True)
