@@ -322,7 +322,6 @@ class Conv(WeightedLayer):
 
     def _tiled_forward(self, correlation):
         n, xh, xw, xc = self.cl_in_dims
-        yk = self.dz_cl_dims[3]
         _, k, y, x = self.out_dims
         (py, px), (_, q) = self.padding, self.kernel_size[1:]
         tiles = self.forward_tiles
@@ -333,9 +332,11 @@ class Conv(WeightedLayer):
         return [Eq(tiles.source_at(n, xh + py, xw + px, xc),
                    correlation.source[n, xc, xh, xw],
                    implicit_dims=IgnoreDimSort((n, xh, xw, xc))),
-                Eq(tiles.weight_at(self.ky * q + self.kx, xc, yk),
-                   correlation.kernel[yk, xc, self.ky, self.kx],
-                   implicit_dims=IgnoreDimSort((self.ky, self.kx, xc, yk)))] + \
+                *tiles.weight_equations(
+                    self.ky * q + self.kx,
+                    lambda channel, output: correlation.kernel[output, channel,
+                                                               self.ky, self.kx],
+                    (self.ky, self.kx))] + \
             tiles.equations() + \
             [Eq(correlation.target[n, k, y, x], correlation.activation.forward(value),
                 implicit_dims=IgnoreDimSort((n, k, y, x)))]
@@ -353,9 +354,9 @@ class Conv(WeightedLayer):
         if self.weight_gradient_columns is not None:
             return self._weight_gradient_equations_columns(correlation)
         if self.weight_gradient_tiles is not None:
-            return [Eq(self.weight_gradient_tiles.gradient_at(n, gh, gw, yk),
-                       dz[n, yk, gh, gw], implicit_dims=IgnoreDimSort((n, gh, gw, yk)))
-                    ] + self._weight_gradient_equations_tiled(correlation)
+            return self.weight_gradient_tiles.gradient_equations(
+                n, gh, gw, lambda output: dz[n, output, gh, gw]) + \
+                self._weight_gradient_equations_tiled(correlation)
         xc = self.cl_in_dims[3]
         _, yh, yw, _ = self.dz_cl.dimensions
         m = self.reduction_batch_dim
@@ -407,19 +408,16 @@ class Conv(WeightedLayer):
         stride phase (``conv_tiles.py``)."""
         n, ci = self.input_gradient_dims[:2]
         _, gh, gw, yk = self.dz_cl_dims
-        # the kernel's channels swapped, on loops of their own (the forward copy
-        # orders input channels first)
-        tk = self.dim('Wt_k', self.kernel_size[0])
-        tc = self.dim('Wt_c', self.input_size[1])
         transposed = self.input_gradient_tiles
         dz = correlation.gradient
         eqs = [Eq(transposed.source_at(n, gh, gw, yk), dz[n, yk, gh, gw],
                   implicit_dims=IgnoreDimSort((n, gh, gw, yk)))]
         for phase in transposed.phases:
             for t, (i, j) in enumerate(phase.kernel_taps):
-                eqs.append(Eq(phase.tiles.weight_at(t, tk, tc),
-                              correlation.kernel[tk, tc, i, j],
-                              implicit_dims=IgnoreDimSort((tk, tc))))
+                # the kernel's channels swapped
+                eqs += phase.tiles.weight_equations(
+                    t, lambda channel, output, i=i, j=j:
+                    correlation.kernel[channel, output, i, j])
         eqs += transposed.equations()
         (sy, sx) = self.stride
         for phase in transposed.phases:

@@ -35,7 +35,7 @@ from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.lanes import LaneDimension, LiteralDimension, UnrolledDimension
-from devito_ml.symbolics import tap_dimension, tensor
+from devito_ml.symbolics import Select, tap_dimension, tensor
 from devito_ml.vector_width import vector_lanes, vector_registers
 
 __all__ = ['TiledCorrelation', 'TiledTransposedCorrelation', 'TiledWeightGradient',
@@ -128,10 +128,12 @@ def unaliased_stride(entries, dtype):
     ``ALIASING_BYTES``.
 
     The L1 cache indexes lines by address modulo 4 KiB: with strides of 1-4 KiB
-    (a pixel of 256-1024 float32 channels, a tap of the weights) the lines a tile
-    reads together fall into one or two sets and evict one another. Measured on a
-    512->512 3x3 convolution of 4x4 maps (AMD EPYC Zen 4, 8 lanes), forward:
-    38 ms with the weights' taps 1 MiB apart, 25-29 ms a cache line further.
+    (a pixel of 256-1024 float32 channels) the lines a tile reads together fall
+    into one or two sets and evict one another. Measured on a 512->512 3x3
+    convolution of 4x4 maps (AMD EPYC Zen 4, 8 lanes), forward, when the weights
+    were laid out a tap at a time: 38 ms with the taps 1 MiB apart, 25-29 ms a
+    cache line further (they are now read front to back: see
+    :meth:`TiledCorrelation.weight_at`).
     """
     itemsize = np.dtype(dtype).itemsize
     if (entries * itemsize) % ALIASING_BYTES == 0:
@@ -220,8 +222,9 @@ class TiledCorrelation:
             # a row past the end: the weight gradient's tiles read whole rows a tap
             size = (batch * self.source_rows + 1) * self.source_columns * self.pixel
             self.source = flat_tensor(f"{name}_src", f"{name}_si", size, dtype)
-        self.tap_stride = unaliased_stride(channels * self.padded_outputs, dtype)
-        size = len(self.taps) * self.tap_stride
+        # the weights in the order the tiles read them: a tile block's, channel by
+        # channel, tap by tap (see `weight_at`)
+        size = self.channels * len(self.taps) * self.padded_outputs
         self.weights = flat_tensor(f"{name}_wts", f"{name}_wi", size, dtype)
         # the target on the batch and row loops themselves: Devito then proves them
         # parallel (flat, it parallelised only the tile loop, a region a row)
@@ -242,10 +245,43 @@ class TiledCorrelation:
         return self.source[((n * self.source_rows + row) * self.source_columns + column)
                            * self.pixel + channel]
 
-    def weight_at(self, tap, channel, output):
-        """The weight of tap number ``tap`` from ``channel`` to ``output``."""
-        return self.weights[tap * self.tap_stride + channel * self.padded_outputs
-                            + output]
+    @property
+    def block_width(self):
+        """Output channels of one tile block: its lane blocks side by side."""
+        return self.tile_blocks * self.lanes
+
+    def weight_at(self, tap, channel, block, entry):
+        """The weight of tap number ``tap`` from ``channel`` to output ``entry`` of
+        tile block ``block`` (output ``block * block_width + entry``).
+
+        A tile block's weights are one run in the order its tiles read them,
+        channel by channel and tap by tap within: a tile streams through them
+        front to back. Laid out a tap at a time, with every output of a channel
+        side by side, each channel's taps were a whole tap's weights apart (nine
+        streams for a 3x3 kernel) and a tile block's reads a cache line in eight.
+        """
+        width = self.block_width
+        return self.weights[((block * self.channels + channel) * len(self.taps) + tap)
+                            * width + entry]
+
+    def weight_equations(self, tap, read, implicit_dims=()):
+        """Fill the weights of tap ``tap`` from ``read(channel, output)``.
+
+        ``tap`` is a tap number, or an expression of the Dimensions
+        ``implicit_dims`` (loops around the copy: a kernel's rows and columns).
+        Outputs past ``outputs``, the tiles' padding, get zeros.
+        """
+        name, width = self.name, self.block_width
+        block = literal_extent(f"{name}_wcopy_block", self.padded_outputs // width)
+        channel = literal_extent(f"{name}_wcopy_c", self.channels)
+        entry = literal_extent(f"{name}_wcopy_k", width)
+        output = block * width + entry
+        value = read(channel, output)
+        if self.padded_outputs > self.outputs:
+            value = Select(output < self.outputs, value, 0)
+        return [Eq(self.weight_at(tap, channel, block, entry), value,
+                   implicit_dims=IgnoreDimSort((block, channel) + tuple(implicit_dims)
+                                               + (entry,)))]
 
     def target_at(self, n, row, column, output):
         """The target at (sample, row, column, output channel)."""
@@ -286,9 +322,8 @@ class TiledCorrelation:
         sy, sx = self.stride
         for t, (ty, tx), taps in self._taps():
             for i, b in entries:
-                k = (block * self.tile_blocks + b) * lanes + lane
                 x = tile * self.tile_columns + i
-                term = (self.weight_at(t, channel, k),
+                term = (self.weight_at(t, channel, block, b * lanes + lane),
                         self.source_at(batch_dim, row * sy + ty, x * sx + tx, channel))
                 eqs.append(Eq(acc[i, b], DefFunction(fma, term + (acc[i, b],)),
                               implicit_dims=IgnoreDimSort(tuple(outer) + (channel,)
@@ -373,6 +408,7 @@ class TiledWeightGradient:
         self.name, self.correlation = name, correlation
         self.dtype, self.lanes = correlation.dtype, correlation.lanes
         self.channels, self.pixel = correlation.channels, correlation.pixel
+        self.outputs = outputs
         blocks = -(-outputs // self.lanes)
         self.tile_channels, self.tile_blocks = gradient_tile_shape(self.channels,
                                                                    blocks)
@@ -427,10 +463,36 @@ class TiledWeightGradient:
         size = batch * taps * channels * outputs * np.dtype(dtype).itemsize
         return size <= max_bytes
 
-    def gradient_at(self, n, row, column, output):
-        """The output gradient at (sample, row, column, output channel)."""
-        return self.gradient[((n * self.rows + row) * self.width + column)
-                             * self.padded_outputs + output]
+    @property
+    def block_width(self):
+        """Output channels of one tile block: its lane blocks side by side."""
+        return self.tile_blocks * self.lanes
+
+    def gradient_at(self, n, block, position, entry):
+        """The output gradient of sample ``n`` at ``position`` (``row * width +
+        column``), output ``entry`` of tile block ``block``.
+
+        Each tile block's gradient is one run a sample, position by position, as
+        its tiles read it: with all of a position's outputs side by side, a tile
+        block read a cache line in ``padded_outputs / block_width``.
+        """
+        width = self.block_width
+        blocks = self.padded_outputs // width
+        return self.gradient[((n * blocks + block) * self.rows * self.width + position)
+                             * width + entry]
+
+    def gradient_equations(self, n, row, column, read):
+        """Fill sample ``n``'s gradient at (``row``, ``column``), Dimensions of the
+        caller, from ``read(output)``; outputs past ``outputs`` get zeros."""
+        name, width = self.name, self.block_width
+        block = literal_extent(f"{name}_gcopy_block", self.padded_outputs // width)
+        entry = literal_extent(f"{name}_gcopy_k", width)
+        output = block * width + entry
+        value = read(output)
+        if self.padded_outputs > self.outputs:
+            value = Select(output < self.outputs, value, 0)
+        return [Eq(self.gradient_at(n, block, row * self.width + column, entry), value,
+                   implicit_dims=IgnoreDimSort((n, block, row, column, entry)))]
 
     def _tile_taps(self):
         """Tap columns a tile holds: one, unless its channels and blocks make fewer
@@ -510,8 +572,7 @@ class TiledWeightGradient:
             c = tile * self.tile_channels + i
             first = self.tap_offsets[tap_row, tap_group * self.tile_taps + j]
             term = (self._source_at(n, first + position * self.pixel + c),
-                    self.gradient[(n * self.rows * self.width + position)
-                                  * self.padded_outputs + k])
+                    self.gradient_at(n, block, position, b * lanes + lane))
             eqs.append(Eq(acc[j, i, b], DefFunction(fma, term + (acc[j, i, b],)),
                           implicit_dims=IgnoreDimSort(outer + (position,))))
         for j, i, b in entries:
