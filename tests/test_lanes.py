@@ -116,14 +116,18 @@ def test_tiled_correlation_matches_numpy(dtype, taps, width):
     stride = (2, 2)
     tiles = TiledCorrelation('u', dtype, devito.Dimension('n'), batch, channels, outputs,
                              (rows, columns), taps, stride, (6, 10))
-    op = compiled.CompiledOperator(tiles.equations(), 'tiles')
+    kernel = devito.Function(name='kernel', shape=(len(taps), channels, outputs),
+                             dimensions=tuple(devito.Dimension(f'kernel_{axis}')
+                                              for axis in 'tck'), dtype=dtype)
+    copies = [eq for t in range(len(taps))
+              for eq in tiles.weight_equations(t, lambda c, k, t=t: kernel[t, c, k])]
+    op = compiled.CompiledOperator(copies + tiles.equations(), 'tiles')
     rng = np.random.default_rng(0)
     source = rng.standard_normal((batch, tiles.source_rows, tiles.source_columns,
                                   channels)).astype(dtype)
-    weights = np.zeros((len(taps), channels, tiles.padded_outputs), dtype)
-    weights[..., :outputs] = rng.standard_normal((len(taps), channels, outputs))
+    weights = rng.standard_normal((len(taps), channels, outputs)).astype(dtype)
     tiles.source.data[:source.size] = source.ravel()
-    tiles.weights.data[:] = weights.ravel()
+    kernel.data[:] = weights
     op.run(batch)
     got = tiles.target.data.reshape(batch, rows, tiles.columns, -1)
     got = got[:, :, :columns, :outputs]
@@ -131,7 +135,7 @@ def test_tiled_correlation_matches_numpy(dtype, taps, width):
     for t, (ty, tx) in enumerate(taps):
         window = source[:, ty:ty + rows * 2:2, tx:tx + columns * 2:2, :]
         want += np.einsum('nyxc,ck->nyxk', window.astype(np.float64),
-                          weights[t, :, :outputs].astype(np.float64))
+                          weights[t].astype(np.float64))
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
 
@@ -149,15 +153,18 @@ def test_tiled_weight_gradient_matches_numpy(dtype, stride, width):
                                (rows, columns), taps, stride, (8, 12))
     tiles = TiledWeightGradient('g', forward, n, batch, outputs, (rows, columns),
                                 kernel, dilation)
-    op = compiled.CompiledOperator(tiles.equations(), 'weight_tiles')
+    row, column = (devito.Dimension(f'grad_{axis}') for axis in 'hw')
+    grad = devito.Function(name='grad', shape=(batch, outputs, rows, columns),
+                           dimensions=(n, devito.Dimension('grad_k'), row, column),
+                           dtype=dtype)
+    copy = tiles.gradient_equations(n, row, column, lambda k: grad[n, k, row, column])
+    op = compiled.CompiledOperator(copy + tiles.equations(), 'weight_tiles')
     rng = np.random.default_rng(1)
     source = rng.standard_normal((batch, forward.source_rows, forward.source_columns,
                                   channels)).astype(dtype)
-    gradient = np.zeros((batch, rows, tiles.width, tiles.padded_outputs), dtype)
-    gradient[:, :, :columns, :outputs] = rng.standard_normal((batch, rows, columns,
-                                                              outputs))
+    gradient = rng.standard_normal((batch, rows, columns, outputs)).astype(dtype)
     forward.source.data[:source.size] = source.ravel()
-    tiles.gradient.data[:] = gradient.ravel()
+    grad.data[:] = gradient.transpose(0, 3, 1, 2)
     op.run(batch)
     got = tiles.partial.data.reshape(batch, kernel[0], kernel[1], tiles.padded_channels,
                                      tiles.padded_outputs)[..., :channels, :outputs]
@@ -168,8 +175,7 @@ def test_tiled_weight_gradient_matches_numpy(dtype, stride, width):
             sy, sx = stride
             window = source[:, ty:ty + rows * sy:sy, tx:tx + columns * sx:sx, :]
             want[:, i, j] = np.einsum('nyxc,nyxk->nck', window.astype(np.float64),
-                                      gradient[:, :, :columns, :outputs]
-                                      .astype(np.float64))
+                                      gradient.astype(np.float64))
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     assert np.abs(got - want).max() <= tolerance * np.abs(want).max()
 

@@ -29,7 +29,7 @@ schedule, after ``../shared/notes/fast-conv.md``:
 """
 
 import numpy as np
-from devito import Eq
+from devito import Eq, Min
 from devito.symbolics import DefFunction
 from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
@@ -89,6 +89,15 @@ def tile_shape(blocks, columns):
         work = round_up(columns, c) * round_up(blocks, b)
         return work * FULL_TILE / min(c * b, FULL_TILE), b
     return min(shapes, key=cost)
+
+
+def zero_past(read, output, outputs, padded_outputs):
+    """``read(output)`` for ``output < outputs``, zero for the tiles' padding up to
+    ``padded_outputs``; the read itself never goes past ``outputs - 1`` (nothing
+    for a vectorised copy to load out of bounds)."""
+    if padded_outputs == outputs:
+        return read(output)
+    return Select(output < outputs, read(Min(output, outputs - 1)), 0)
 
 
 def literal_extent(name, size):
@@ -272,13 +281,11 @@ class TiledCorrelation:
         Outputs past ``outputs``, the tiles' padding, get zeros.
         """
         name, width = self.name, self.block_width
-        block = literal_extent(f"{name}_wcopy_block", self.padded_outputs // width)
-        channel = literal_extent(f"{name}_wcopy_c", self.channels)
-        entry = literal_extent(f"{name}_wcopy_k", width)
-        output = block * width + entry
-        value = read(channel, output)
-        if self.padded_outputs > self.outputs:
-            value = Select(output < self.outputs, value, 0)
+        block = literal_extent(f"{name}_W_k_block", self.padded_outputs // width)
+        channel = literal_extent(f"{name}_W_c", self.channels)
+        entry = literal_extent(f"{name}_W_k", width)
+        value = zero_past(lambda output: read(channel, output), block * width + entry,
+                          self.outputs, self.padded_outputs)
         return [Eq(self.weight_at(tap, channel, block, entry), value,
                    implicit_dims=IgnoreDimSort((block, channel) + tuple(implicit_dims)
                                                + (entry,)))]
@@ -485,12 +492,10 @@ class TiledWeightGradient:
         """Fill sample ``n``'s gradient at (``row``, ``column``), Dimensions of the
         caller, from ``read(output)``; outputs past ``outputs`` get zeros."""
         name, width = self.name, self.block_width
-        block = literal_extent(f"{name}_gcopy_block", self.padded_outputs // width)
-        entry = literal_extent(f"{name}_gcopy_k", width)
-        output = block * width + entry
-        value = read(output)
-        if self.padded_outputs > self.outputs:
-            value = Select(output < self.outputs, value, 0)
+        block = literal_extent(f"{name}_grad_k_block", self.padded_outputs // width)
+        entry = literal_extent(f"{name}_grad_k", width)
+        value = zero_past(read, block * width + entry, self.outputs,
+                          self.padded_outputs)
         return [Eq(self.gradient_at(n, block, row * self.width + column, entry), value,
                    implicit_dims=IgnoreDimSort((n, block, row, column, entry)))]
 
