@@ -23,6 +23,9 @@ schedule, after ``../shared/notes/fast-conv.md``:
 - Source, weights and target are one-dimensional with literal strides, so that
   every tap is one displacement from two base pointers (with run-time strides gcc
   keeps a pointer a tap and spills them).
+- What a tile streams through, the weights (forward and input gradient) and the
+  output gradient (weight gradient), is laid out in the order the tile reads it:
+  a tile block's own, front to back (``weight_at``, ``gradient_at``).
 - Channel counts and columns are padded up to whole tiles (zeros in, the extra
   outputs never read), so any channel count, stride, dilation and padding runs on
   the same nest.
