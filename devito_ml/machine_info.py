@@ -17,7 +17,7 @@ from devito_ml.layers.conv import LANE_FILL, fills_lanes
 from devito_ml.layers.conv_tiles import gradient_tile_shape, tile_shape
 from devito_ml.layers.dense import TILED_MIN_BATCH
 from devito_ml.vector_width import (LANES_VARIABLE, detected_lanes, float32_lanes,
-                                    vector_registers)
+                                    tile_widths, vector_registers)
 
 __all__ = ['machine_report', 'machine_summary', 'tiled_channel_counts']
 
@@ -97,6 +97,7 @@ def machine_report():
               f"{detected_lanes()})" if forced else
               f"detected (Devito's platform `{configuration['platform']}`, ISA "
               f"{configuration['platform'].isa}); {LANES_VARIABLE}=4|8|16 forces another")
+    widths = ' or '.join(str(w) for w in tile_widths())
     blocks = -(-64 // lanes)
     columns, tile_blocks = tile_shape(blocks, 28)
     dw_channels, dw_blocks = gradient_tile_shape(64, blocks)
@@ -113,9 +114,10 @@ def machine_report():
         f"{vector_registers()} registers; {source}",
         "schedules this width selects:",
         f"  convolutions register-tiled, channels last, where the channels fill "
-        f"{LANE_FILL:.0%} of {lanes}-lane blocks (output channels: forward and weight "
-        f"gradient; input channels: input gradient), at most 25 taps, one group; "
-        f"channel counts up to 64 that do: {_ranges(tiled_channel_counts())}",
+        f"{LANE_FILL:.0%} of {widths}-lane blocks (the widest they fill; output "
+        f"channels: forward and weight gradient; input channels: input gradient), at "
+        f"most 25 taps, one group; channel counts up to 64 that do: "
+        f"{_ranges(tiled_channel_counts())}",
         f"  forward and input gradient tiles: up to {columns} columns x {tile_blocks} "
         f"blocks of {lanes} lanes (64 channels over 28 columns, float32)",
         f"  weight gradient tiles: {dw_channels} input channels x {dw_blocks} blocks of "

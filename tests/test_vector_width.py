@@ -7,10 +7,10 @@ import pytest
 from devito_ml import (BatchNorm, Conv, Flat, FullyConnected, FullyConnectedSoftmax,
                        MaxPooling, Net, ReLU)
 from devito_ml.cli import main
-from devito_ml.layers.conv import fills_lanes
+from devito_ml.layers.conv import fills_lanes, tile_width
 from devito_ml.vector_width import (LANES_VARIABLE, SUPPORTED_LANES, VectorWidthError,
-                                    detected_lanes, float32_lanes, vector_lanes,
-                                    vector_registers)
+                                    detected_lanes, float32_lanes, tile_widths,
+                                    vector_lanes, vector_registers)
 from widths import WIDTHS
 
 
@@ -36,11 +36,31 @@ def test_an_unsupported_width_is_refused_by_name(monkeypatch, value):
         float32_lanes()
 
 
-def test_the_width_decides_which_channel_counts_are_tiled(monkeypatch):
+def test_the_width_decides_which_channel_counts_are_tiled_and_how_wide(monkeypatch):
+    """Channels too few for the full width are tiled at a narrower one, down to 8
+    lanes: on AVX-512, LeNet-5's 6 channels in 8-lane tiles, not NCHW nests."""
+    counts = (3, 6, 8, 12, 20, 32)
+    monkeypatch.setenv(LANES_VARIABLE, '4')
+    assert tile_widths() == [4]
+    assert [tile_width(c) for c in counts] == [4, 4, 4, 4, 4, 4]
     monkeypatch.setenv(LANES_VARIABLE, '8')
-    assert [fills_lanes(c) for c in (6, 8, 12, 20)] == [True, True, True, True]
+    assert tile_widths() == [8]
+    assert [tile_width(c) for c in counts] == [None, 8, 8, 8, 8, 8]
     monkeypatch.setenv(LANES_VARIABLE, '16')
-    assert [fills_lanes(c) for c in (6, 8, 12, 20)] == [False, False, True, False]
+    assert tile_widths() == [16, 8]
+    assert [tile_width(c) for c in counts] == [None, 8, 8, 16, 8, 16]
+    assert [fills_lanes(c) for c in counts] == [False, True, True, True, True, True]
+
+
+def test_a_narrower_tile_is_laid_out_for_its_own_width(monkeypatch):
+    monkeypatch.setenv(LANES_VARIABLE, '16')
+    conv = Conv((6, 3, 3), (2, 16, 8, 8), padding=1)
+    assert conv.channels_last and conv.input_gradient_channels_last
+    assert (conv.forward_tiles.lanes, conv.forward_tiles.registers) == (8, 16)
+    assert conv.weight_gradient_tiles.lanes == 8
+    assert all(p.tiles.lanes == 16 for p in conv.input_gradient_tiles.phases)
+    conv64 = Conv((6, 3, 3), (2, 16, 8, 8), padding=1, dtype=np.float64)
+    assert conv64.forward_tiles.lanes == 4
 
 
 def test_info_reports_the_width_and_its_schedules(monkeypatch, capsys):
@@ -50,7 +70,7 @@ def test_info_reports_the_width_and_its_schedules(monkeypatch, capsys):
     assert 'Devito 4.8.23' in report and 'gcc' in report and '-march=native' in report
     assert f'16 float32 lanes, 8 float64, 32 registers; forced by {LANES_VARIABLE}=16' \
         in report
-    assert 'of 16-lane blocks' in report and '12-16, 24-32, 36-64' in report
+    assert 'of 16 or 8-lane blocks' in report and '6-8, 12-16, 18-64' in report
     monkeypatch.delenv(LANES_VARIABLE)
     assert main(['info']) == 0
     assert f'{detected_lanes()} float32 lanes' in capsys.readouterr().out

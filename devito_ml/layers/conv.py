@@ -20,7 +20,7 @@ from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
                                   check_positive_ints)
-from devito_ml.vector_width import vector_lanes
+from devito_ml.vector_width import tile_widths
 
 __all__ = ['Conv']
 
@@ -32,15 +32,25 @@ COLUMN_WEIGHT_GRADIENT_MAX_BYTES = 256 << 20
 """Largest tap columns of a weight gradient as matrix products (above: the ``Inc``)."""
 
 
-def fills_lanes(channels):
-    """Whether ``channels`` float32 vector lanes fill ``LANE_FILL`` of whole registers.
+def tile_width(channels):
+    """float32 lanes of the register tiles whose vector lanes run over
+    ``channels``: the widest of :func:`~devito_ml.vector_width.tile_widths` whose
+    whole registers the channels fill to ``LANE_FILL``; None where none is.
 
     Decided in float32 whatever the layer's dtype (not known yet when a net asks
     for input halos): float64 lanes are half as many, so they fill at least as
     well.
     """
-    lanes = vector_lanes(np.float32)
-    return channels / (-(-channels // lanes) * lanes) >= LANE_FILL
+    for width in tile_widths():
+        if channels / (-(-channels // width) * width) >= LANE_FILL:
+            return width
+    return None
+
+
+def fills_lanes(channels):
+    """Whether ``channels`` fill ``LANE_FILL`` of the vector lanes of some tile
+    width (:func:`tile_width`): whether passes over them are register-tiled."""
+    return tile_width(channels) is not None
 
 
 class Conv(WeightedLayer):
@@ -239,12 +249,12 @@ class Conv(WeightedLayer):
             self.forward_tiles = TiledCorrelation(
                 f"{self.name}_fwd", self.dtype, tile_n, n, c, k, (oh, ow),
                 [(i * dy, j * dx) for i, j in taps], self.stride,
-                (h + 2 * py, w + 2 * px))
+                (h + 2 * py, w + 2 * px), width=tile_width(k))
             kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], yk)
             self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
                                                    (r, q, c, k))
             self.weight_gradient_tiles = self.weight_gradient_columns = None
-            columns = ColumnWeightGradient.shape_for(c, k, self.dtype)
+            columns = ColumnWeightGradient.shape_for(c, k, self.dtype, tile_width(k))
             if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
                                         TILED_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_tiles = TiledWeightGradient(
@@ -260,7 +270,7 @@ class Conv(WeightedLayer):
         if self.input_gradient_channels_last:
             self.input_gradient_tiles = TiledTransposedCorrelation(
                 f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (oh, ow), (h, w),
-                (r, q), self.stride, self.padding, self.dilation)
+                (r, q), self.stride, self.padding, self.dilation, width=tile_width(c))
         else:
             halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d
                      in zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
@@ -281,15 +291,15 @@ class Conv(WeightedLayer):
     @property
     def input_gradient_channels_last(self):
         """The input gradient register-tiled: when the input channels fill
-        ``LANE_FILL`` of their lanes."""
+        ``LANE_FILL`` of the lanes of some tile width (:func:`tile_width`)."""
         return fills_lanes(self.input_size[1]) and self._tiled
 
     @property
     def channels_last(self):
         """Forward and weight gradient register-tiled: when the output channels,
-        their vector lanes, fill at least ``LANE_FILL`` of them (LeNet-5's 6
-        channels fill 6 of 8 float32 lanes with AVX2: its batch-64 step ran 16%
-        faster tiled than with NCHW nests; 3 of 8 do not).
+        their vector lanes, fill at least ``LANE_FILL`` of them at some tile width
+        (:func:`tile_width`; LeNet-5's 6 channels fill 6 of 8 float32 lanes: its
+        batch-64 step ran 16% faster tiled than with NCHW nests; 3 of 8 do not).
         """
         return fills_lanes(self.kernel_size[0]) and self._tiled
 

@@ -57,8 +57,9 @@ FULL_TILE = 10
 proportion (8x1 ran at 0.8-0.9 of 5x2 on maps where neither pads columns)."""
 
 
-def tile_shape(blocks, columns):
-    """``(tile columns, tile blocks)`` for ``blocks`` lane blocks over ``columns``.
+def tile_shape(blocks, columns, registers=None):
+    """``(tile columns, tile blocks)`` for ``blocks`` lane blocks over ``columns``,
+    with ``registers`` vector registers (default: :func:`vector_registers`).
 
     The tile, one weight vector a block and one broadcast input fit the
     registers with two to spare, and it is at most ``MAX_TILE_COLUMNS`` wide.
@@ -78,8 +79,9 @@ def tile_shape(blocks, columns):
     1.8-2.3x, 1.4-1.5x; 6 and 10 columns no better. There, up to four blocks and
     as many columns as fit.
     """
-    budget = vector_registers() - 3
-    if vector_registers() > 16:
+    registers = registers or vector_registers()
+    budget = registers - 3
+    if registers > 16:
         tile_blocks = min(blocks, 4)
         return (max(1, min(columns, (budget - tile_blocks) // tile_blocks,
                            MAX_TILE_COLUMNS)), tile_blocks)
@@ -120,11 +122,11 @@ def round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
-def correlation_reach(dtype, outputs, out_size, taps, stride):
-    """Rows and columns of the source that a :class:`TiledCorrelation`'s tiles read
-    (columns padded to whole tiles)."""
-    blocks = -(-outputs // vector_lanes(dtype))
-    tile_columns, _ = tile_shape(blocks, out_size[1])
+def correlation_reach(dtype, outputs, out_size, taps, stride, width=None):
+    """Rows and columns of the source that a :class:`TiledCorrelation`'s tiles of
+    ``width`` float32 lanes read (columns padded to whole tiles)."""
+    blocks = -(-outputs // vector_lanes(dtype, width))
+    tile_columns, _ = tile_shape(blocks, out_size[1], vector_registers(width))
     columns = round_up(out_size[1], tile_columns)
     return ((out_size[0] - 1) * stride[0] + max(t[0] for t in taps) + 1,
             (columns - 1) * stride[1] + max(t[1] for t in taps) + 1)
@@ -201,18 +203,23 @@ class TiledCorrelation:
     source : Function, optional
         Another correlation's source to read, as laid out by ``source_size`` (which
         must hold what the tiles read); by default the correlation has its own.
+    width : int, optional
+        float32 lanes of its vector registers (default: the width scheduled for,
+        :func:`~devito_ml.vector_width.float32_lanes`).
     """
 
     def __init__(self, name, dtype, batch_dim, batch, channels, outputs, out_size, taps,
-                 stride, source_size, source=None):
+                 stride, source_size, source=None, width=None):
         self.name, self.dtype = name, np.dtype(dtype)
         self.channels, self.outputs, self.taps = channels, outputs, list(taps)
         self.pixel = unaliased_stride(channels, dtype)
         self.stride = tuple(stride)
-        self.lanes = vector_lanes(self.dtype)
+        self.width = width
+        self.lanes = vector_lanes(self.dtype, width)
+        self.registers = vector_registers(width)
         blocks = -(-outputs // self.lanes)
         self.rows, columns = out_size
-        self.tile_columns, self.tile_blocks = tile_shape(blocks, columns)
+        self.tile_columns, self.tile_blocks = tile_shape(blocks, columns, self.registers)
         # maps narrower than a full tile: every block's weights once, their rows
         # and samples inside (see `equations`)
         self.blocks_outside = columns < MAX_TILE_COLUMNS and blocks > self.tile_blocks
@@ -220,7 +227,7 @@ class TiledCorrelation:
         self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
         sy, sx = self.stride
         self.reach = reach_rows, reach_columns = correlation_reach(
-            self.dtype, outputs, out_size, self.taps, self.stride)
+            self.dtype, outputs, out_size, self.taps, self.stride, width)
         if source is not None:
             if reach_rows > source_size[0] or reach_columns > source_size[1]:
                 raise ValueError(f"{name}: tiles reach {self.reach}, beyond the shared "
@@ -365,8 +372,9 @@ Measured on 32->64 channels 3x3, 28x28, 8 lanes: tiles of 8 accumulators ran at
 loads between them)."""
 
 
-def gradient_tile_shape(channels, blocks):
-    """``(tile channels, tile blocks)`` of a weight gradient tile.
+def gradient_tile_shape(channels, blocks, registers=None):
+    """``(tile channels, tile blocks)`` of a weight gradient tile, with
+    ``registers`` vector registers (default: :func:`vector_registers`).
 
     Among the tiles whose accumulators, one vector a block and one broadcast fit
     the registers, the one with the fewest cycles: padded work, times what limits
@@ -375,7 +383,7 @@ def gradient_tile_shape(channels, blocks):
     the gradient's vectors stream from L2, the broadcasts mostly hit L1; measured,
     6x2 ran at 110 GFLOP/s where 4x3 ran at 81).
     """
-    registers = vector_registers()
+    registers = registers or vector_registers()
 
     def cycles(shape):
         a, b = shape
@@ -420,8 +428,9 @@ class TiledWeightGradient:
         self.channels, self.pixel = correlation.channels, correlation.pixel
         self.outputs = outputs
         blocks = -(-outputs // self.lanes)
+        self.registers = correlation.registers
         self.tile_channels, self.tile_blocks = gradient_tile_shape(self.channels,
-                                                                   blocks)
+                                                                   blocks, self.registers)
         self.padded_channels = round_up(self.channels, self.tile_channels)
         self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
         self.rows = out_size[0]
@@ -511,7 +520,7 @@ class TiledWeightGradient:
         if entries >= FMA_CHAINS:
             return 1
         return max(j for j in range(1, self.kernel[1] + 1) if self.kernel[1] % j == 0
-                   and j * entries + self.tile_blocks + 1 <= vector_registers())
+                   and j * entries + self.tile_blocks + 1 <= self.registers)
 
     def _phase_offset(self, phase_row, phase_column, row, column):
         """Offset in a sample's phases of (row, column) of phase plane (a, b)."""
@@ -630,10 +639,12 @@ class TiledTransposedCorrelation:
         Rows and columns of the gradient and of the target.
     kernel, stride, padding, dilation : pair of int
         Of the forward correlation.
+    width : int, optional
+        float32 lanes of its tiles' vector registers (as :class:`TiledCorrelation`).
     """
 
     def __init__(self, name, dtype, batch_dim, batch, channels, outputs, grad_size,
-                 out_size, kernel, stride, padding, dilation):
+                 out_size, kernel, stride, padding, dilation, width=None):
         self.name, self.channels = name, channels
         (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
         offsets = {}   # phase -> [((i, j), (row offset, column offset))]
@@ -653,7 +664,7 @@ class TiledTransposedCorrelation:
                            [(oy + self.origin[0], ox + self.origin[1])
                             for _, (oy, ox) in taps])
                   for (a, b), taps in offsets.items()}
-        reaches = [correlation_reach(dtype, outputs, size, reads, (1, 1))
+        reaches = [correlation_reach(dtype, outputs, size, reads, (1, 1), width)
                    for size, reads in shapes.values() if reads]
         size = (max([grad_size[0] + self.origin[0]] + [r[0] for r in reaches]),
                 max([grad_size[1] + self.origin[1]] + [r[1] for r in reaches]))
@@ -667,7 +678,7 @@ class TiledTransposedCorrelation:
             (rows, columns), reads = shapes[a, b]
             tiles = TiledCorrelation(f"{name}{a}{b}", dtype, batch_dim, batch, channels,
                                      outputs, (rows, columns), reads, (1, 1), size,
-                                     self.source) if taps else None
+                                     self.source, width) if taps else None
             self.phases.append(Phase(a, b, rows, columns, [t for t, _ in taps], tiles))
 
     def source_at(self, n, row, column, channel):

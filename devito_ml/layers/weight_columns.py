@@ -32,13 +32,13 @@ from devito_ml.vector_width import vector_lanes, vector_registers
 __all__ = ['ColumnWeightGradient', 'column_tile_shape']
 
 
-def column_tile_shape(channels, blocks):
+def column_tile_shape(channels, blocks, registers=None):
     """``(tile channels, tile blocks)`` that divide ``channels`` and ``blocks``
-    exactly (no padding to mask), fit the registers with a broadcast and a vector
-    to spare, and have the fewest loads a multiply-add (most accumulators, at
-    least ``FMA_CHAINS`` where any fit); None if no tile of two or more
-    accumulators divides them."""
-    registers = vector_registers()
+    exactly (no padding to mask), fit ``registers`` vector registers (default:
+    :func:`vector_registers`) with a broadcast and a vector to spare, and have the
+    fewest loads a multiply-add (most accumulators, at least ``FMA_CHAINS`` where
+    any fit); None if no tile of two or more accumulators divides them."""
+    registers = registers or vector_registers()
     shapes = [(a, b) for a in range(1, channels + 1) if channels % a == 0
               for b in range(1, blocks + 1) if blocks % b == 0
               and a * b + b + 1 <= registers and a * b >= 2]
@@ -72,7 +72,7 @@ class ColumnWeightGradient:
                  dilation, shape):
         self.name, self.correlation = name, correlation
         self.dtype = correlation.dtype
-        self.lanes = vector_lanes(self.dtype)
+        self.lanes = correlation.lanes
         self.channels, self.outputs = correlation.channels, outputs
         self.tile_channels, self.tile_blocks = shape
         self.block_width = self.tile_blocks * self.lanes     # outputs of a tile
@@ -102,13 +102,14 @@ class ColumnWeightGradient:
         return size * np.dtype(dtype).itemsize <= max_bytes
 
     @staticmethod
-    def shape_for(channels, outputs, dtype):
-        """The tile shape for these channels, or None where none divides them (the
-        output channels must fill whole vector registers)."""
-        lanes = vector_lanes(dtype)
+    def shape_for(channels, outputs, dtype, width=None):
+        """The tile shape for these channels at ``width`` float32 lanes (default:
+        the width scheduled for), or None where none divides them (the output
+        channels must fill whole vector registers)."""
+        lanes = vector_lanes(dtype, width)
         if outputs % lanes:
             return None
-        return column_tile_shape(channels, outputs // lanes)
+        return column_tile_shape(channels, outputs // lanes, vector_registers(width))
 
     def _position(self, n, row, column):
         return (n * self.rows + row) * self.columns + column
