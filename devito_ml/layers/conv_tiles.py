@@ -214,7 +214,6 @@ class TiledCorrelation:
         self.channels, self.outputs, self.taps = channels, outputs, list(taps)
         self.pixel = unaliased_stride(channels, dtype)
         self.stride = tuple(stride)
-        self.width = width
         self.lanes = vector_lanes(self.dtype, width)
         self.registers = vector_registers(width)
         blocks = -(-outputs // self.lanes)
