@@ -245,16 +245,17 @@ class Conv(WeightedLayer):
         # the tiles loop over a batch of their own, bounded by the active batch like
         # `n` (on `n`, Devito fuses them with the copies and serialises the batch)
         tile_n = self.dim('tile_n', n)
+        width = tile_width(k)     # float32 lanes of the forward and weight gradient
         if self.channels_last:
             self.forward_tiles = TiledCorrelation(
                 f"{self.name}_fwd", self.dtype, tile_n, n, c, k, (oh, ow),
                 [(i * dy, j * dx) for i, j in taps], self.stride,
-                (h + 2 * py, w + 2 * px), width=tile_width(k))
+                (h + 2 * py, w + 2 * px), width=width)
             kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], yk)
             self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
                                                    (r, q, c, k))
             self.weight_gradient_tiles = self.weight_gradient_columns = None
-            columns = ColumnWeightGradient.shape_for(c, k, self.dtype, tile_width(k))
+            columns = ColumnWeightGradient.shape_for(c, k, self.dtype, width)
             if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
                                         TILED_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_tiles = TiledWeightGradient(

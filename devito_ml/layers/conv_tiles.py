@@ -96,13 +96,22 @@ def tile_shape(blocks, columns, registers=None):
     return min(shapes, key=cost)
 
 
-def zero_past(read, output, outputs, padded_outputs):
-    """``read(output)`` for ``output < outputs``, zero for the tiles' padding up to
-    ``padded_outputs``; the read itself never goes past ``outputs - 1`` (nothing
-    for a vectorised copy to load out of bounds)."""
+def blocked_outputs(prefix, outputs, padded_outputs, block_width, read):
+    """The loops of a copy into tile-block order and what it copies.
+
+    Returns ``(block, entry, value)``: loops over the tile blocks of
+    ``block_width`` output channels and over a block's channels
+    (``<prefix>_k_block``, ``<prefix>_k``), and ``read(output)`` at output
+    ``block * block_width + entry``, zero for the tiles' padding past
+    ``outputs`` (the read itself never goes past ``outputs - 1``: nothing for a
+    vectorised copy to load out of bounds).
+    """
+    block = literal_extent(f"{prefix}_k_block", padded_outputs // block_width)
+    entry = literal_extent(f"{prefix}_k", block_width)
+    output = block * block_width + entry
     if padded_outputs == outputs:
-        return read(output)
-    return Select(output < outputs, read(Min(output, outputs - 1)), 0)
+        return block, entry, read(output)
+    return block, entry, Select(output < outputs, read(Min(output, outputs - 1)), 0)
 
 
 def literal_extent(name, size):
@@ -224,6 +233,7 @@ class TiledCorrelation:
         self.blocks_outside = columns < MAX_TILE_COLUMNS and blocks > self.tile_blocks
         self.columns = round_up(columns, self.tile_columns)
         self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
+        self.block_width = self.tile_blocks * self.lanes     # outputs of a tile block
         sy, sx = self.stride
         self.reach = reach_rows, reach_columns = correlation_reach(
             self.dtype, outputs, out_size, self.taps, self.stride, width)
@@ -263,11 +273,6 @@ class TiledCorrelation:
         return self.source[((n * self.source_rows + row) * self.source_columns + column)
                            * self.pixel + channel]
 
-    @property
-    def block_width(self):
-        """Output channels of one tile block: its lane blocks side by side."""
-        return self.tile_blocks * self.lanes
-
     def weight_at(self, tap, channel, block, entry):
         """The weight of tap number ``tap`` from ``channel`` to output ``entry`` of
         tile block ``block`` (output ``block * block_width + entry``).
@@ -289,12 +294,10 @@ class TiledCorrelation:
         ``implicit_dims`` (loops around the copy: a kernel's rows and columns).
         Outputs past ``outputs``, the tiles' padding, get zeros.
         """
-        name, width = self.name, self.block_width
-        block = literal_extent(f"{name}_W_k_block", self.padded_outputs // width)
-        channel = literal_extent(f"{name}_W_c", self.channels)
-        entry = literal_extent(f"{name}_W_k", width)
-        value = zero_past(lambda output: read(channel, output), block * width + entry,
-                          self.outputs, self.padded_outputs)
+        channel = literal_extent(f"{self.name}_W_c", self.channels)
+        block, entry, value = blocked_outputs(
+            f"{self.name}_W", self.outputs, self.padded_outputs, self.block_width,
+            lambda output: read(channel, output))
         return [Eq(self.weight_at(tap, channel, block, entry), value,
                    implicit_dims=IgnoreDimSort((block, channel) + tuple(implicit_dims)
                                                + (entry,)))]
@@ -432,6 +435,7 @@ class TiledWeightGradient:
                                                                    blocks, self.registers)
         self.padded_channels = round_up(self.channels, self.tile_channels)
         self.padded_outputs = round_up(blocks, self.tile_blocks) * self.lanes
+        self.block_width = self.tile_blocks * self.lanes     # outputs of a tile block
         self.rows = out_size[0]
         self.kernel, self.dilation = tuple(kernel), tuple(dilation)
         self.tile_taps = self._tile_taps()
@@ -481,11 +485,6 @@ class TiledWeightGradient:
         size = batch * taps * channels * outputs * np.dtype(dtype).itemsize
         return size <= max_bytes
 
-    @property
-    def block_width(self):
-        """Output channels of one tile block: its lane blocks side by side."""
-        return self.tile_blocks * self.lanes
-
     def gradient_at(self, n, block, position, entry):
         """The output gradient of sample ``n`` at ``position`` (``row * width +
         column``), output ``entry`` of tile block ``block``.
@@ -502,11 +501,9 @@ class TiledWeightGradient:
     def gradient_equations(self, n, row, column, read):
         """Fill sample ``n``'s gradient at (``row``, ``column``), Dimensions of the
         caller, from ``read(output)``; outputs past ``outputs`` get zeros."""
-        name, width = self.name, self.block_width
-        block = literal_extent(f"{name}_grad_k_block", self.padded_outputs // width)
-        entry = literal_extent(f"{name}_grad_k", width)
-        value = zero_past(read, block * width + entry, self.outputs,
-                          self.padded_outputs)
+        block, entry, value = blocked_outputs(f"{self.name}_grad", self.outputs,
+                                              self.padded_outputs, self.block_width,
+                                              read)
         return [Eq(self.gradient_at(n, block, row * self.width + column, entry), value,
                    implicit_dims=IgnoreDimSort((n, block, row, column, entry)))]
 
