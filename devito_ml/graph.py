@@ -5,7 +5,8 @@ from devito_ml.layer import Layer, Node
 from devito_ml.symbolics import Halo
 from devito_ml.validation import LayerArgumentError, ShapeError, check_positive_ints
 
-__all__ = ['Input', 'sequence', 'topological_order', 'blocks', 'shared_halo', 'covers']
+__all__ = ['Input', 'sequence', 'topological_order', 'blocks', 'shared_halo', 'covers',
+           'channels_last_nodes']
 
 
 def Input(shape):
@@ -115,3 +116,58 @@ def shared_halo(ndim, needs):
     widths = [halo for halo, value in needs if value == fill] or [Halo.none(ndim)]
     return Halo(*[(max(h[axis][0] for h in widths), max(h[axis][1] for h in widths))
                   for axis in range(ndim)]), fill
+
+
+def channels_last_nodes(input_node, nodes, consumers):
+    """The nodes whose outputs are stored channels last (:mod:`devito_ml.layout`).
+
+    Outputs linked by layers that :attr:`~devito_ml.layer.Layer.preserves_layout`
+    (activations, BatchNorm, Add, Dropout) share one layout: a group. A group is
+    stored channels last where every layer writing it can write it so (a
+    register-tiled convolution; point-wise layers inside the group), every layer
+    reading it can read it so, and it holds neither the network's input nor its
+    output (what users write and read stays NCHW). Between two tiled convolutions,
+    BatchNorm, activations and Adds then run channels last, and the convolutions'
+    copies into and out of their tiles keep the order of memory.
+
+    Parameters
+    ----------
+    input_node : Node
+    nodes : list of Node
+        In dependency order, the output last.
+    consumers : dict
+        ``{id(node): [(consumer node, input index), ...]}``.
+
+    Returns
+    -------
+    set of int
+        ``id`` of each node whose output is channels last.
+    """
+    parent = {id(node): id(node) for node in [input_node, *nodes]}
+
+    def root(key):
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for node in nodes:
+        if node.layer.preserves_layout:
+            for source in node.inputs:
+                parent[root(id(source))] = root(id(node))
+    groups = {}
+    for node in [input_node, *nodes]:
+        groups.setdefault(root(id(node)), []).append(node)
+    chosen = set()
+    for members in groups.values():
+        if all(_may_be_channels_last(member, input_node, nodes[-1], consumers)
+               for member in members):
+            chosen.update(id(member) for member in members)
+    return chosen
+
+
+def _may_be_channels_last(node, input_node, output_node, consumers):
+    if node is input_node or node is output_node or not node.layer.writes_channels_last():
+        return False
+    return all(consumer.layer.reads_channels_last(index)
+               for consumer, index in consumers[id(node)])

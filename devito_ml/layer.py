@@ -29,6 +29,7 @@ from devito import Dimension, Eq
 
 from devito_ml.autodiff import adjoint, gradient_of, intermediates, plain_equations
 from devito_ml.compiled import BATCH, CompiledOperator
+from devito_ml.layout import logical_dimensions, logical_halo
 from devito_ml.symbolics import Halo, tap_dimension, tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
                                   check_dtype, check_float_dtype, check_name,
@@ -184,7 +185,7 @@ class Layer:
         found, repeated = self.gradient_map()
         return self.schedule(
             self._derived(self._forward_equations(training), found)
-            + [Eq(gradient[gradient.dimensions], 0) for gradient in repeated])
+            + [Eq(gradient.indexify(), 0) for gradient in repeated])
 
     def _derived(self, forward, gradients, constants=()):
         """:func:`~devito_ml.autodiff.adjoint` of ``forward`` for this layer: its
@@ -308,7 +309,8 @@ class Layer:
     # -- allocation ---------------------------------------------------------------
 
     def allocate(self, dtype=None, name=None, inputs=None, input_gradients=None,
-                 result_halo=None, result_fill=0.0, owner=STANDALONE):
+                 result_halo=None, result_fill=0.0, owner=STANDALONE,
+                 channels_last=None):
         """Create every Function of the layer, once.
 
         Parameters
@@ -325,6 +327,11 @@ class Layer:
         result_halo, result_fill
             Halo of ``result`` and the value in it (what the consumers read).
         owner : Net or ``'standalone'``
+        channels_last : tuple, optional
+            ``(per input, result)``: which activations are stored channels last
+            (:mod:`devito_ml.layout`; the net decides, and only for layers that
+            :meth:`reads_channels_last` and :meth:`writes_channels_last`); default
+            all NCHW. An input's own copy and gradient take the input's layout.
         """
         if self.allocated:
             raise LayerArgumentError(self._owned_message())
@@ -345,8 +352,10 @@ class Layer:
         self.result_fill = float(result_fill)
         self.owner = owner
         self.allocated = True
+        arity = len(self.input_sizes)
+        self.inputs_channels_last, self.result_channels_last = \
+            channels_last or ((False,) * arity, False)
         try:
-            arity = len(self.input_sizes)
             self._allocate(list(inputs or [None] * arity),
                            list(input_gradients or [None] * arity))
         except BaseException:
@@ -394,8 +403,34 @@ class Layer:
         """
         return tap_dimension(f"{self.name}_{BATCH}", self.input_size[0])
 
-    def tensor(self, role, dims, shape, halo=None, dtype=None):
-        return tensor(f"{self.name}_{role}", dims, shape, dtype or self.dtype, halo)
+    def tensor(self, role, dims, shape, halo=None, dtype=None, channels_last=False):
+        """A Function of this layer, ``<name>_<role>``; ``dims``, ``shape`` and
+        ``halo`` in NCHW order, stored channels last where asked."""
+        return tensor(f"{self.name}_{role}", dims, shape, dtype or self.dtype, halo,
+                      channels_last)
+
+    def output_tensor(self, role, dtype=None):
+        """A Function shaped and stored like ``result`` (no halo): the layer's own
+        intermediates over its outputs."""
+        return self.tensor(role, self.out_storage, self.output_size, dtype=dtype,
+                           channels_last=self.result_channels_last)
+
+    preserves_layout = False
+    """Whether the layer's inputs and output share one layout, whichever it is
+    (:mod:`devito_ml.layout`): point-wise layers, whose equations relate an input
+    and the output at the same index (an equation relating NCHW and channels-last
+    storage has no loop order Devito accepts)."""
+
+    def reads_channels_last(self, index):
+        """Whether input ``index`` may be stored channels last: a layer says so
+        where its maths and schedule were checked with such an input. Default: a
+        layer that :attr:`preserves_layout`."""
+        return self.preserves_layout
+
+    def writes_channels_last(self):
+        """Whether ``result`` may be stored channels last. Default: a layer that
+        :attr:`preserves_layout`."""
+        return self.preserves_layout
 
     @staticmethod
     def _roles(size):
@@ -428,19 +463,22 @@ class Layer:
     @property
     def input_gradient_dims(self):
         """Loop Dimensions of the input gradient: those it is stored on."""
-        return self.input_gradients.dimensions
+        return logical_dimensions(self.input_gradients)
 
     def _allocate(self, inputs, input_gradients):
         self.in_dims = self._io_dims('in', self.input_size)
         self.out_dims = self._io_dims('out', self.output_size, plain=True)
         in_storage = self._storage_dims('din', self.input_size)
+        layout = self.inputs_channels_last[0]
         self.input = inputs[0]
         if self.input is None:
-            self.input = self.tensor('in', in_storage, self.input_size, self.input_halo)
+            self.input = self.tensor('in', in_storage, self.input_size, self.input_halo,
+                                     channels_last=layout)
             fill_halo(self.input, self.input_fill)
         self.input_gradients = input_gradients[0]
         if self.input_gradients is None:
-            self.input_gradients = self.tensor('din', in_storage, self.input_size)
+            self.input_gradients = self.tensor('din', in_storage, self.input_size,
+                                               channels_last=layout)
         self._create_result()
         self._create_functions()
 
@@ -448,9 +486,10 @@ class Layer:
         """``result`` (with the halo its consumers read, filled) and its gradient."""
         self.out_storage = self.out_dims
         self.result = self.tensor('out', self.out_storage, self.output_size,
-                                  self.result_halo)
+                                  self.result_halo,
+                                  channels_last=self.result_channels_last)
         fill_halo(self.result, self.result_fill)
-        self.result_gradients = self.tensor('dout', self.out_storage, self.output_size)
+        self.result_gradients = self.output_tensor('dout')
 
     # -- equations -------------------------------------------------------------------
 
@@ -476,7 +515,7 @@ class Layer:
         if input is not None and input is not self.input:
             self._check_function('input', input, self.input_size)
             if self.owner == STANDALONE and \
-                    tuple(input.halo) == tuple(self.input_halo):
+                    logical_halo(input) == tuple(self.input_halo):
                 fill_halo(input, self.input_fill)
                 self.input = input
             else:

@@ -15,11 +15,13 @@ from devito_ml.code_map import annotate
 from devito_ml import unit_records
 from devito_ml.compiled import (BATCH, CompiledOperator, KernelSource, OperatorChain,
                                 kernel_options, split_at_sync_points)
-from devito_ml.graph import blocks, covers, sequence, shared_halo, topological_order
+from devito_ml.graph import (blocks, channels_last_nodes, covers, sequence, shared_halo,
+                             topological_order)
 from devito_ml.kernel_builds import build_kernels
 from devito_ml.kernels import kernel_label, role_of, unit_owners
 from devito_ml.layer import Layer, Node, fill_halo
 from devito_ml.layers.dense import FullyConnectedSoftmax
+from devito_ml.layout import logical_halo
 from devito_ml.loss import CrossEntropy, get_loss
 from devito_ml.pruning import pruned
 from devito_ml.symbolics import plain_view, tensor
@@ -219,19 +221,22 @@ class Net:
                             halo)
         fill_halo(self.input, fill)
         self._fills = {id(self._input_node): fill}
+        channels_last = channels_last_nodes(self._input_node, self.nodes, edges)
         for node, name in zip(self.nodes, self._names):
             inputs, targets = [], []
             for index, parent in enumerate(node.inputs):
                 source = self._result_of(parent)
                 need = (node.layer.input_halos[index], node.layer.input_fills[index])
-                in_place = covers(source.halo, need[0]) and (
+                in_place = covers(logical_halo(source), need[0]) and (
                     not any(map(any, need[0])) or need[1] == self._fills[id(parent)])
                 inputs.append(source if in_place else None)
                 alone = parent.layer is not None and len(edges[id(parent)]) == 1
                 targets.append(parent.layer.result_gradients if alone else None)
             halo, fill = self._halo_of(node)
+            layouts = (tuple(id(parent) in channels_last for parent in node.inputs),
+                       id(node) in channels_last)
             node.layer.allocate(self.dtype, name, inputs, targets, halo, fill,
-                                owner=self)
+                                owner=self, channels_last=layouts)
             self._fills[id(node)] = fill
 
     def _halo_of(self, node):

@@ -24,10 +24,12 @@ from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml import compiler
+from devito_ml.layout import (ChannelsLastFunction, is_channels_last, logical_dimensions,
+                              logical_order, storage_order)
 
-__all__ = ['Select', 'CondEq', 'CondNe', 'plain_view', 'tensor', 'tap_dimension',
-           'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps', 'MAX_UNROLLED_TAPS',
-           'register_sum']
+__all__ = ['Select', 'CondEq', 'CondNe', 'plain_view', 'tensor', 'tensor_like',
+           'tap_dimension', 'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps',
+           'MAX_UNROLLED_TAPS', 'register_sum', 'channel_sum']
 
 MAX_UNROLLED_TAPS = 49
 
@@ -64,14 +66,28 @@ class Halo(tuple):
         return cls(*[(0, 0)] * ndim)
 
 
-def tensor(name, dimensions, shape, dtype, halo=None):
-    """A Grid-free Devito Function with an explicit (default empty) halo."""
+def tensor(name, dimensions, shape, dtype, halo=None, channels_last=False):
+    """A Grid-free Devito Function with an explicit (default empty) halo.
+
+    With ``channels_last``, a 4D activation stored ``(n, h, w, c)``
+    (:class:`~devito_ml.layout.ChannelsLastFunction`); ``dimensions``, ``shape``
+    and ``halo`` are given in NCHW order either way.
+    """
     halo = Halo.none(len(shape)) if halo is None else halo
     padded = [extent + sum(sides) for extent, sides in zip(shape, halo)]
     nbytes = int(np.prod(padded)) * np.dtype(dtype).itemsize
-    return Function(name=name, dimensions=tuple(dimensions), shape=tuple(shape),
-                    dtype=np.dtype(dtype).type, space_order=0, halo=tuple(halo),
-                    **compiler.allocation(nbytes))
+    kind, order = (ChannelsLastFunction, storage_order) if channels_last else \
+        (Function, tuple)
+    return kind(name=name, dimensions=order(tuple(dimensions)), shape=order(tuple(shape)),
+                dtype=np.dtype(dtype).type, space_order=0, halo=order(tuple(halo)),
+                **compiler.allocation(nbytes))
+
+
+def tensor_like(name, function, dtype=None):
+    """A Function stored like ``function`` (Dimensions, shape and layout), no halo."""
+    return tensor(name, logical_dimensions(function), logical_order(function.shape)
+                  if is_channels_last(function) else function.shape,
+                  dtype or function.dtype, channels_last=is_channels_last(function))
 
 
 def register_sum(name, target, value, outer, inner, dtype=np.float64, finish=None):
@@ -98,6 +114,48 @@ def register_sum(name, target, value, outer, inner, dtype=np.float64, finish=Non
     return [Eq(total, 0, implicit_dims=outer),
             Eq(total, total + value, implicit_dims=IgnoreDimSort(outer + inner)),
             Eq(target, total if finish is None else finish(total), implicit_dims=outer)]
+
+
+def channel_sum(name, target, value, channel, loops, partial=None, batch=None,
+                finish=None, dtype=np.float64):
+    """Equations for ``target = finish(sum of value over loops)``, one sum a
+    channel: the per-channel sums of BatchNorm and of a bias gradient.
+
+    Parameters
+    ----------
+    name : str
+        Name of the register the sum is kept in (unique in an operator).
+    target : Indexed
+        Where the sum goes, indexed by ``channel`` only.
+    value : expression
+        The term, over ``channel`` and ``loops``.
+    channel : Dimension
+    loops : tuple of Dimension
+        ``(batch, rows, columns)`` summed over, Dimensions of the caller's own.
+    partial : Function, optional
+        Stored on ``(loops[0], channels)`` in ``dtype``, where ``value`` is read
+        channels last: each sample's sums first, in one pass over it with the
+        channels innermost (vectorised over them, parallel over samples: Devito
+        parallelises a loop over a Function's own Dimension, not over a
+        DefaultDimension), then their sum over ``batch`` (a batch Dimension of
+        its own) in a register. Without it, a register sum, the channel outermost
+        (an NCHW read).
+    finish, dtype
+        As :func:`register_sum`.
+    """
+    if partial is None:
+        return register_sum(name, target, value, (channel,), loops, dtype, finish)
+    n, rows, columns = loops
+    if partial.dimensions[0] is not n:
+        raise ValueError(f"channel_sum `{name}`: the sample sums `{partial.name}` must "
+                         f"be stored on the batch loop `{n}`, got "
+                         f"{partial.dimensions}")
+    return [Eq(partial[n, channel], 0),
+            # (an Eq, not an Inc: Devito makes an Inc inside a parallel loop atomic)
+            Eq(partial[n, channel], partial[n, channel] + value,
+               implicit_dims=IgnoreDimSort((n, rows, columns, channel))),
+            *register_sum(name, target, partial[batch, channel], (channel,), (batch,),
+                          dtype, finish)]
 
 
 def plain_view(function):

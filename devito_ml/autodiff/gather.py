@@ -126,7 +126,7 @@ def opaque_indices(expression):
     def wrap(access):
         indices = [i if isinstance(i, Dimension) or i.is_Integer else INT(i)
                    for i in access.indices]
-        return access.function[tuple(indices)]
+        return access.function.indexed[tuple(indices)]
     replacements = {a: wrap(a) for a in sympy.preorder_traversal(expression)
                     if isinstance(a, sympy.Indexed)}
     return expression.xreplace(replacements)

@@ -31,7 +31,7 @@ class Operation:
     def value(self):
         """The Functions read, one access each: what the reverse walk follows
         (which Functions the operation reads), not what it computes."""
-        return sympy.Add(*[function[function.dimensions] for function in self.reads])
+        return sympy.Add(*[function.indexify() for function in self.reads])
 
     def equations(self):
         """The plain loop nests computing the operation.

@@ -28,7 +28,8 @@ from devito_ml.autodiff.operations import Operation
 from devito_ml.autodiff.rules import AutodiffError, derivative
 from devito_ml.autodiff.statements import accesses, extents, statements
 from devito_ml.kernel_calls import BATCH, is_batch_dimension
-from devito_ml.symbolics import tensor
+from devito_ml.layout import is_channels_last
+from devito_ml.symbolics import tensor_like
 
 __all__ = ['adjoint', 'intermediates', 'ScatterWarning', 'gradient_name', 'gradient_of']
 
@@ -128,8 +129,7 @@ def _last(forward, function):
 
 
 def _same_as(function):
-    return tensor(gradient_name(function.name), function.dimensions, function.shape,
-                  function.dtype)
+    return tensor_like(gradient_name(function.name), function)
 
 
 def gradient_of(function, made):
@@ -156,7 +156,7 @@ class _Walk:
             return
         sizes = extents(statement, self.where)
         given = self.grads[statement.target.function]
-        seed = given[statement.target.indices] \
+        seed = given.indexed[statement.target.indices] \
             if getattr(given, 'is_DiscreteFunction', False) else given
         for access in accesses(statement.value):
             if access.function not in self.grads:
@@ -187,6 +187,10 @@ class _Walk:
             raise AutodiffError(f"{self.where}: the gradient `{gradient.name}` has "
                                 f"shape {gradient.shape}, `{access.function.name}` "
                                 f"{access.function.shape}")
+        if is_channels_last(gradient) != is_channels_last(access.function):
+            raise AutodiffError(f"{self.where}: the gradient `{gradient.name}` and "
+                                f"`{access.function.name}` are stored in different "
+                                "layouts (one channels last): their indices differ")
         if any(sympy.sympify(i).has(sympy.Indexed) for i in access.indices):
             raise AutodiffError(f"{self.where}: the index of `{access}` in "
                                 f"`{statement.equation}` depends on data: no adjoint "
@@ -199,8 +203,8 @@ class _Walk:
                           "invertible affine map): its loops run with atomics",
                           ScatterWarning, stacklevel=4)
             renamed = {d: self._loop(gradient, d, sizes[d]) for d in sizes}
-            lhs = gradient[tuple(sympy.sympify(i).xreplace(renamed)
-                                 for i in access.indices)]
+            lhs = gradient.indexed[tuple(sympy.sympify(i).xreplace(renamed)
+                                         for i in access.indices)]
             self._term(access.function, 'scatter', lhs, value.xreplace(renamed),
                        tuple(renamed.values()))
             return
@@ -211,7 +215,7 @@ class _Walk:
         mapping = {**solution, **renamed}
         value = guarded(value.xreplace(mapping), [c.xreplace(mapping)
                                                   for c in conditions])
-        self._term(access.function, 'gather', gradient[targets], value,
+        self._term(access.function, 'gather', gradient.indexed[targets], value,
                    tuple(renamed[d] for d in left))
 
     def _stem(self, gradient):
@@ -271,7 +275,7 @@ class _Walk:
                 Eq(register, register + sympy.Add(*values),
                    implicit_dims=IgnoreDimSort(targets + loops))]
             total += register
-        self.equations.append(Eq(gradient[targets], total, implicit_dims=targets))
+        self.equations.append(Eq(gradient.indexed[targets], total, implicit_dims=targets))
         for kind, lhs, value, loops in terms:
             if kind == 'scatter':
                 self.equations.append(Inc(opaque_indices(lhs), opaque_indices(value),

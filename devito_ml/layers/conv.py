@@ -10,6 +10,7 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
+from devito_ml.layout import stored_order
 from devito_ml.autodiff import plain_equations
 from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
                                          TiledTransposedCorrelation, TiledWeightGradient)
@@ -191,11 +192,15 @@ class Conv(WeightedLayer):
             self._create_group_indices()
         self.bias = self.tensor('b', (self.k,), (k,))
         self.bias_gradients = self.tensor('db', (self.k,), (k,))
+        # the bias gradient's sums, each sample's first where dz is channels last
+        self.bias_sample_sums = self.tensor(
+            'db_sample_sums', (Dimension(f"{self.name}_db_sample_n"), self.k),
+            (self.input_size[0], k), dtype=np.float64) \
+            if self.result_channels_last and self.has_bias else None
         if self.activation.is_identity:
             self.pre_activation_gradients = self.result_gradients
         else:
-            self.pre_activation_gradients = self.tensor('dz', self.out_storage,
-                                                        self.output_size)
+            self.pre_activation_gradients = self.output_tensor('dz')
         self._create_channels_last()
 
     def _create_group_indices(self):
@@ -304,6 +309,16 @@ class Conv(WeightedLayer):
         """
         return fills_lanes(self.kernel_size[0]) and self._tiled
 
+    def reads_channels_last(self, index):
+        """A channels-last input where every pass over it is register-tiled: the
+        tiles' copies read it in its own order."""
+        return self.channels_last and self.input_gradient_channels_last
+
+    def writes_channels_last(self):
+        """A channels-last output where the forward pass and the weight gradient
+        are register-tiled (they write and read it channels innermost)."""
+        return self.channels_last
+
     @property
     def input_halo(self):
         """The NCHW nests read the input padded in place; channels last, a copy."""
@@ -350,7 +365,8 @@ class Conv(WeightedLayer):
                     (self.ky, self.kx))] + \
             tiles.equations() + \
             [Eq(correlation.target[n, k, y, x], correlation.activation.forward(value),
-                implicit_dims=IgnoreDimSort((n, k, y, x)))]
+                implicit_dims=IgnoreDimSort(stored_order(correlation.target,
+                                                         (n, k, y, x))))]
 
     def _weight_gradient_equations(self, correlation):
         r"""dW[k, c, i, j] = sum over (batch, y, x) of dz * input, channels last.
@@ -437,5 +453,6 @@ class Conv(WeightedLayer):
             x = self.dim(f'din{a}{b}_w', phase.columns)
             value = 0 if phase.tiles is None else phase.tiles.target_at(n, y, x, ci)
             eqs.append(Eq(correlation.target[n, ci, y * sy + a, x * sx + b], value,
-                          implicit_dims=IgnoreDimSort((n, ci, y, x))))
+                          implicit_dims=IgnoreDimSort(stored_order(correlation.target,
+                                                                   (n, ci, y, x)))))
         return eqs

@@ -22,7 +22,8 @@ from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
 from devito_ml.autodiff import Operation
-from devito_ml.symbolics import kernel_taps, register_sum
+from devito_ml.layout import stored_order
+from devito_ml.symbolics import channel_sum, kernel_taps
 
 __all__ = ['Correlation', 'WeightCorrelation', 'TransposedCorrelation']
 
@@ -91,9 +92,15 @@ class Correlation(_ConvOperation):
         if self.bias in gradients:
             # first: after the weight gradient's nests over (k, c), Devito would
             # fuse this sum over k into them, and sum it once a channel
-            m = conv.reduction_batch_dim      # a new Dimension at each call
-            shared += register_sum(f"{conv.name}_sum_dz", gradients[self.bias][k],
-                                   dz[m, k, y, x], (k,), (m, y, x))
+            # (rows and columns of its own too: with dz channels last, its own
+            # Dimensions would order the rows before the channels)
+            batch, _, rows, columns = conv.output_size
+            gy, gx = conv.dim('db_h', rows), conv.dim('db_w', columns)
+            partial = conv.bias_sample_sums
+            m = partial.dimensions[0] if partial else conv.reduction_batch_dim
+            shared += channel_sum(f"{conv.name}_sum_dz", gradients[self.bias][k],
+                                  dz[m, k, gy, gx], k, (m, gy, gx), partial,
+                                  conv.dim('db_n', batch) if partial else None)
             each[self.bias] = []
         if self.kernel in gradients:
             each[self.kernel] = [WeightCorrelation(conv, gradients[self.kernel], dz,
@@ -166,6 +173,9 @@ class TransposedCorrelation(_ConvOperation):
         total = sum(self.kernel[kk, local, i, j]
                     * stuffed[n, kk, h + py - i * dy, w + px - j * dx]
                     for i, j in self.taps())
-        return [Eq(stuffed[n, k, y * sy, x * sx], self.gradient[n, k, y, x]),
+        # looping in the order the gradient is stored (channels last, from tiles)
+        return [Eq(stuffed[n, k, y * sy, x * sx], self.gradient[n, k, y, x],
+                   implicit_dims=IgnoreDimSort(stored_order(self.gradient,
+                                                            (n, k, y, x)))),
                 Eq(self.target[n, ci, h, w], 0),
                 Inc(self.target[n, ci, h, w], total)]

@@ -195,7 +195,7 @@ class FullyConnectedSoftmax(FullyConnected):
     family = 'fc'
 
     def _create_pre_activation(self):
-        self.logits = self.tensor('logits', self.out_storage, self.output_size)
+        self.logits = self.output_tensor('logits')
         self.pre_activation = self.logits
         batch = (self.batch_dim,)
         self.row_max = self.tensor('max', batch, self.output_size[:1])

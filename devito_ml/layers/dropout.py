@@ -45,6 +45,7 @@ class Dropout(Layer):
     [0.0, 2.0]
     """
 
+    preserves_layout = True
     family = 'dropout'
     input_ndim = (2, 4)
     mode_dependent = True
@@ -66,7 +67,7 @@ class Dropout(Layer):
         return self.input_size
 
     def _create_functions(self):
-        self.mask = self.tensor('mask', self.out_storage, self.output_size)
+        self.mask = self.output_tensor('mask')
 
     def reset_parameters(self, rng):
         """Draw the mask seed from ``rng`` unless one was given."""

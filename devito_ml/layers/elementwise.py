@@ -31,6 +31,7 @@ class ActivationLayer(Layer):
     array([[0., 0., 2.]])
     """
 
+    preserves_layout = True
     family = 'act'
     input_ndim = (4, 2)
 

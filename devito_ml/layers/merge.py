@@ -6,6 +6,7 @@ from devito import Eq
 
 from devito_ml.activations import as_activation
 from devito_ml.layer import Layer
+from devito_ml.layout import logical_dimensions
 from devito_ml.symbolics import Halo
 from devito_ml.validation import LayerArgumentError, ShapeError, check_array
 
@@ -71,11 +72,14 @@ class Merge(Layer):
         for index, size in enumerate(self._input_sizes):
             storage = self._storage_dims(f"din{index}", size)
             own = inputs[index] is None
-            self.inputs.append(self.tensor(f"in{index}", storage, size) if own
+            layout = self.inputs_channels_last[index]
+            self.inputs.append(self.tensor(f"in{index}", storage, size,
+                                           channels_last=layout) if own
                                else inputs[index])
             target = input_gradients[index]
             self.input_gradients_list.append(
-                self.tensor(f"din{index}", storage, size) if target is None else target)
+                self.tensor(f"din{index}", storage, size, channels_last=layout)
+                if target is None else target)
         self.input, self.input_gradients = self.inputs[0], self.input_gradients_list[0]
         self._create_result()
         self._create_functions()
@@ -87,8 +91,8 @@ class Merge(Layer):
         eqs = []
         for own, source in zip(self.inputs, sources):
             if own is not source:     # a padded producer: copy the domain
-                dims = own.dimensions
-                eqs.append(Eq(own[dims], source[dims]))
+                dims = own.dimensions        # (one layout: the net's)
+                eqs.append(Eq(own.indexed[dims], source.indexed[dims]))
         return eqs + self.schedule(self._forward_equations(training))
 
     def equations(self, input=None, training=True):
@@ -141,6 +145,7 @@ class Add(Merge):
     (2, 3, 4, 4)
     """
 
+    preserves_layout = True
     family = 'add'
 
     def __init__(self, activation=None, input_sizes=None, name=None, dtype=None,
@@ -198,6 +203,6 @@ class Concat(Merge):
     def _forward_equations(self, training):
         eqs = []
         for x, offset in zip(self.inputs, self.offsets()):
-            n, c, *rest = x.dimensions
+            n, c, *rest = logical_dimensions(x)
             eqs.append(Eq(self.result[(n, c + offset, *rest)], x[(n, c, *rest)]))
         return eqs

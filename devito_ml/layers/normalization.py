@@ -3,13 +3,13 @@ with the rule of its adjoint."""
 
 import numpy as np
 import sympy
-from devito import Eq
+from devito import Dimension, Eq
 
 from devito_ml.activations import as_activation
 from devito_ml.autodiff import Operation
 from devito_ml.compiled import SyncPoint
 from devito_ml.layer import Layer
-from devito_ml.symbolics import register_sum
+from devito_ml.symbolics import channel_sum
 from devito_ml.validation import LayerArgumentError, ShapeError
 
 __all__ = ['BatchNorm']
@@ -60,6 +60,7 @@ class BatchNorm(Layer):
     (['W', 'b'], ['num_batches_tracked', 'running_mean', 'running_var'])
     """
 
+    preserves_layout = True
     family = 'bn'
     mode_dependent = True
     draws_per_step = True
@@ -83,7 +84,7 @@ class BatchNorm(Layer):
         return self.input_size
 
     def _create_functions(self):
-        _, c, h, w = self.input_size
+        n, c, h, w = self.input_size
         self.c = self.out_dims[1]
         channels = (self.c,)
         self.kernel = self.tensor('W', channels, (c,))
@@ -98,19 +99,39 @@ class BatchNorm(Layer):
         self.inverse_std = self.tensor('invstd', channels, (c,), dtype=statistics)
         self.pre_activation_gradients = self.result_gradients \
             if self.activation.is_identity else \
-            self.tensor('dz', self.out_storage, self.output_size)
+            self.output_tensor('dz')
         # one set of reduction loops a pass: Devito would fuse the mean and the
         # variance loops if they shared Dimensions, reading a partial mean
         self.mean_dims = self._reduction_dims('mean')
         self.var_dims = self._reduction_dims('var')
         self.grad_dims = self._reduction_dims('grad')
+        # channels last, each sample's sums first, stored on the pass's batch loop
+        # (symbolics.channel_sum): the gradient's pass makes two
+        self.sample_sums = {
+            name: self.tensor(f"{name}_samples", (dims[0], self.c), (n, c),
+                              dtype=statistics)
+            for name, dims in (('sum_x', self.mean_dims), ('sum_dev2', self.var_dims),
+                               ('sum_dz', self.grad_dims),
+                               ('sum_dz_xhat', self.grad_dims))} \
+            if self.inputs_channels_last[0] else None
 
     def _reduction_dims(self, role):
         """(batch, rows, cols) loops of one reduction pass; the batch ends in ``_n``
-        so that it runs over the active batch."""
+        so that it runs over the active batch (channels last, a plain Dimension:
+        the sample sums are stored on it)."""
         n, _, h, w = self.input_size
-        return (self.dim(f"{role}_n", n), self.dim(f"{role}_h", h),
-                self.dim(f"{role}_w", w))
+        batch = Dimension(f"{self.name}_{role}_n") if self.inputs_channels_last[0] \
+            else self.dim(f"{role}_n", n)
+        return (batch, self.dim(f"{role}_h", h), self.dim(f"{role}_w", w))
+
+    def _channel_sum(self, name, target, value, loops, finish=None):
+        """:func:`~devito_ml.symbolics.channel_sum` ``name`` of ``value`` over
+        ``loops`` into ``target``, through sample sums where the input is stored
+        channels last."""
+        partial = self.sample_sums[name] if self.sample_sums else None
+        batch = self.dim(f"{name}_n", self.input_size[0]) if partial else None
+        return channel_sum(f"{self.name}_{name}", target, value, self.c, loops,
+                           partial, batch, finish)
 
     def parameters(self):
         return {'W': self.kernel, 'b': self.bias} if self.affine else {}
@@ -177,10 +198,10 @@ class BatchNorm(Layer):
         count = self._count(self.mean_dims)
         momentum = self.momentum
         deviation = self._x(self.var_dims) - mean
-        return register_sum(f"{self.name}_sum_x", mean, self._x(self.mean_dims), (c,),
-                            self.mean_dims, finish=lambda total: total / count) + \
-            register_sum(f"{self.name}_sum_dev2", variance, deviation * deviation, (c,),
-                         self.var_dims) + [
+        return self._channel_sum('sum_x', mean, self._x(self.mean_dims),
+                                 self.mean_dims, finish=lambda total: total / count) + \
+            self._channel_sum('sum_dev2', variance, deviation * deviation,
+                              self.var_dims) + [
                 Eq(inverse_std, 1 / sympy.sqrt(variance / count + eps)),
                 Eq(self.running_mean[c], (1 - momentum) * self.running_mean[c]
                    + momentum * mean),
@@ -195,12 +216,12 @@ class BatchNorm(Layer):
         standard deviation and the running statistics are finished in numpy."""
         c = self.c
         deviation = self._x(self.var_dims) - self.mean[c]
-        return register_sum(f"{self.name}_sum_x", self.mean[c], self._x(self.mean_dims),
-                            (c,), self.mean_dims) + [
+        return self._channel_sum('sum_x', self.mean[c], self._x(self.mean_dims),
+                                 self.mean_dims) + [
             SyncPoint(f"{self.name}_mean", self._sync_mean,
                       lambda: self._idle((self.mean,), self._sync_mean))] + \
-            register_sum(f"{self.name}_sum_dev2", self.variance[c],
-                         deviation * deviation, (c,), self.var_dims) + [
+            self._channel_sum('sum_dev2', self.variance[c], deviation * deviation,
+                              self.var_dims) + [
             SyncPoint(f"{self.name}_variance", self._sync_variance,
                       lambda: self._idle((self.variance,), self._sync_variance))]
 
@@ -299,10 +320,9 @@ class Standardization(Operation):
         # both sums are needed by the input gradient, whether learnt or not
         m, y, x = bn.grad_dims
         dgamma, dbeta = bn.kernel_gradients[c], bn.bias_gradients[c]
-        shared += register_sum(f"{bn.name}_sum_dz", dbeta, dz[m, c, y, x], (c,),
-                               (m, y, x))
-        shared += register_sum(f"{bn.name}_sum_dz_xhat", dgamma,
-                               dz[m, c, y, x] * bn._normalized(m, y, x), (c,), (m, y, x))
+        shared += bn._channel_sum('sum_dz', dbeta, dz[m, c, y, x], (m, y, x))
+        shared += bn._channel_sum('sum_dz_xhat', dgamma,
+                                  dz[m, c, y, x] * bn._normalized(m, y, x), (m, y, x))
         each = {function: [] for function in self.reads[1:] if function in gradients}
         if bn.input in gradients:
             each[bn.input] = self._input_gradient(dz, dgamma, dbeta,

@@ -1,0 +1,111 @@
+"""One layout through the net: activations between register-tiled convolutions are
+stored channels last, indexed as NCHW, and the net still agrees with torch at
+every vector width; what users read and write stays NCHW."""
+
+import pickle
+import re
+
+import numpy as np
+import pytest
+from devito import Dimension, Eq, Function, Operator
+
+from devito_ml import (Add, BatchNorm, Conv, Flat, FullyConnected, GlobalAvgPooling,
+                       Input, MaxPooling, Net, ReLU)
+from devito_ml.interop import torch_models
+from devito_ml.layout import ChannelsLastFunction, is_channels_last
+from devito_ml.models import resnet
+from devito_ml.symbolics import tensor
+from twins import compare_model
+
+
+def _dimensions(prefix):
+    return (Dimension('n'),) + tuple(Dimension(f"{prefix}_{r}") for r in 'chw')
+
+
+def test_channels_last_storage_is_indexed_and_read_as_nchw():
+    """Pins what the layout relies on in the Devito version in use: a Function
+    subclass whose ``[]`` reorders its indices lowers to channels-innermost loops,
+    and ``Function.data`` is a property whose getter the subclass can wrap."""
+    assert isinstance(Function.data, property)
+    dims_a, dims_b = _dimensions('a'), _dimensions('b')
+    a = tensor('a', dims_a, (2, 16, 3, 4), np.float64, channels_last=True)
+    b = tensor('b', dims_b, (2, 16, 3, 4), np.float64, channels_last=True)
+    assert type(a) is ChannelsLastFunction and a.shape == (2, 3, 4, 16)
+    x = np.random.default_rng(0).standard_normal((2, 16, 3, 4))
+    a.data[:] = x
+    assert np.array_equal(a.data, x)
+    assert np.array_equal(np.asarray(a.data_with_halo), x.transpose(0, 2, 3, 1))
+    n, c, h, w = dims_b
+    op = Operator([Eq(b[n, c, h, w], 2 * a[n, c, h, w])])
+    op.apply()
+    assert np.array_equal(b.data, 2 * x)
+    loops = re.findall(r'for \(int (\w+) =', str(op))
+    assert loops == ['n', 'b_h', 'b_w', 'b_c']          # channels innermost
+    assert type(pickle.loads(pickle.dumps(b))) is ChannelsLastFunction
+    assert type(b._rebuild(name='b2')) is ChannelsLastFunction
+
+
+def test_channels_last_activation_refuses_other_indices():
+    a = tensor('a', _dimensions('a'), (2, 16, 3, 4), np.float32, channels_last=True)
+    with pytest.raises(IndexError, match=r"`a`.*\(n, c, h, w\)"):
+        a[Dimension('n'), Dimension('c')]
+
+
+def _block_net(channels, dtype=np.float32):
+    x = Input((3, 8, 8))
+    stem = Conv((channels, 3, 3), padding=1, name='stem')(x)
+    h = BatchNorm(activation=ReLU(), name='bn1')(
+        Conv((channels, 3, 3), padding=1, name='conv1')(stem))
+    h = BatchNorm(name='bn2')(Conv((channels, 3, 3), padding=1, name='conv2')(h))
+    s = Add(activation=ReLU(), name='add')(h, stem)
+    p = MaxPooling(2, name='pool')(Conv((channels, 1, 1), name='head')(s))
+    y = FullyConnected(4, name='fc')(Flat()(GlobalAvgPooling()(p)))
+    return Net(y, batch_size=2, dtype=dtype, seed=0)
+
+
+def test_activations_between_tiled_convolutions_are_channels_last(width):
+    """16 channels fill the lanes of every width: from the stem to the 1x1
+    convolution the activations are channels last; that convolution's output
+    feeds a max pooling, which reads NCHW, and so is NCHW; the net's input too."""
+    net = _block_net(16)
+    stored = {layer.name: is_channels_last(layer.result) for layer in net.layers}
+    assert stored == {'stem': True, 'conv1': True, 'bn1': True, 'conv2': True,
+                      'bn2': True, 'add': True, 'head': False, 'pool': False,
+                      'avgpool1': False, 'flat1': False, 'fc': False}
+    assert not is_channels_last(net.input)
+    layers = {layer.name: layer for layer in net.layers}
+    assert is_channels_last(layers['bn1'].input_gradients)     # conv1's dout
+    assert is_channels_last(layers['add'].input_gradients_of(1))
+
+
+def test_channels_that_fill_no_lanes_stay_nchw():
+    """3 channels fill three quarters of no tile width: nothing is channels last."""
+    net = _block_net(3)
+    assert not any(is_channels_last(layer.result) for layer in net.layers)
+
+
+def _small_resnet(dtype):
+    """Stages of 8 and 16 channels, a downsampling shortcut: channels last but for
+    the second stage's residual stream, which the pooling head reads."""
+    return resnet(18, batch_size=3, image_size=(7, 6), classes=5, width=8,
+                  small_input=True, blocks=(1, 1, 0, 0), dtype=dtype, seed=2)
+
+
+def _compare_small_resnet(dtype, training, rng):
+    net = _small_resnet(dtype)
+    assert is_channels_last(net.layers[0].result)
+    compare_model(net, lambda: torch_models.resnet(18, 5, 8, 3, True,
+                                                   blocks=(1, 1, 0, 0)),
+                  rng, training)
+
+
+def test_channels_last_resnet_trains_like_torch_at_every_width(width, rng):
+    """Outputs, loss, every gradient and the running statistics against torch,
+    in float64, with the schedules of each vector width."""
+    _compare_small_resnet(np.float64, True, rng)
+
+
+@pytest.mark.parametrize('dtype, training', [(np.float32, True), (np.float64, False)],
+                         ids=['float32-train', 'float64-eval'])
+def test_channels_last_resnet_matches_torch(dtype, training, rng):
+    _compare_small_resnet(dtype, training, rng)
