@@ -29,7 +29,7 @@ from devito_ml.layout import (ChannelsLastFunction, is_channels_last, logical_di
 
 __all__ = ['Select', 'CondEq', 'CondNe', 'plain_view', 'tensor', 'tensor_like',
            'tap_dimension', 'Halo', 'stuffed_extent', 'stuffed_halo', 'kernel_taps',
-           'MAX_UNROLLED_TAPS', 'register_sum', 'channel_sum']
+           'MAX_UNROLLED_TAPS', 'register_sum', 'channel_sum', 'sample_sums']
 
 MAX_UNROLLED_TAPS = 49
 
@@ -134,28 +134,33 @@ def channel_sum(name, target, value, channel, loops, partial=None, batch=None,
         ``(batch, rows, columns)`` summed over, Dimensions of the caller's own.
     partial : Function, optional
         Stored on ``(loops[0], channels)`` in ``dtype``, where ``value`` is read
-        channels last: each sample's sums first, in one pass over it with the
-        channels innermost (vectorised over them, parallel over samples: Devito
-        parallelises a loop over a Function's own Dimension, not over a
-        DefaultDimension), then their sum over ``batch`` (a batch Dimension of
-        its own) in a register. Without it, a register sum, the channel outermost
-        (an NCHW read).
+        channels last: each sample's sums first (:func:`sample_sums`), then their
+        sum over ``batch`` (a batch Dimension of its own) in a register. Without
+        it, a register sum, the channel outermost (an NCHW read).
     finish, dtype
         As :func:`register_sum`.
     """
     if partial is None:
         return register_sum(name, target, value, (channel,), loops, dtype, finish)
+    return sample_sums(partial, value, loops, channel) + \
+        register_sum(name, target, partial[batch, channel], (channel,), (batch,), dtype,
+                     finish)
+
+
+def sample_sums(partial, value, loops, channel):
+    """Equations for ``partial[n, channel]`` = the sum of ``value`` over a sample's
+    rows and columns, ``loops = (n, rows, columns)``, read channels last: the
+    channels innermost (vectorised), parallel over samples. ``partial`` must be
+    stored on ``n`` (Devito parallelises a loop over a Function's own Dimension,
+    not over a DefaultDimension)."""
     n, rows, columns = loops
     if partial.dimensions[0] is not n:
-        raise ValueError(f"channel_sum `{name}`: the sample sums `{partial.name}` must "
-                         f"be stored on the batch loop `{n}`, got "
-                         f"{partial.dimensions}")
+        raise ValueError(f"sample_sums: `{partial.name}` must be stored on the batch "
+                         f"loop `{n}`, got {partial.dimensions}")
     return [Eq(partial[n, channel], 0),
             # (an Eq, not an Inc: Devito makes an Inc inside a parallel loop atomic)
             Eq(partial[n, channel], partial[n, channel] + value,
-               implicit_dims=IgnoreDimSort((n, rows, columns, channel))),
-            *register_sum(name, target, partial[batch, channel], (channel,), (batch,),
-                          dtype, finish)]
+               implicit_dims=IgnoreDimSort((n, rows, columns, channel)))]
 
 
 def plain_view(function):

@@ -51,31 +51,42 @@ def test_channels_last_activation_refuses_other_indices():
         a[Dimension('n'), Dimension('c')]
 
 
-def _block_net(channels, dtype=np.float32):
+def _block_net(channels, pooling=None, dtype=np.float32):
     x = Input((3, 8, 8))
     stem = Conv((channels, 3, 3), padding=1, name='stem')(x)
     h = BatchNorm(activation=ReLU(), name='bn1')(
         Conv((channels, 3, 3), padding=1, name='conv1')(stem))
     h = BatchNorm(name='bn2')(Conv((channels, 3, 3), padding=1, name='conv2')(h))
     s = Add(activation=ReLU(), name='add')(h, stem)
-    p = MaxPooling(2, name='pool')(Conv((channels, 1, 1), name='head')(s))
+    p = (pooling or MaxPooling(2, name='pool'))(Conv((channels, 1, 1), name='head')(s))
     y = FullyConnected(4, name='fc')(Flat()(GlobalAvgPooling()(p)))
     return Net(y, batch_size=2, dtype=dtype, seed=0)
 
 
-def test_activations_between_tiled_convolutions_are_channels_last(width):
-    """16 channels fill the lanes of every width: from the stem to the 1x1
-    convolution the activations are channels last; that convolution's output
-    feeds a max pooling, which reads NCHW, and so is NCHW; the net's input too."""
+def test_activations_from_the_stem_to_the_head_are_channels_last(width):
+    """16 channels fill the lanes of every width: every activation from the first
+    convolution to the global pooling is channels last (Flat reads any layout);
+    the net's input and the fully connected output are not."""
     net = _block_net(16)
     stored = {layer.name: is_channels_last(layer.result) for layer in net.layers}
     assert stored == {'stem': True, 'conv1': True, 'bn1': True, 'conv2': True,
-                      'bn2': True, 'add': True, 'head': False, 'pool': False,
-                      'avgpool1': False, 'flat1': False, 'fc': False}
+                      'bn2': True, 'add': True, 'head': True, 'pool': True,
+                      'avgpool1': True, 'flat1': False, 'fc': False}
     assert not is_channels_last(net.input)
     layers = {layer.name: layer for layer in net.layers}
     assert is_channels_last(layers['bn1'].input_gradients)     # conv1's dout
     assert is_channels_last(layers['add'].input_gradients_of(1))
+
+
+def test_a_layer_that_reads_nchw_keeps_its_inputs_group_nchw():
+    """Windows read through index tables (ceil_mode adds a window here) are NCHW:
+    the pooling's input, its output and what shares their layout are NCHW, the
+    residual block before them channels last."""
+    net = _block_net(16, MaxPooling(3, stride=2, ceil_mode=True, name='pool'))
+    stored = {layer.name: is_channels_last(layer.result) for layer in net.layers}
+    assert stored == {'stem': True, 'conv1': True, 'bn1': True, 'conv2': True,
+                      'bn2': True, 'add': True, 'head': False, 'pool': False,
+                      'avgpool1': False, 'flat1': False, 'fc': False}
 
 
 def test_channels_that_fill_no_lanes_stay_nchw():

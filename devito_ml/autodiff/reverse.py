@@ -275,7 +275,11 @@ class _Walk:
                 Eq(register, register + sympy.Add(*values),
                    implicit_dims=IgnoreDimSort(targets + loops))]
             total += register
-        self.equations.append(Eq(gradient.indexed[targets], total, implicit_dims=targets))
+        # a channels-last gradient loops in its storage order whatever the order
+        # the indices of its terms would suggest (Flat's feature index names the
+        # channels first)
+        order = IgnoreDimSort(targets) if is_channels_last(gradient) else targets
+        self.equations.append(Eq(gradient.indexed[targets], total, implicit_dims=order))
         for kind, lhs, value, loops in terms:
             if kind == 'scatter':
                 self.equations.append(Inc(opaque_indices(lhs), opaque_indices(value),

@@ -9,12 +9,14 @@ from devito.types import Scalar
 from sympy import Max, Min
 
 from devito_ml.layer import Layer
+from devito_ml.layout import stored_order
 from devito_ml.layers.window import output_extent, padding_halo, window_output_size
 from devito_ml.layers.window_reduction import WindowGradient, WindowReduction
 from devito_ml.layers.window_tables import (WindowTables, adaptive_windows,
                                             sliding_windows)
 from devito_ml.symbolics import (CondEq, CondNe, Halo, Select, kernel_taps,
-                                 register_sum, stuffed_extent, stuffed_halo)
+                                 register_sum, sample_sums, stuffed_extent,
+                                 stuffed_halo)
 from devito_ml.validation import LayerArgumentError, as_pair, check_flag
 
 __all__ = ['MaxPooling', 'AvgPooling', 'Subsampling', 'GlobalAvgPooling',
@@ -46,6 +48,7 @@ class Pooling(Layer):
     """
 
     reduction = None   # 'max' or 'avg'
+    preserves_layout = True   # an output and its window of the input: one channel
     dilation = (1, 1)
     ceil_mode = False
     count_include_pad = True
@@ -117,6 +120,14 @@ class Pooling(Layer):
     def input_halo(self):
         return Halo.none(4) if self.tabled else padding_halo(self.padding)
 
+    def reads_channels_last(self, index):
+        """Affine windows read any layout (channels last, loops channels
+        innermost); index tables are NCHW."""
+        return not self.tabled
+
+    def writes_channels_last(self):
+        return not self.tabled
+
     def _create_functions(self):
         if self.tabled:
             if self.reduction == 'max':
@@ -133,16 +144,21 @@ class Pooling(Layer):
         dims = (self.batch_dim, self.out_dims[1], self.dim('dout_stuffed_h', stuffed[0]),
                 self.dim('dout_stuffed_w', stuffed[1]))
         halo = Halo((0, 0), (0, 0), *halos)
+        layout = self.result_channels_last
         if self.reduction == 'max':
             if self._disjoint_max:   # a scatter: no stuffed copies
                 if len(self._taps()) == 1:    # the first maximum found by a loop
-                    self.argmax = self.tensor('argmax', self.out_storage,
-                                              self.output_size)
+                    self.argmax = self.output_tensor('argmax')
                 return
-            self.argmax = self.tensor('argmax', self.out_storage, self.output_size)
+            self.argmax = self.output_tensor('argmax')
             self.stuffed_argmax = self.tensor('argmax_stuffed', dims, (n, c) + stuffed,
-                                              halo)
-        self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo)
+                                              halo, channels_last=layout)
+        self.stuffed_gradients = self.tensor('dout_stuffed', dims, (n, c) + stuffed, halo,
+                                             channels_last=layout)
+
+    def _loops(self):
+        """The output's loops in the order the output is stored."""
+        return stored_order(self.result, self.out_dims)
 
     def _tap(self, ky=None, kx=None):
         n, c, y, x = self.out_dims
@@ -170,7 +186,7 @@ class Pooling(Layer):
         taps = [self._tap(i, j) for i, j in self._taps()]
         if self.reduction == 'max':
             if len(taps) > 1:
-                return nan_propagating_max(out, taps, self.name, self.out_dims)
+                return nan_propagating_max(out, taps, self.name, self._loops())
             tap = taps[0]
             return [Eq(out, -sympy.oo),
                     Eq(out, Select(CondNe(out, out), out,
@@ -198,7 +214,7 @@ class Pooling(Layer):
             first = Select(CondNe(tap, tap), i * q + j,
                            Select(CondEq(tap, out), i * q + j, first))
         # over the output's loops: ``arg`` may be a register
-        return [Eq(arg, first, implicit_dims=self.out_dims)]
+        return [Eq(arg, first, implicit_dims=self._loops())]
 
     @property
     def _disjoint_max(self):
@@ -250,7 +266,7 @@ class Pooling(Layer):
             blend; one that reads memory is a branch to gcc, and stops it
             vectorising the loop."""
             scalar = Scalar(name=f"{self.name}_{name}", dtype=din.function.dtype)
-            eqs.append(Eq(scalar, value, implicit_dims=self.out_dims))
+            eqs.append(Eq(scalar, value, implicit_dims=self._loops()))
             return scalar
 
         out = loaded('max', self.result[n, c, y, x])
@@ -444,12 +460,20 @@ class GlobalAvgPooling(AvgPooling):
         return size
 
     def _create_functions(self):
-        pass   # no stuffed gradient: every input position has one window
+        # no stuffed gradient: every input position has one window; a channels-last
+        # input is summed into each sample's sums, vectorised over the channels
+        n, c = self.input_size[:2]
+        self.sample_sums = self.tensor('sum_samples', self.out_dims[:2], (n, c),
+                                       dtype=np.float64) \
+            if self.inputs_channels_last[0] else None
 
     def _forward_equations(self, training):
         n, c = self.out_dims[:2]
         _, _, h, w = self.input_gradient_dims
         area = self.kernel_size[0] * self.kernel_size[1]
+        if self.sample_sums is not None:
+            return sample_sums(self.sample_sums, self.input[n, c, h, w], (n, h, w), c) \
+                + [Eq(self.result[n, c, 0, 0], self.sample_sums[n, c] / area)]
         return register_sum(f"{self.name}_sum_x", self.result[n, c, 0, 0],
                             self.input[n, c, h, w], (n, c), (h, w),
                             finish=lambda total: total / area)

@@ -1,8 +1,10 @@
 """Flat: NCHW feature maps (any rows x cols) to (batch, features)."""
 
 from devito import Eq
+from devito.types.utils import IgnoreDimSort
 
 from devito_ml.layer import Layer
+from devito_ml.layout import stored_order
 
 __all__ = ['Flat']
 
@@ -26,6 +28,10 @@ class Flat(Layer):
     def __init__(self, input_size=None, name=None, dtype=None, generate_code=False):
         super().__init__(input_size, name, dtype, generate_code)
 
+    def reads_channels_last(self, index):
+        """Any layout: each feature is read at its (channel, row, column)."""
+        return True
+
     @property
     def output_size(self):
         n, c, h, w = self.input_size
@@ -38,4 +44,7 @@ class Flat(Layer):
 
     def _forward_equations(self, training):
         n = self.batch_dim
-        return [Eq(self.result[n, self._feature()], self.input[self.in_dims])]
+        # looping in the order the input is stored (the feature index names its
+        # Dimensions in another)
+        return [Eq(self.result[n, self._feature()], self.input[self.in_dims],
+                   implicit_dims=IgnoreDimSort(stored_order(self.input, self.in_dims)))]
