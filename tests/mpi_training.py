@@ -28,9 +28,10 @@ def small_net(batch_size, batchnorm=False):
                            ReLU)
     x = Input((1, 8, 8))
     if batchnorm:   # no bias before a BatchNorm: its gradient is rounding noise,
-        # which Adam would turn into steps of the learning rate
-        h = BatchNorm(activation=ReLU())(Conv((4, 3, 3), padding=1, bias=False)(x))
-        h = BatchNorm(activation=ReLU())(Conv((4, 3, 3), stride=2, padding=1,
+        # which Adam would turn into steps of the learning rate; 8 channels fill
+        # the lanes of a tile at every width: the BatchNorms read channels last
+        h = BatchNorm(activation=ReLU())(Conv((8, 3, 3), padding=1, bias=False)(x))
+        h = BatchNorm(activation=ReLU())(Conv((8, 3, 3), stride=2, padding=1,
                                               bias=False)(h))
     else:
         h = Conv((4, 3, 3), padding=1, activation=ReLU())(x)
