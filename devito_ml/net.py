@@ -221,7 +221,8 @@ class Net:
                             halo)
         fill_halo(self.input, fill)
         self._fills = {id(self._input_node): fill}
-        channels_last = channels_last_nodes(self._input_node, self.nodes, edges)
+        channels_last = channels_last_nodes(self._input_node, self.nodes, edges,
+                                            self._sizes)
         for node, name in zip(self.nodes, self._names):
             inputs, targets = [], []
             for index, parent in enumerate(node.inputs):

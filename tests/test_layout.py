@@ -89,6 +89,15 @@ def test_a_layer_that_reads_nchw_keeps_its_inputs_group_nchw():
                       'avgpool1': False, 'flat1': False, 'fc': False}
 
 
+def test_channels_last_needs_channels_in_whole_vectors(width):
+    """12 channels are register-tiled at every width (12 of 16 lanes), but whole
+    vectors only of 4 lanes: point-wise layers and pooling over a remainder of 4
+    channels would not vectorise, so at 8 and 16 lanes the net stays NCHW."""
+    net = _block_net(12)
+    expected = 12 % min(8, width) == 0
+    assert [is_channels_last(layer.result) for layer in net.layers[:6]] == [expected] * 6
+
+
 def test_channels_that_fill_no_lanes_stay_nchw():
     """3 channels fill three quarters of no tile width: nothing is channels last."""
     net = _block_net(3)
