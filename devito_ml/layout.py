@@ -9,8 +9,9 @@ order the tiles want, and is indexed like every other activation,
 ``f[n, c, h, w]``: a layer's maths does not change with the layout, and Devito
 loops over what the Indexed it makes is stored on, channels innermost, vectorised
 over them. The net decides which activations are stored so
-(:func:`channels_last_groups`); what users see stays NCHW: ``data`` is an NCHW view
-of the storage, and the net's input and output are NCHW Functions.
+(:func:`~devito_ml.graph.channels_last_nodes`); what users see stays NCHW:
+``data`` is an NCHW view of the storage, and the net's input and output are NCHW
+Functions.
 
 ``f[f.dimensions]`` is an NCHW access only for NCHW Functions: code that walks a
 Function's own storage (the derived adjoints, copies between Functions of one
