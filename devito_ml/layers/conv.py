@@ -109,8 +109,9 @@ class Conv(WeightedLayer):
     channels last) when its vector channels fill three quarters of whole vector
     registers (the input gradient one tiled correlation a stride phase, the weight
     gradient one partial sum a sample), else NCHW nests (image columns innermost,
-    the weight gradient parallel over its own channels); the public tensors are
-    NCHW either way.
+    the weight gradient parallel over its own channels); what users read is NCHW
+    either way (inside a net, the activations between tiled layers are stored
+    channels last and indexed as NCHW, :mod:`devito_ml.layout`).
 
     Examples
     --------
