@@ -14,7 +14,7 @@ from devito_ml import (Add, BatchNorm, Conv, Flat, FullyConnected, GlobalAvgPool
 from devito_ml.interop import torch_models
 from devito_ml.layout import ChannelsLastFunction, is_channels_last
 from devito_ml.models import resnet
-from devito_ml.symbolics import tensor
+from devito_ml.symbolics import channel_sum, tap_dimension, tensor
 from twins import compare_model
 
 
@@ -127,3 +127,24 @@ def test_channels_last_resnet_trains_like_torch_at_every_width(width, rng):
 
 def test_channels_last_resnet_matches_torch_in_float32(rng):
     _compare_small_resnet(np.float32, True, rng)
+
+
+def test_channel_sums_of_a_channels_last_tensor_match_numpy():
+    """Per-sample sums vectorised over the channels, then a sum over the batch: the
+    per-channel sums of BatchNorm and of a bias gradient read channels last."""
+    dims = _dimensions('x')
+    n, c, h, w = dims
+    x = tensor('x', dims, (3, 16, 4, 5), np.float64, channels_last=True)
+    total = tensor('total', (c,), (16,), np.float64)
+    samples = tensor('samples', (Dimension('s_n'), c), (3, 16), np.float64)
+    rows, columns = tap_dimension('r_h', 4), tap_dimension('r_w', 5)
+    batch = samples.dimensions[0]
+    values = np.random.default_rng(0).standard_normal((3, 16, 4, 5))
+    x.data[:] = values
+    Operator(channel_sum('sum_x', total[c], x[batch, c, rows, columns], c,
+                         (batch, rows, columns), samples, tap_dimension('b_n', 3),
+                         finish=lambda t: t / 60)).apply()
+    assert np.allclose(total.data, values.mean(axis=(0, 2, 3)), rtol=1e-14)
+    with pytest.raises(ValueError, match='stored on the batch loop'):
+        channel_sum('sum_x', total[c], x[n, c, rows, columns], c, (n, rows, columns),
+                    samples, tap_dimension('b_n', 3))
