@@ -12,8 +12,10 @@ from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
 from devito_ml.layout import stored_order
 from devito_ml.autodiff import plain_equations
+from devito_ml.lanes import LiteralDimension
 from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
-                                         TiledTransposedCorrelation, TiledWeightGradient)
+                                         TiledTransposedCorrelation, TiledWeightGradient,
+                                         tap_grid)
 from devito_ml.layers.correlation import (Correlation, TransposedCorrelation,
                                           WeightCorrelation)
 from devito_ml.layers.weight_columns import ColumnWeightGradient
@@ -183,7 +185,11 @@ class Conv(WeightedLayer):
         _, r, q = self.kernel_size
         g = self.groups
         self.k = self.out_dims[1]
-        self.ky, self.kx = self.dim('ky', r), self.dim('kx', q)
+        # literal extents: gcc unrolls the taps of every nest over the kernel (an
+        # optimizer's update of the kernel ran 3x faster, no longer a vector loop of
+        # three entries with run-time bounds)
+        self.ky = LiteralDimension.of(f"{self.name}_ky", r)
+        self.kx = LiteralDimension.of(f"{self.name}_kx", q)
         # the kernel's input channel: all of them, or those of one group
         self.wc = self.in_dims[1] if g == 1 else self.dim('W_c', c // g)
         weight_dims = (self.k, self.wc, self.ky, self.kx)
@@ -252,6 +258,10 @@ class Conv(WeightedLayer):
         # `n` (on `n`, Devito fuses them with the copies and serialises the batch)
         tile_n = self.dim('tile_n', n)
         width = tile_width(k)     # float32 lanes of the forward and weight gradient
+        self.input_gradient_tiles = TiledTransposedCorrelation(
+            f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (oh, ow), (h, w),
+            (r, q), self.stride, self.padding, self.dilation, width=tile_width(c)) \
+            if self.input_gradient_channels_last else None
         if self.channels_last:
             self.forward_tiles = TiledCorrelation(
                 f"{self.name}_fwd", self.dtype, tile_n, n, c, k, (oh, ow),
@@ -266,7 +276,7 @@ class Conv(WeightedLayer):
                                         TILED_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_tiles = TiledWeightGradient(
                     f"{self.name}_dW", self.forward_tiles, self.dim('dW_tile_n', n), n, k,
-                    (oh, ow), (r, q), self.dilation)
+                    (oh, ow), (r, q), self.dilation, self.input_gradient_tiles)
             elif columns and ColumnWeightGradient.fits(
                     n, r * q, c, (oh, ow), self.dtype, COLUMN_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_columns = ColumnWeightGradient(
@@ -274,11 +284,7 @@ class Conv(WeightedLayer):
                     (oh, ow), (r, q), self.dilation, columns)
             else:
                 self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
-        if self.input_gradient_channels_last:
-            self.input_gradient_tiles = TiledTransposedCorrelation(
-                f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (oh, ow), (h, w),
-                (r, q), self.stride, self.padding, self.dilation, width=tile_width(c))
-        else:
+        if not self.input_gradient_channels_last:
             halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d
                      in zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
                             self.dilation)]
@@ -334,14 +340,20 @@ class Conv(WeightedLayer):
     def schedule(self, equations):
         """Each correlation as register tiles (channels last) where its vector
         channels fill ``LANE_FILL`` of the lanes, else as its NCHW nests."""
-        lowered = []
+        lowered, copied = [], False
         for item in equations:
             if isinstance(item, Correlation) and self.channels_last:
                 lowered += self._tiled_forward(item)
             elif isinstance(item, WeightCorrelation) and self.channels_last:
+                if self._weight_gradient_reads_input_gradient_source and not copied:
+                    lowered += self._input_gradient_source_copy(item.gradient)
+                    copied = True
                 lowered += self._weight_gradient_equations(item)
             elif isinstance(item, TransposedCorrelation) and \
                     self.input_gradient_channels_last:
+                if not copied:
+                    lowered += self._input_gradient_source_copy(item.gradient)
+                    copied = True
                 lowered += self._input_gradient_equations(item)
             else:
                 lowered += plain_equations([item])
@@ -431,21 +443,47 @@ class Conv(WeightedLayer):
             columns.equations() + \
             [columns.gradient_equation(lambda k, c, ky, kx: dw[k, c, ky, kx])]
 
+    @property
+    def _weight_gradient_reads_input_gradient_source(self):
+        """Whether the weight gradient's tiles read ``dz`` from the input gradient's
+        padded source (``TiledWeightGradient.reads_in_place``)."""
+        tiles = self.weight_gradient_tiles if self.channels_last else None
+        return tiles is not None and tiles.gradient_source is not None
+
+    def _input_gradient_source_copy(self, dz):
+        """``dz`` into the padded, channels-last source of the input gradient's
+        tiles; the weight gradient's tiles may read it there too."""
+        n, gh, gw, yk = self.dz_cl_dims
+        return [Eq(self.input_gradient_tiles.source_at(n, gh, gw, yk), dz[n, yk, gh, gw],
+                   implicit_dims=IgnoreDimSort((n, gh, gw, yk)))]
+
+    def _swapped_weights(self, phase, kernel):
+        """Fill a stride phase's tile weights: the taps it reads of ``kernel``, its
+        channels swapped. Where those taps form a grid (every tap at stride 1), one
+        nest over them, each row of the kernel read once; else one nest a tap."""
+        tiles, grid = phase.tiles, tap_grid(phase.kernel_taps)
+        if grid is None:
+            return [eq for t, (i, j) in enumerate(phase.kernel_taps)
+                    for eq in tiles.weight_equations(
+                        t, lambda channel, output, i=i, j=j:
+                        kernel[channel, output, i, j])]
+        (rows, first_row, row_step), (columns, first_column, column_step) = grid
+        u = LiteralDimension.of(f"{tiles.name}_W_ky", rows)
+        v = LiteralDimension.of(f"{tiles.name}_W_kx", columns)
+        return tiles.weight_equations(
+            u * columns + v,
+            lambda channel, output: kernel[channel, output, first_row + u * row_step,
+                                           first_column + v * column_step], (u, v))
+
     def _input_gradient_equations(self, correlation):
         """dx as a gather, register-tiled channels last: one tiled correlation a
         stride phase (``conv_tiles.py``)."""
         n, ci = self.input_gradient_dims[:2]
-        _, gh, gw, yk = self.dz_cl_dims
         transposed = self.input_gradient_tiles
-        dz = correlation.gradient
-        eqs = [Eq(transposed.source_at(n, gh, gw, yk), dz[n, yk, gh, gw],
-                  implicit_dims=IgnoreDimSort((n, gh, gw, yk)))]
+        eqs = []
         for phase in transposed.phases:
-            for t, (i, j) in enumerate(phase.kernel_taps):
-                # the kernel's channels swapped
-                eqs += phase.tiles.weight_equations(
-                    t, lambda channel, output, i=i, j=j:
-                    correlation.kernel[channel, output, i, j])
+            if phase.tiles is not None:
+                eqs += self._swapped_weights(phase, correlation.kernel)
         eqs += transposed.equations()
         (sy, sx) = self.stride
         for phase in transposed.phases:
