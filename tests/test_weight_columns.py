@@ -8,6 +8,7 @@ import torch
 
 from devito_ml.layers import conv as conv_module
 from devito_ml.layers.conv import Conv
+from devito_ml.layers.conv_tiles import FMA_CHAINS
 from devito_ml.layers.weight_columns import column_tile_shape
 from devito_ml.vector_width import vector_registers
 from reference import compare_layer
@@ -55,11 +56,23 @@ def test_without_room_for_columns_either_the_weight_gradient_accumulates(
     assert layer.weight_gradient_columns is None and layer.weight_gradient_tiles is None
 
 
-def test_column_tiles_divide_the_channels_and_fit_the_registers(width):
+def test_column_tiles_divide_the_output_blocks_and_fit_the_registers(width):
     for channels, blocks in [(64, 4), (256, 16), (512, 32), (96, 6), (2048, 128),
                              (3, 1), (7, 2)]:
         a, b = column_tile_shape(channels, blocks)
-        assert channels % a == 0 and blocks % b == 0
+        assert blocks % b == 0 and a <= channels
         assert a * b + b + 1 <= vector_registers()
-    assert np.prod(column_tile_shape(256, 16)) >= 8    # two FMA units, 4 cycles each
+    # wide layers: enough accumulators to hide the multiply-adds' latency, their
+    # channels padded where no such tile divides them (256 = 42 x 6 + 4)
+    assert np.prod(column_tile_shape(256, 16)) >= FMA_CHAINS
     assert column_tile_shape(1, 1) is None              # one accumulator: no tile
+
+
+@pytest.mark.parametrize('dtype', [np.float64, np.float32])
+def test_channels_padded_to_whole_column_tiles_match_torch(dtype, width, rng,
+                                                           no_room_for_partial_sums):
+    # 23 channels: the cheapest tile pads them to 24 at every width
+    layer = Conv((32, 3, 3), (3, 23, 6, 5), padding=1, dtype=dtype, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(23, 32, 3, padding=1), rng)
+    columns = layer.weight_gradient_columns
+    assert columns is not None and columns.padded_channels > 23

@@ -441,7 +441,7 @@ class Conv(WeightedLayer):
         dw = correlation.target
         return columns.copies(lambda n, k, y, x: dz[n, k, y, x]) + \
             columns.equations() + \
-            [columns.gradient_equation(lambda k, c, ky, kx: dw[k, c, ky, kx])]
+            columns.gradient_equations(lambda k, c, ky, kx: dw[k, c, ky, kx])
 
     @property
     def _weight_gradient_reads_input_gradient_source(self):

@@ -10,7 +10,8 @@ sums (one a sample) outgrow memory: ResNet-50's 3x3 and 1x1 convolutions of 256 
 
 Both operands are packed by tile, so that a tile reads two contiguous streams:
 ``columns`` by blocks of ``tile_channels`` channels, ``grad`` by blocks of
-``tile_blocks`` vector registers of output channels. A tile of ``tile_channels x
+``tile_blocks`` vector registers of output channels (the channels padded with
+zeros to whole tiles). A tile of ``tile_channels x
 tile_blocks`` accumulators runs the reduction over ``p`` inside its lane loop (as
 :mod:`devito_ml.layers.conv_tiles`' tiles do) and stores its entries of ``dW``:
 no partial sums, no atomics; the tiles of distinct channels run in parallel.
@@ -26,26 +27,40 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.lanes import LaneDimension
 from devito_ml.layers.conv_tiles import FMA_CHAINS, flat_tensor, literal_extent
-from devito_ml.symbolics import tensor
+from devito_ml.symbolics import Select, tensor
 from devito_ml.vector_width import vector_lanes, vector_registers
 
 __all__ = ['ColumnWeightGradient', 'column_tile_shape']
 
 
 def column_tile_shape(channels, blocks, registers=None):
-    """``(tile channels, tile blocks)`` that divide ``channels`` and ``blocks``
-    exactly (no padding to mask), fit ``registers`` vector registers (default:
-    :func:`vector_registers`) with a broadcast and a vector to spare, and have the
-    fewest loads a multiply-add (most accumulators, at least ``FMA_CHAINS`` where
-    any fit); None if no tile of two or more accumulators divides them."""
+    """``(tile channels, tile blocks)`` for ``channels`` and ``blocks`` lane blocks
+    of output channels, with ``registers`` vector registers (default:
+    :func:`vector_registers`); None if no tile of two or more accumulators fits.
+
+    The tile blocks divide ``blocks`` (the output channels are never padded); the
+    channels are padded up to whole tiles (zeros). Among the tiles whose
+    accumulators, one vector a block and one broadcast fit the registers, the one
+    with the fewest cycles: padded work times what limits a tile (its
+    multiply-adds, its loads, or the latency under ``FMA_CHAINS`` accumulators);
+    ties go to fewer loads a multiply-add. Measured on AMD EPYC Zen 4, 8 lanes,
+    ResNet-18 width 64 (256 and 512 channels on 8x8 and 4x4 maps, batch 32): the
+    tiles of 8 accumulators that divide 256 and 512 ran at 148-166 GFLOP/s where
+    the forward tiles ran at 180-188; 6x2 on channels padded to 258 and 516
+    (0.8% more work) at 200-213 (a 2.4 GFLOP pass 14.6-16.3 -> 11.3-11.9 ms; the
+    step's column passes 124 -> 95 ms).
+    """
     registers = registers or vector_registers()
-    shapes = [(a, b) for a in range(1, channels + 1) if channels % a == 0
+
+    def cycles(shape):
+        a, b = shape
+        work = -(-channels // a) * a * blocks
+        return work * max(a * b, a + b, FMA_CHAINS) / (a * b), (a + b) / (a * b)
+
+    shapes = [(a, b) for a in range(1, channels + 1)
               for b in range(1, blocks + 1) if blocks % b == 0
               and a * b + b + 1 <= registers and a * b >= 2]
-    if not shapes:
-        return None
-    return max(shapes, key=lambda s: (min(s[0] * s[1], FMA_CHAINS),
-                                      s[0] * s[1] / (s[0] + s[1]), s[1]))
+    return min(shapes, key=cycles) if shapes else None
 
 
 class ColumnWeightGradient:
@@ -75,6 +90,9 @@ class ColumnWeightGradient:
         self.lanes = correlation.lanes
         self.channels, self.outputs = correlation.channels, outputs
         self.tile_channels, self.tile_blocks = shape
+        # whole channel tiles: the columns past `channels` are zeros
+        self.padded_channels = -(-self.channels // self.tile_channels) \
+            * self.tile_channels
         self.block_width = self.tile_blocks * self.lanes     # outputs of a tile
         self.batch_dim, self.batch = batch_dim, batch
         self.rows, self.columns = out_size
@@ -83,17 +101,18 @@ class ColumnWeightGradient:
         self.positions = batch * self.rows * self.columns
         self.packed_columns = flat_tensor(
             f"{name}_cols", f"{name}_colsi",
-            self.taps * self.positions * self.channels, self.dtype)
+            self.taps * self.positions * self.padded_channels, self.dtype)
         self.packed_gradient = flat_tensor(f"{name}_grad", f"{name}_gradi",
                                            self.positions * outputs, self.dtype)
         # on the tile and tap loops themselves, so that Devito proves them parallel
         # (flat, it found only the tap loop parallel: none for a 1x1 kernel)
-        self.tile = literal_extent(f"{name}_c_tile", self.channels // self.tile_channels)
+        tiles = self.padded_channels // self.tile_channels
+        self.tile = literal_extent(f"{name}_c_tile", tiles)
         self.tap = literal_extent(f"{name}_tap", self.taps)
         entries = literal_extent(f"{name}_ck", self.tile_channels * outputs)
         self.result = tensor(f"{name}_dW", (self.tile, self.tap, entries),
-                             (self.channels // self.tile_channels, self.taps,
-                              self.tile_channels * outputs), self.dtype)
+                             (tiles, self.taps, self.tile_channels * outputs),
+                             self.dtype)
 
     @staticmethod
     def fits(batch, taps, channels, out_size, dtype, max_bytes):
@@ -104,8 +123,8 @@ class ColumnWeightGradient:
     @staticmethod
     def shape_for(channels, outputs, dtype, width=None):
         """The tile shape for these channels at ``width`` float32 lanes (default:
-        the width scheduled for), or None where none divides them (the output
-        channels must fill whole vector registers)."""
+        the width scheduled for), or None where none fits (the output channels
+        must fill whole vector registers)."""
         lanes = vector_lanes(dtype, width)
         if outputs % lanes:
             return None
@@ -135,14 +154,18 @@ class ColumnWeightGradient:
         n, y, x = self._loops('col')
         ky = literal_extent(f"{self.name}_col_ky", self.kernel[0])
         kx = literal_extent(f"{self.name}_col_kx", self.kernel[1])
-        tile = literal_extent(f"{self.name}_col_c_tile", self.channels // a)
+        tiles = self.padded_channels // a
+        tile = literal_extent(f"{self.name}_col_c_tile", tiles)
         entry = literal_extent(f"{self.name}_col_c", a)
         tap = ky * self.kernel[1] + kx
         p = self._position(n, y, x)
         column = self.packed_columns[
-            ((tap * (self.channels // a) + tile) * self.positions + p) * a + entry]
+            ((tap * tiles + tile) * self.positions + p) * a + entry]
+        channel = tile * a + entry
         read = self.correlation.source_at(n, y * sy + ky * dy, x * sx + kx * dx,
-                                          tile * a + entry)
+                                          Min(channel, self.channels - 1))
+        if self.padded_channels > self.channels:
+            read = Select(channel < self.channels, read, 0)
         gn, gy, gx = self._loops('grad')
         block = literal_extent(f"{self.name}_grad_block", self.outputs // width)
         lane = literal_extent(f"{self.name}_grad_k", width)
@@ -154,21 +177,32 @@ class ColumnWeightGradient:
                    * self._in_batch(gn),
                    implicit_dims=IgnoreDimSort((block, gn, gy, gx, lane)))]
 
-    def gradient_equation(self, target):
+    def gradient_equations(self, target):
         """Store the products into ``target(output, channel, tap row, tap column)``
-        (a callable giving the entry of the layer's ``dW``)."""
+        (a callable giving the entry of the layer's ``dW``): every whole channel
+        tile, then the channels of the last one, its padding left out."""
         a, name = self.tile_channels, self.name
-        tile = literal_extent(f"{name}_out_c_tile", self.channels // a)
-        entry = literal_extent(f"{name}_out_c", a)
         k = literal_extent(f"{name}_out_k", self.outputs)
         ky = literal_extent(f"{name}_out_ky", self.kernel[0])
         kx = literal_extent(f"{name}_out_kx", self.kernel[1])
-        # a channel tile's products (taps x tile channels x outputs) stay in cache
-        # while every output channel's row of `dW` is written (with the output
-        # channels outermost, every read missed: 7 ms for 512x512x3x3)
-        return Eq(target(k, tile * a + entry, ky, kx),
-                  self.result[tile, ky * self.kernel[1] + kx, entry * self.outputs + k],
-                  implicit_dims=IgnoreDimSort((tile, k, entry, ky, kx)))
+
+        def store(tile, entry, outer):
+            # a channel tile's products (taps x tile channels x outputs) stay in
+            # cache while every output channel's row of `dW` is written (with the
+            # output channels outermost, every read missed: 7 ms for 512x512x3x3)
+            return Eq(target(k, tile * a + entry, ky, kx),
+                      self.result[tile, ky * self.kernel[1] + kx,
+                                  entry * self.outputs + k],
+                      implicit_dims=IgnoreDimSort(outer + (k, entry, ky, kx)))
+
+        whole, left = divmod(self.channels, a)
+        eqs = []
+        if whole:
+            tile = literal_extent(f"{name}_out_c_tile", whole)
+            eqs.append(store(tile, literal_extent(f"{name}_out_c", a), (tile,)))
+        if left:
+            eqs.append(store(whole, literal_extent(f"{name}_out_c_last", left), ()))
+        return eqs
 
     def equations(self):
         """The tiled products: for each channel tile (in parallel), tap and block of
@@ -186,7 +220,8 @@ class ColumnWeightGradient:
         eqs = [Eq(acc[e], 0, implicit_dims=outer) for e in entries]
         for i, j in entries:
             column = self.packed_columns[
-                ((tap * (self.channels // a) + tile) * self.positions + position) * a + i]
+                ((tap * (self.padded_channels // a) + tile) * self.positions + position)
+                * a + i]
             gradient = self.packed_gradient[
                 (block * self.positions + position) * self.block_width + j * lanes + lane]
             eqs.append(Eq(acc[i, j], DefFunction(fma, (column, gradient, acc[i, j])),
