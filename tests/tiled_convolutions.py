@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from devito_ml import Conv
+from devito_ml.layers import conv as conv_module
 from devito_ml.layers.conv import fills_lanes
 
 SHAPES = [  # in, out channels, rows, cols, kernel rows, cols, stride, padding, dilation
@@ -19,8 +20,26 @@ SHAPES = [  # in, out channels, rows, cols, kernel rows, cols, stride, padding, 
 ]
 
 
+COLUMN_SHAPES = [  # weight gradients as tap products (layers too wide for tiles)
+    (23, 24, 6, 5, 3, 3, 1, 1, 1),    # channels padded to whole column tiles
+    (20, 24, 9, 7, 3, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize('c, k, h, w, r, q, s, p, d', COLUMN_SHAPES)
+def test_column_weight_gradient_matches_torch(c, k, h, w, r, q, s, p, d, monkeypatch):
+    monkeypatch.setattr(conv_module, 'TILED_WEIGHT_GRADIENT_MAX_BYTES', 0)
+    layer = _matches_torch(c, k, h, w, r, q, s, p, d)
+    assert layer.weight_gradient_columns is not None
+
+
 @pytest.mark.parametrize('c, k, h, w, r, q, s, p, d', SHAPES)
 def test_tiled_convolution_matches_torch(c, k, h, w, r, q, s, p, d):
+    _matches_torch(c, k, h, w, r, q, s, p, d)
+
+
+def _matches_torch(c, k, h, w, r, q, s, p, d):
+    """A layer of these sizes, its outputs and gradients checked against torch."""
     rng = np.random.default_rng(0)
     layer = Conv((k, r, q), (3, c, h, w), stride=s, padding=p, dilation=d,
                  dtype=np.float64, seed=0)
@@ -40,3 +59,4 @@ def test_tiled_convolution_matches_torch(c, k, h, w, r, q, s, p, d):
                          (layer.bias_gradients.data, tb.grad)):
         theirs = theirs.detach().numpy()
         assert np.abs(ours - theirs).max() <= 1e-12 * max(1.0, np.abs(theirs).max())
+    return layer
