@@ -192,9 +192,10 @@ class Layer:
         intermediates' gradients its own, its input gradients' sums named as its
         own (``fc1_din``)."""
         inputs = self._input_functions()
-        names = {self.input_gradients_of(index): f"{self.name}_din"
-                 + (str(index) if len(inputs) > 1 else '')
-                 for index in range(len(inputs))}
+        names = {}
+        for index in range(len(inputs)):      # an input gradient shared: its first
+            names.setdefault(self.input_gradients_of(index), f"{self.name}_din"
+                             + (str(index) if len(inputs) > 1 else ''))
         return adjoint(forward, gradients, where=self._where(),
                        make_gradient=self._intermediate_gradient, constants=constants,
                        names=names)

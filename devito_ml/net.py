@@ -430,13 +430,22 @@ class Net:
                 eqs += layer.net_backprop_equations(training)
         if input_gradient:
             return pruned(eqs, [], self._read_elsewhere(loss, parameter_gradients=False))
-        return pruned(eqs, self._network_input_gradients(), self._read_elsewhere(loss))
+        return pruned(eqs, self._unread_input_gradients(), self._read_elsewhere(loss))
 
     def _network_input_gradients(self):
         """Where the layers fed by the network's input write its gradient: computed
         by no pass unless asked for (:func:`~devito_ml.pruning.pruned`)."""
         return [consumer.layer.input_gradients_of(index)
                 for consumer, index in self._edges[id(self._input_node)]]
+
+    def _unread_input_gradients(self):
+        """The network input's gradients that no other edge reads: an Add shares
+        one gradient buffer among its inputs (``Add._allocate``), and where the
+        network's input is one of them, the others need it."""
+        read = {id(consumer.layer.input_gradients_of(index)) for node in self.nodes
+                for consumer, index in self._edges[id(node)]}
+        return [gradient for gradient in self._network_input_gradients()
+                if id(gradient) not in read]
 
     def _read_elsewhere(self, loss, parameter_gradients=True):
         """Functions a pass writes that other passes, parts or the user read."""

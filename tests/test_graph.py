@@ -76,6 +76,50 @@ def test_input_gradient_sums_every_consumer_of_the_input(dtype, rng):
     assert net.input_gradient(data[:2], labels[:2]).shape == (2, 2, 7, 6)
 
 
+def _shared_gradient_net(dtype):
+    x = Input((2, 5, 5))
+    a = Conv((2, 3, 3), padding=1, activation=ReLU(), name='a')(x)
+    s = Add(activation=ReLU())(x, a)           # x and a each feed two layers
+    p = MaxPooling(3, stride=1, padding=1)(a)
+    y = FullyConnected(3)(Flat()(Concat()(s, p)))
+    return Net(y, batch_size=3, dtype=dtype, seed=0)
+
+
+def _torch_shared_gradient(xt, tensors):
+    at = torch.relu(torch.nn.functional.conv2d(xt, tensors['a_W'], tensors['a_b'],
+                                               padding=1))
+    st = torch.relu(xt + at)
+    pt = torch.nn.functional.max_pool2d(at, 3, 1, 1)
+    return torch.cat([st, pt], 1).flatten(1) @ tensors['fc1_W'].T + tensors['fc1_b']
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
+def test_an_add_writes_the_gradient_its_inputs_share_once(dtype, rng):
+    """Both of the Add's inputs feed other layers too: their gradient, equal, is
+    one buffer the Add writes once; the network's input is one of them, and the
+    other input's gradient sum still reads it, in training and for
+    ``input_gradient``."""
+    net = _shared_gradient_net(dtype)
+    tensors = {name: torch.from_numpy(np.array(data)).requires_grad_(True)
+               for name, data in net.parameters().items()}
+    data = rng.standard_normal((3, 2, 5, 5)).astype(dtype)
+    labels = np.array([2, 0, 1])
+    net.forward(data)
+    loss = net.backward(labels)
+    xt = torch.from_numpy(data).requires_grad_(True)
+    lt = torch.nn.functional.cross_entropy(_torch_shared_gradient(xt, tensors),
+                                           torch.from_numpy(labels))
+    lt.backward()
+    assert_close(loss, lt.item(), dtype, 'loss')
+    for name, gradient in net.gradients().items():
+        assert_close(gradient, tensors[name].grad.numpy(), dtype, name)
+    add = next(layer for layer in net.layers if isinstance(layer, Add))
+    assert add.input_gradients_of(1) is add.input_gradients_of(0)
+    assert 'add1_din1' not in net.backward_code
+    assert_close(net.input_gradient(data, labels), xt.grad.numpy(), dtype,
+                 'input gradient')
+
+
 def test_sizes_are_inferred_and_given_once():
     net = Net([Conv((4, 3, 3)), BatchNorm(), Flat(), Dropout(0.2), FullyConnected(3)],
               input_shape=(2, 6, 5), batch_size=4, dtype=np.float64)

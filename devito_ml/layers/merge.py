@@ -162,6 +162,34 @@ class Add(Merge):
     def output_size(self):
         return self._input_sizes[0]
 
+    def _allocate(self, inputs, input_gradients):
+        """As :class:`Merge`; every input whose gradient buffer is the Add's own
+        shares the first input's gradient: the gradients are equal, written once.
+
+        The net sums a buffer of its own into the gradient of an input that feeds
+        several layers (a residual block's input: its shortcut and its first
+        convolution), and it may read the first input's gradient for it (measured
+        on ResNet-50 w64, AMD EPYC Zen 4: the Add's backward nest wrote three
+        tensors of 33.5 MB for 256 channels on 32x32 maps, two of them equal).
+        An input fed twice (``Add()(x, x)``) keeps a buffer of its own."""
+        super()._allocate(inputs, input_gradients)
+        first = self.input_gradients_list[0]
+        for index in range(1, len(self.inputs)):
+            own = input_gradients[index] is None
+            if own and self.inputs[index] not in self.inputs[:index] and \
+                    self.inputs_channels_last[index] == self.inputs_channels_last[0]:
+                self.input_gradients_list[index] = first
+
+    def gradient_map(self):
+        """As :class:`~devito_ml.layer.Layer`, without the inputs whose gradient is
+        the first input's (derived once)."""
+        found, repeated = super().gradient_map()
+        first = self.input_gradients_list[0]
+        for function, gradient in zip(self.inputs[1:], self.input_gradients_list[1:]):
+            if gradient is first and found.get(function) is first:
+                del found[function]
+        return found, repeated
+
     def _forward_equations(self, training):
         dims = self.out_dims
         total = sum(x[dims] for x in self.inputs)
