@@ -56,3 +56,17 @@ def test_figures_name_the_machine_and_the_width_they_were_made_for(monkeypatch):
     detected = machine_summary()
     assert (detected['float32_lanes'], detected['lanes_forced']) == \
         (detected_lanes(), None)
+
+
+def test_the_build_benchmark_worker_counts_the_kernels_of_the_step_it_built():
+    """``benchmarks/bench_build.py``'s devito_ml worker, run in this process on
+    LeNet-5: the built step's kernels and calls are read through the Net's API."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / 'benchmarks' / 'bench_build.py'
+    spec = importlib.util.spec_from_file_location('bench_build', path)
+    bench_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_build)
+    figures = bench_build.worker_devito('lenet')
+    assert figures['kernels'] >= 1 and figures['calls'] >= figures['kernels']
+    assert figures['layers'] == 8 and figures['build_s'] > 0 and figures['step_ms'] > 0
