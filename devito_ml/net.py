@@ -294,11 +294,32 @@ class Net:
         consumers = [consumer for node in segment
                      for consumer, _ in self._edges[id(node)]
                      if id(consumer) not in inside]
+        consumers += self._gradient_writers(segment, consumers)
         first = segment[0].inputs[0]
         size = self.input_size if first.layer is None else self._sizes[id(first)]
         return (unit_owners(segment, sources, consumers, self.name),
                 kernel_label([node.layer for node in segment], size, self.dtype,
                              kind))
+
+    def _gradient_writers(self, segment, consumers):
+        """Nodes outside ``segment`` and ``consumers`` whose Functions are the
+        gradients that consumers write for it: an Add shares the gradient of the
+        layer before it with its other inputs (``Add._allocate``), and a residual
+        block's input reads the next block's BatchNorm's. Named as consumers, they
+        get a role (``dst3_dout``), so that identical blocks still share a kernel."""
+        known = {id(node) for node in (*segment, *consumers)}
+        by_name = {node.layer.name: node for node in self.nodes}
+        writers = []
+        for node in segment:
+            for consumer, index in self._edges[id(node)]:
+                name = consumer.layer.input_gradients_of(index).name
+                owner = max((layer for layer in by_name
+                             if name.startswith(layer + '_')), key=len, default=None)
+                writer = by_name.get(owner)
+                if writer is not None and id(writer) not in known:
+                    known.add(id(writer))
+                    writers.append(writer)
+        return writers
 
     def _chain(self, name, pieces, kind, context=(), optimizer=None):
         """An OperatorChain from (suffix, derive, segment) pieces, ``derive()``
