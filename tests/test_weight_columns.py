@@ -69,9 +69,10 @@ def test_column_tiles_divide_the_output_blocks_and_fit_the_registers(width):
 
 
 @pytest.mark.parametrize('dtype', [np.float64, np.float32])
-def test_channels_padded_to_whole_column_tiles_match_torch(dtype, width, rng,
+def test_channels_padded_to_whole_column_tiles_match_torch(dtype, rng,
                                                            no_room_for_partial_sums):
-    # 23 channels: the cheapest tile pads them to 24 at every width
+    # 23 channels: the cheapest tile pads them to 24 at every width (each width is
+    # run under AddressSanitizer by test_fuzz, tiled_convolutions.COLUMN_SHAPES)
     layer = Conv((32, 3, 3), (3, 23, 6, 5), padding=1, dtype=dtype, seed=0)
     compare_layer(layer, torch.nn.Conv2d(23, 32, 3, padding=1), rng)
     columns = layer.weight_gradient_columns
