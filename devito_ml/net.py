@@ -308,14 +308,11 @@ class Net:
         block's input reads the next block's BatchNorm's. Named as consumers, they
         get a role (``dst3_dout``), so that identical blocks still share a kernel."""
         known = {id(node) for node in (*segment, *consumers)}
-        by_name = {node.layer.name: node for node in self.nodes}
+        owner_of = {id(node.layer.result_gradients): node for node in self.nodes}
         writers = []
         for node in segment:
             for consumer, index in self._edges[id(node)]:
-                name = consumer.layer.input_gradients_of(index).name
-                owner = max((layer for layer in by_name
-                             if name.startswith(layer + '_')), key=len, default=None)
-                writer = by_name.get(owner)
+                writer = owner_of.get(id(consumer.layer.input_gradients_of(index)))
                 if writer is not None and id(writer) not in known:
                     known.add(id(writer))
                     writers.append(writer)

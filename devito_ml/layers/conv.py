@@ -12,10 +12,9 @@ from devito_ml.activations import as_activation
 from devito_ml.layer import WeightedLayer
 from devito_ml.layout import stored_order
 from devito_ml.autodiff import plain_equations
-from devito_ml.lanes import LiteralDimension
 from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
                                          TiledTransposedCorrelation, TiledWeightGradient,
-                                         tap_grid)
+                                         literal_extent, tap_grid)
 from devito_ml.layers.correlation import (Correlation, TransposedCorrelation,
                                           WeightCorrelation)
 from devito_ml.layers.weight_columns import ColumnWeightGradient
@@ -188,8 +187,8 @@ class Conv(WeightedLayer):
         # literal extents: gcc unrolls the taps of every nest over the kernel (an
         # optimizer's update of the kernel ran 3x faster, no longer a vector loop of
         # three entries with run-time bounds)
-        self.ky = LiteralDimension.of(f"{self.name}_ky", r)
-        self.kx = LiteralDimension.of(f"{self.name}_kx", q)
+        self.ky = literal_extent(f"{self.name}_ky", r)
+        self.kx = literal_extent(f"{self.name}_kx", q)
         # the kernel's input channel: all of them, or those of one group
         self.wc = self.in_dims[1] if g == 1 else self.dim('W_c', c // g)
         weight_dims = (self.k, self.wc, self.ky, self.kx)
@@ -468,8 +467,8 @@ class Conv(WeightedLayer):
                         t, lambda channel, output, i=i, j=j:
                         kernel[channel, output, i, j])]
         (rows, first_row, row_step), (columns, first_column, column_step) = grid
-        u = LiteralDimension.of(f"{tiles.name}_W_ky", rows)
-        v = LiteralDimension.of(f"{tiles.name}_W_kx", columns)
+        u = literal_extent(f"{tiles.name}_W_ky", rows)
+        v = literal_extent(f"{tiles.name}_W_kx", columns)
         return tiles.weight_equations(
             u * columns + v,
             lambda channel, output: kernel[channel, output, first_row + u * row_step,
