@@ -56,5 +56,6 @@ def test_tiled_convolutions_stay_in_bounds(lanes):
     Devito does not check: AddressSanitizer does, for the tiles of every width."""
     run, report, _ = _run_sanitized('tiled_convolutions.py',
                                     extra_environment={LANES_VARIABLE: str(lanes)})
-    cases = len(tiled_convolutions.SHAPES) + len(tiled_convolutions.COLUMN_SHAPES)
+    cases = len(tiled_convolutions.SHAPES) + len(tiled_convolutions.COLUMN_SHAPES) + \
+        len(tiled_convolutions.WINOGRAD_SHAPES)
     assert f"{cases} passed" in run.stdout, report

@@ -1,6 +1,7 @@
 """Register-tiled convolutions against torch, run by ``test_fuzz.py`` under
 AddressSanitizer: remainders of lane blocks and tiles, strides, dilation, padding,
-1x1 to 5x5 kernels, 1 to 40 channels (tiled where they fill the lanes)."""
+1x1 to 5x5 kernels, 1 to 40 channels (tiled where they fill the lanes), Winograd's
+blocks at paddings 0 to 2."""
 
 import numpy as np
 import pytest
@@ -18,6 +19,20 @@ SHAPES = [  # in, out channels, rows, cols, kernel rows, cols, stride, padding, 
     (6, 16, 14, 13, 5, 5, 1, 0, 1),   # LeNet-5's second convolution, 6 channels
     (1, 6, 12, 10, 5, 5, 1, 2, 1),    # one channel: weight gradient tiles over taps
 ]
+
+
+WINOGRAD_SHAPES = [  # 3x3 stride 1: Winograd's forward pass and input gradient
+    (33, 40, 8, 12, 3, 3, 1, 1, 1),   # F(4x4); channels past whole vectors
+    (32, 35, 10, 10, 3, 3, 1, 0, 1),  # F(4x4) forward, F(2x2) input gradient
+    (40, 32, 8, 10, 3, 3, 1, 2, 1),   # F(2x2) forward (10x12) and gradient (8x10)
+]
+
+
+@pytest.mark.parametrize('c, k, h, w, r, q, s, p, d', WINOGRAD_SHAPES)
+def test_winograd_convolution_matches_torch(c, k, h, w, r, q, s, p, d):
+    layer = _matches_torch(c, k, h, w, r, q, s, p, d)
+    assert layer.forward_winograd is not None
+    assert layer.input_gradient_winograd is not None
 
 
 COLUMN_SHAPES = [  # weight gradients as tap products (layers too wide for tiles)

@@ -18,6 +18,7 @@ from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
 from devito_ml.layers.correlation import (Correlation, TransposedCorrelation,
                                           WeightCorrelation)
 from devito_ml.layers.weight_columns import ColumnWeightGradient
+from devito_ml.layers.winograd import WinogradCorrelation, winograd_block
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
@@ -84,6 +85,12 @@ class Conv(WeightedLayer):
     groups : int
         Grouped convolution, as ``torch.nn.Conv2d``: input and output channels
         split into ``groups`` blocks, each output block reading its input block.
+    winograd : bool
+        Let the forward pass of a 3x3 stride-1 convolution with 32 or more input
+        and output channels run as Winograd's ``F(4x4, 3x3)`` or ``F(2x2, 3x3)``
+        (``winograd.py``): fewer multiply-adds, different rounding (float32
+        outputs within ~5e-6 of their largest magnitude of the direct sums).
+        False: always the direct sums.
 
     Shape
     -----
@@ -122,11 +129,18 @@ class Conv(WeightedLayer):
     """
 
     family = 'conv'
+    forward_winograd = input_gradient_winograd = None
+    """The :class:`~devito_ml.layers.winograd.WinogradCorrelation` scheduling the
+    forward pass, and the input gradient's, where one does (see ``winograd``)."""
 
     def __init__(self, kernel_size, input_size=None, stride=1, padding=0, dilation=1,
                  bias=True, activation=None, name=None, dtype=None,
-                 generate_code=False, seed=None, groups=1):
+                 generate_code=False, seed=None, groups=1, winograd=True):
         self.name = name or self.family
+        if not isinstance(winograd, (bool, np.bool_)):
+            raise LayerArgumentError(f"Conv `{self.name}`: `winograd` must be True or "
+                                     f"False, got {winograd!r}")
+        self.winograd = bool(winograd)
         self.kernel_size = check_positive_ints(self, 'kernel_size', kernel_size, 3)
         self.stride = as_pair(self, 'stride', stride, minimum=1)
         self.dilation = as_pair(self, 'dilation', dilation, minimum=1)
@@ -261,11 +275,25 @@ class Conv(WeightedLayer):
             f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (oh, ow), (h, w),
             (r, q), self.stride, self.padding, self.dilation, width=tile_width(c)) \
             if self.input_gradient_channels_last else None
+        # the input gradient is a stride-1 correlation too (the kernel flipped,
+        # its channels swapped) where the forward pass is
+        block = winograd_block((r, q), self.stride, self.dilation, self.groups, (h, w),
+                               k, c) if self.winograd and self.input_gradient_tiles \
+            else None
+        self.input_gradient_winograd = WinogradCorrelation(
+            f"{self.name}_dwino", self.dtype, n, k, c, (h, w), block) if block else None
         if self.channels_last:
             self.forward_tiles = TiledCorrelation(
                 f"{self.name}_fwd", self.dtype, tile_n, n, c, k, (oh, ow),
                 [(i * dy, j * dx) for i, j in taps], self.stride,
                 (h + 2 * py, w + 2 * px), width=width)
+            block = winograd_block((r, q), self.stride, self.dilation, self.groups,
+                                   (oh, ow), c, k) if self.winograd else None
+            # Winograd's forward pass reads the tiles' padded source (which the
+            # weight gradient reads too); the tiles' own nest is then not emitted
+            self.forward_winograd = WinogradCorrelation(
+                f"{self.name}_wino", self.dtype, n, c, k, (oh, ow), block) \
+                if block else None
             kernel_cl_dims = (self.ky, self.kx, self.cl_in_dims[3], yk)
             self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
                                                    (r, q, c, k))
@@ -367,9 +395,12 @@ class Conv(WeightedLayer):
         value = tiles.target_at(n, y, x, k) + bias
         # Transposing copies name their loop order: they relate the same Dimensions
         # in two orders, which Devito's dimension sort would find cyclic.
-        return [Eq(tiles.source_at(n, xh + py, xw + px, xc),
-                   correlation.source[n, xc, xh, xw],
-                   implicit_dims=IgnoreDimSort((n, xh, xw, xc))),
+        copy = Eq(tiles.source_at(n, xh + py, xw + px, xc),
+                  correlation.source[n, xc, xh, xw],
+                  implicit_dims=IgnoreDimSort((n, xh, xw, xc)))
+        if self.forward_winograd is not None:
+            return [copy] + self._winograd_forward(correlation)
+        return [copy,
                 *tiles.weight_equations(
                     self.ky * q + self.kx,
                     lambda channel, output: correlation.kernel[output, channel,
@@ -379,6 +410,37 @@ class Conv(WeightedLayer):
             [Eq(correlation.target[n, k, y, x], correlation.activation.forward(value),
                 implicit_dims=IgnoreDimSort(stored_order(correlation.target,
                                                          (n, k, y, x))))]
+
+    def _winograd_forward(self, correlation):
+        """The forward pass as Winograd's ``F(m x m, 3 x 3)`` (``winograd.py``) on
+        the tiles' padded source, bias and activation applied as each output is
+        stored."""
+        target, activation = correlation.target, correlation.activation
+
+        def store(n, k, y, x, value, loops):
+            if correlation.bias is not None:
+                value = value + correlation.bias[k]
+            return Eq(target[n, k, y, x], activation.forward(value),
+                      implicit_dims=IgnoreDimSort(loops))
+
+        return self.forward_winograd.equations(
+            lambda k, c, i, j: correlation.kernel[k, c, i, j],
+            self.forward_tiles.source_at, store)
+
+    def _winograd_input_gradient(self, correlation):
+        """dx as Winograd's ``F(m x m, 3 x 3)`` at stride 1: ``dx[y, x, c] = sum
+        over (u, v, k) of dz[y + u + p - 2, x + v + p - 2, k] * W[k, c, 2 - u,
+        2 - v]``, ``dz`` read from the tiles' padded source (its zero halo)."""
+        transposed, target = self.input_gradient_tiles, correlation.target
+        py, px = self.padding
+
+        def store(n, c, y, x, value, loops):
+            return Eq(target[n, c, y, x], value, implicit_dims=IgnoreDimSort(loops))
+
+        return self.input_gradient_winograd.equations(
+            lambda c, k, u, v: correlation.kernel[k, c, 2 - u, 2 - v],
+            lambda n, y, x, k: transposed.source_at(n, y + py - 2, x + px - 2, k),
+            store)
 
     def _weight_gradient_equations(self, correlation):
         r"""dW[k, c, i, j] = sum over (batch, y, x) of dz * input, channels last.
@@ -476,9 +538,11 @@ class Conv(WeightedLayer):
 
     def _input_gradient_equations(self, correlation):
         """dx as a gather, register-tiled channels last: one tiled correlation a
-        stride phase (``conv_tiles.py``)."""
+        stride phase (``conv_tiles.py``), or Winograd's (``winograd.py``)."""
         n, ci = self.input_gradient_dims[:2]
         transposed = self.input_gradient_tiles
+        if self.input_gradient_winograd is not None:
+            return self._winograd_input_gradient(correlation)
         eqs = []
         for phase in transposed.phases:
             if phase.tiles is not None:

@@ -30,7 +30,7 @@ from sympy import Max, Min
 
 from devito_ml.lanes import LaneDimension
 from devito_ml.layers.conv_tiles import (flat_tensor, gradient_tile_shape,
-                                         literal_extent, round_up)
+                                         literal_extent, round_up, spread_stride)
 from devito_ml.kernel_calls import is_batch_dimension
 from devito_ml.symbolics import tap_dimension, tensor
 from devito_ml.vector_width import vector_lanes
@@ -54,13 +54,22 @@ class TiledMatmul:
         does not vectorise the lane loop over a run-time one), as a Function's
         last Dimension does. By default ``a`` is a flat tensor of the matmul's own,
         ``c``-major, written by the caller through :meth:`a_entry`.
+    groups : int
+        Independent products of this shape computed by one nest (the transformed
+        positions of a Winograd correlation): ``b`` and the target have one of
+        each a group, on the literal loop :attr:`group` (None for one group),
+        outermost; ``a_at`` reads the group's ``a`` through it.
     """
 
-    def __init__(self, name, dtype, rows, channels, columns, a_at=None):
+    def __init__(self, name, dtype, rows, channels, columns, a_at=None, groups=1):
         self.name, self.dtype = name, np.dtype(dtype)
         self.rows, self.channels, self.columns = rows, channels, columns
         self.lanes = vector_lanes(self.dtype)
+        self.groups = groups
+        self.group = literal_extent(f"{name}_group", groups) if groups > 1 else None
         if a_at is None:
+            if groups > 1:
+                raise ValueError(f"{name}: {groups} products need their own `a_at`")
             size = channels * rows
             self.a = flat_tensor(f"{name}_a", f"{name}_ai", size, dtype)
             a_at = self.a_entry
@@ -69,25 +78,37 @@ class TiledMatmul:
         self.tile_rows, self.tile_blocks = gradient_tile_shape(rows, blocks)
         self.padded_rows = round_up(rows, self.tile_rows)
         self.padded_columns = round_up(blocks, self.tile_blocks) * self.lanes
-        size = channels * self.padded_columns
+        size = groups * channels * self.padded_columns
         self.b = flat_tensor(f"{name}_b", f"{name}_bi", size, dtype)
         self.row_tile = literal_extent(f"{name}_row_tile",
                                        self.padded_rows // self.tile_rows)
         size = self.tile_rows * self.padded_columns
-        self.target = tensor(f"{name}_acc",
-                             (self.row_tile, literal_extent(f"{name}_mk", size)),
-                             (self.padded_rows // self.tile_rows, size), dtype)
+        if self.group is None:
+            self.target = tensor(f"{name}_acc",
+                                 (self.row_tile, literal_extent(f"{name}_mk", size)),
+                                 (self.padded_rows // self.tile_rows, size), dtype)
+        else:
+            # a flat product a group, each an odd number of cache lines apart: a
+            # reader of every group's entry at once (the Winograd output
+            # transform) then finds them in distinct cache sets
+            size = spread_stride(self.padded_rows * self.padded_columns, dtype)
+            self.target = tensor(f"{name}_acc",
+                                 (self.group, literal_extent(f"{name}_mk", size)),
+                                 (groups, size), dtype)
 
     def a_entry(self, row, channel):
         """The matmul's own ``a`` at (row, reduced index)."""
         return self.a[channel * self.rows + row]
 
-    def b_at(self, channel, column):
-        """``b`` at (reduced index, column)."""
-        return self.b[channel * self.padded_columns + column]
+    def b_at(self, channel, column, group=0):
+        """``b`` at (reduced index, column) of product ``group``."""
+        return self.b[(group * self.channels + channel) * self.padded_columns + column]
 
-    def target_at(self, row, column):
-        """The product at (row, column); ``row`` and ``column`` are loop indices."""
+    def target_at(self, row, column, group=None):
+        """The product at (row, column) of ``group`` (a loop index, with more than
+        one group); ``row`` and ``column`` are loop indices."""
+        if group is not None:
+            return self.target[group, row * self.padded_columns + column]
         tile = IntDiv(row, self.tile_rows)
         return self.target[tile, (row - tile * self.tile_rows) * self.padded_columns
                            + column]
@@ -100,6 +121,9 @@ class TiledMatmul:
         lane = LaneDimension.of(f"{name}_lane", lanes)
         channel = literal_extent(f"{name}_sum", self.channels)
         outer = (row_tile, block, lane)
+        group = 0 if self.group is None else self.group
+        if self.group is not None:
+            outer = (self.group,) + outer
         fma = 'fmaf' if self.dtype == np.float32 else 'fma'
         entries = [(i, j) for i in range(self.tile_rows) for j in range(self.tile_blocks)]
         acc = {e: Scalar(name=f"{name}_a{e[0]}_{e[1]}", dtype=self.dtype.type)
@@ -108,13 +132,17 @@ class TiledMatmul:
         for i, j in entries:
             row = Min(row_tile * self.tile_rows + i, self.rows - 1)
             column = (block * self.tile_blocks + j) * lanes + lane
-            term = (self.a_at(row, channel), self.b_at(channel, column))
+            term = (self.a_at(row, channel), self.b_at(channel, column, group))
             eqs.append(Eq(acc[i, j], DefFunction(fma, term + (acc[i, j],)),
                           implicit_dims=IgnoreDimSort(outer + (channel,))))
         for i, j in entries:
             column = (block * self.tile_blocks + j) * lanes + lane
-            eqs.append(Eq(self.target[row_tile, i * self.padded_columns + column],
-                          acc[i, j], implicit_dims=outer))
+            if self.group is None:
+                index = (row_tile, i * self.padded_columns + column)
+            else:
+                row = row_tile * self.tile_rows + i
+                index = (self.group, row * self.padded_columns + column)
+            eqs.append(Eq(self.target[index], acc[i, j], implicit_dims=outer))
         return eqs
 
 

@@ -1,0 +1,263 @@
+"""Winograd's minimal filtering: a 3x3, stride-1 correlation as ``F(m x m, 3 x 3)``.
+
+Each ``m x m`` block of outputs is computed from the ``(m + 2) x (m + 2)`` block of
+the padded input that it reads (Lavin and Gray, *Fast Algorithms for Convolutional
+Neural Networks*, 2016):
+
+    Y = A^T [ sum over c of (G g_c G^T) . (B^T d_c B) ] A
+
+The sum over input channels is, at each of the ``(m + 2)**2`` transformed positions,
+one matrix product over the blocks of the batch: ``(m + 2)**2`` multiply-adds per
+channel make ``m**2`` outputs, where the direct correlation spends ``9 m**2`` (F(2x2):
+16 against 36, F(4x4): 36 against 144). The transforms are sums of a few terms with
+small constant coefficients, memory-bound passes before and after the products.
+
+The maths is the correlation's (``correlation.py``); this is a schedule of it that
+changes only the rounding: float32 outputs differ from the direct sums by about
+``2e-7`` (F(2x2)) and ``5e-6`` (F(4x4)) of their largest magnitude, float64 ones by
+``1e-15``.
+"""
+
+import numpy as np
+import sympy
+from devito import Eq
+from devito.types.utils import IgnoreDimSort
+
+from devito_ml.layers.conv_tiles import (flat_tensor, literal_extent, spread_stride,
+                                         unaliased_stride)
+from devito_ml.layers.matmul_tiles import TiledMatmul
+from devito_ml.symbolics import Select, tap_dimension, tensor
+
+__all__ = ['WinogradCorrelation', 'winograd_block', 'TRANSFORMS']
+
+_R = sympy.Rational
+TRANSFORMS = {
+    2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        [[1, 0, 0], [_R(1, 2), _R(1, 2), _R(1, 2)], [_R(1, 2), -_R(1, 2), _R(1, 2)],
+         [0, 0, 1]],
+        [[1, 1, 1, 0], [0, 1, -1, -1]]),
+    4: ([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        [[_R(1, 4), 0, 0], [-_R(1, 6), -_R(1, 6), -_R(1, 6)],
+         [-_R(1, 6), _R(1, 6), -_R(1, 6)], [_R(1, 24), _R(1, 12), _R(1, 6)],
+         [_R(1, 24), -_R(1, 12), _R(1, 6)], [0, 0, 1]],
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+         [0, 1, -1, 8, -8, 1]]),
+}
+"""``{m: (B^T, G, A^T)}`` of ``F(m x m, 3 x 3)``, exact: interpolation points 0, -1,
+1 (and -2, 2 for m = 4) and infinity."""
+
+MIN_CHANNELS = 32
+"""Fewest input and output channels worth the transforms."""
+MIN_SIZE = 8
+"""Fewest output rows and columns worth the transforms: on 4x4 maps (512 channels,
+batch 32, AMD EPYC Zen 4, 8 lanes) F(2x2) took as long as the direct sums, its
+products over 128 blocks and the kernel's transform as long as the saving."""
+
+
+def winograd_block(kernel, stride, dilation, groups, out_size, channels, outputs):
+    """The ``m`` of the ``F(m x m, 3 x 3)`` that schedules a correlation, or None.
+
+    Eligible: a 3x3 kernel at stride 1, no dilation, one group, at least
+    ``MIN_CHANNELS`` input and output channels, at least ``MIN_SIZE`` output rows
+    and columns, in whole blocks of ``m``: F(4x4) where they divide by 4, else
+    F(2x2) where by 2.
+    """
+    if tuple(kernel) != (3, 3) or tuple(stride) != (1, 1) or \
+            tuple(dilation) != (1, 1) or groups != 1 or \
+            min(channels, outputs) < MIN_CHANNELS:
+        return None
+    if min(out_size) < MIN_SIZE:
+        return None
+    for m in (4, 2):
+        if all(size % m == 0 for size in out_size):
+            return m
+    return None
+
+
+def _term_sum(coefficients, values):
+    """``sum of c * v`` over the nonzero coefficients."""
+    return sum((c * v for c, v in zip(coefficients, values) if c != 0), sympy.S.Zero)
+
+
+class WinogradCorrelation:
+    """``target[n, y, x, k] = sum over (c, i, j) of source[n, y + i, x + j, c]
+    * W[k, c, i, j]`` on ``m x m`` output blocks, its tensors and loop nests.
+
+    Parameters
+    ----------
+    name : str
+        Prefix of its tensors and loops (``conv1_wino``).
+    dtype : numpy dtype
+    batch : int
+        Largest batch.
+    channels, outputs : int
+        Reduced channels ``c`` and computed channels ``k``.
+    out_size : pair of int
+        Output rows and columns, whole blocks of ``block``.
+    block : int
+        ``m``, a key of :data:`TRANSFORMS`.
+
+    Notes
+    -----
+    Three nests and the products between them:
+
+    - :meth:`weight_equations`: ``U = G g G^T`` for every (output, input) pair of
+      channels, into the products' ``b`` (its lanes run over outputs);
+    - :meth:`input_equations`: ``V = B^T d B`` for every block of every sample
+      and channel, a tensor a transformed position, blocks of the batch front to
+      back and channels innermost;
+    - ``products.equations()``: at each transformed position, ``M = V U`` over
+      the channels (:class:`~devito_ml.layers.matmul_tiles.TiledMatmul`, one group
+      a position);
+    - :meth:`output_equations`: ``Y = A^T M A``, handed to the caller to store.
+
+    The products run over every block of the largest batch (a partial batch's
+    transform leaves stale rows, whose products nobody reads).
+    """
+
+    def __init__(self, name, dtype, batch, channels, outputs, out_size, block):
+        self.name, self.dtype, self.block = name, np.dtype(dtype), block
+        self.channels, self.outputs, self.batch = channels, outputs, batch
+        self.input_transform, kernel_transform, output_transform = TRANSFORMS[block]
+        self.points = points = block + 2
+        rows, columns = out_size
+        self.out_size = tuple(out_size)
+        self.block_rows, self.block_columns = rows // block, columns // block
+        self.positions = batch * self.block_rows * self.block_columns
+        groups = points ** 2
+        # the transformed input, a row of channels a block and a flat plane a
+        # transformed position; the position its own index (one flat index hid
+        # from Devito that the 36 positions' writes are disjoint: 36 nests, each
+        # serial over the batch); planes an odd number of cache lines apart
+        # (the input transform writes all 36 side by side)
+        self.input_loops = self._block_loops('V')
+        self.pixel = pixel = unaliased_stride(channels, dtype)
+        plane = spread_stride(self.positions * pixel, dtype)
+        self.transformed = tensor(
+            f"{name}_V", (literal_extent(f"{name}_V_xi", groups),
+                          literal_extent(f"{name}_V_entry", plane)),
+            (groups, plane), dtype)
+        self.products = TiledMatmul(
+            f"{name}_gemm", dtype, self.positions, channels, outputs,
+            a_at=lambda row, channel: self._transformed_at(self.products.group, row,
+                                                           channel),
+            groups=groups)
+        self.kernel_copy = flat_tensor(f"{name}_Wt", f"{name}_Wti",
+                                       channels * 9 * self.products.padded_columns,
+                                       dtype)
+        # the kernel's and the output's transforms as tables, read by one nest each
+        self.kernel_table = self._table('G', kernel_transform)
+        self.output_table = self._table('AT', output_transform)
+
+    def _table(self, role, matrix):
+        rows, columns = len(matrix), len(matrix[0])
+        table = tensor(f"{self.name}_{role}",
+                       (literal_extent(f"{self.name}_{role}_row", rows),
+                        literal_extent(f"{self.name}_{role}_column", columns)),
+                       (rows, columns), self.dtype)
+        table.data[:] = np.array(matrix, dtype=np.float64)
+        return table
+
+    def _block_loops(self, role):
+        """(sample, block row, block column) loops of a transform; the sample's
+        name ends in ``_n``: bounded by the active batch."""
+        name = f"{self.name}_{role}"
+        return (tap_dimension(f"{name}_n", self.batch),
+                literal_extent(f"{name}_by", self.block_rows),
+                literal_extent(f"{name}_bx", self.block_columns))
+
+    def _position(self, n, block_row, block_column):
+        """The number of a block: the batch's blocks front to back."""
+        return (n * self.block_rows + block_row) * self.block_columns + block_column
+
+    def _transformed_at(self, position, row, channel):
+        """The transformed input at ``position`` of block number ``row``."""
+        return self.transformed[position, row * self.pixel + channel]
+
+    def weight_equations(self, read):
+        """``U = G g G^T`` from ``read(output, input channel, row, column)`` of the
+        kernel, into the products' ``b``; outputs past ``outputs`` (the products'
+        padding) get zeros.
+
+        Two nests: the kernel copied with its outputs innermost (a gather of
+        each tap's outputs; scattering its own order's reads instead took 7.5 ms
+        for 256->512 channels), then the transform over (channel, position row, position
+        column, output), vectorised over outputs, a channel's copied kernel in
+        cache while its 36 (or 16) positions read it (read in place, outputs
+        innermost was a strided gather a position: 512 channels took 26 ms).
+        """
+        products, g, points = self.products, self.kernel_table, self.points
+        name = self.name
+        # the copy loops on Dimensions of its own: one Dimension in two orders
+        # makes Devito's loop order cyclic
+        channel = literal_extent(f"{name}_Wt_c", self.channels)
+        output = literal_extent(f"{name}_Wt_k", products.padded_columns)
+        i = literal_extent(f"{name}_Wt_i", 3)
+        j = literal_extent(f"{name}_Wt_j", 3)
+        clamped = sympy.Min(output, self.outputs - 1)
+        value = read(clamped, channel, i, j)
+        if products.padded_columns > self.outputs:
+            value = Select(output < self.outputs, value, 0)
+        copy = Eq(self._kernel_at(channel, i, j, output), value,
+                  implicit_dims=IgnoreDimSort((channel, i, j, output)))
+        channel = literal_extent(f"{name}_U_c", self.channels)
+        output = literal_extent(f"{name}_U_k", products.padded_columns)
+        a = literal_extent(f"{name}_U_a", points)
+        b = literal_extent(f"{name}_U_b", points)
+        value = sum(g[a, r] * g[b, q] * self._kernel_at(channel, r, q, output)
+                    for r in range(3) for q in range(3))
+        return [copy, Eq(products.b_at(channel, output, a * points + b), value,
+                         implicit_dims=IgnoreDimSort((channel, a, b, output)))]
+
+    def _kernel_at(self, channel, row, column, output):
+        """The kernel copied for its transform: each channel's taps, outputs
+        innermost."""
+        return self.kernel_copy[((channel * 3 + row) * 3 + column)
+                                * self.products.padded_columns + output]
+
+    def input_equations(self, read):
+        """``V = B^T d B`` of every block, ``d`` from ``read(sample, row, column,
+        channel)`` of the padded source (row 0 its first padded row): one
+        equation a transformed position (its few terms, constant coefficients),
+        in one nest over the blocks, channels innermost."""
+        n, by, bx = self.input_loops
+        channel = literal_extent(f"{self.name}_V_c", self.channels)
+        bt, m, points = self.input_transform, self.block, self.points
+        d = [[read(n, by * m + i, bx * m + j, channel) for j in range(points)]
+             for i in range(points)]
+        block = self._position(n, by, bx)
+        eqs = []
+        for a in range(points):
+            rows = [_term_sum(bt[a], [d[i][j] for i in range(points)])
+                    for j in range(points)]
+            for b in range(points):
+                eqs.append(Eq(self._transformed_at(a * points + b, block, channel),
+                              _term_sum(bt[b], rows),
+                              implicit_dims=IgnoreDimSort((n, by, bx, channel))))
+        return eqs
+
+    def output_equations(self, store):
+        """``Y = A^T M A`` of every output, stored by ``store(sample, output
+        channel, row, column, value, loops)`` (an Eq; ``loops`` the nest's
+        Dimensions in their order): one nest over the blocks and the places in a
+        block, outputs innermost, each output the sum of its block's 36 (or 16)
+        products weighted by the table's entries for its place (a block's
+        products stay in L1 while its places read them)."""
+        n, by, bx = self._block_loops('Y')
+        output = literal_extent(f"{self.name}_Y_k", self.outputs)
+        m, points, at = self.block, self.points, self.output_table
+        p = literal_extent(f"{self.name}_Y_p", m)
+        q = literal_extent(f"{self.name}_Y_q", m)
+        position = self._position(n, by, bx)
+        value = sum(at[p, a] * at[q, b] *
+                    self.products.target_at(position, output, a * points + b)
+                    for a in range(points) for b in range(points))
+        return [store(n, output, by * m + p, bx * m + q, value,
+                      (n, by, bx, p, q, output))]
+
+    def equations(self, read_kernel, read_source, store):
+        """Every nest, in order: the weights', the input's, the products, the
+        output's (see :meth:`weight_equations` and the others)."""
+        return self.weight_equations(read_kernel) + self.input_equations(read_source) \
+            + self.products.equations() + self.output_equations(store)
