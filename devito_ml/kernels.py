@@ -117,22 +117,32 @@ def renamed(equations, names):
     -------
     list of Eq
     """
-    dimensions = {}
+    dimensions, bounds = {}, {}
 
     def dimension(d):
         if d not in dimensions:
             name = names[d.name]
-            # Devito 4.8 rebuilds a DefaultDimension without its extent
-            dimensions[d] = DefaultDimension(name=name, default_value=d._default_value) \
-                if d.is_Default else d._rebuild(name=name)
+            if d.is_Conditional:
+                # its condition reads other loops' bounds: renamed with them
+                parent = dimension(d.parent)
+                new = d._rebuild(name=name, parent=parent,
+                                 condition=d.condition.xreplace({**dimensions,
+                                                                 **bounds}))
+            elif d.is_Default:
+                # Devito 4.8 rebuilds a DefaultDimension without its extent
+                new = DefaultDimension(name=name, default_value=d._default_value)
+            else:
+                new = d._rebuild(name=name)
+            dimensions[d] = new
+            bounds.update({d.symbolic_min: new.symbolic_min,
+                           d.symbolic_max: new.symbolic_max})
         return dimensions[d]
 
-    mapper = {}
-    for eq in equations:
-        implicit = getattr(eq, 'implicit_dims', None) or ()
-        for symbol in (*eq.free_symbols, *implicit):
-            if getattr(symbol, 'is_Dimension', False):
-                mapper[symbol] = dimension(symbol)
+    loops = {s: None for eq in equations
+             for s in (*eq.free_symbols, *(getattr(eq, 'implicit_dims', None) or ()))
+             if getattr(s, 'is_Dimension', False)}
+    # conditions last: the loops whose bounds they read renamed first
+    mapper = {d: dimension(d) for d in sorted(loops, key=lambda d: d.is_Conditional)}
     for symbol in symbols_of(equations).values():
         name = names[symbol.name]
         if getattr(symbol, 'is_Dimension', False):
@@ -146,6 +156,7 @@ def renamed(equations, names):
             mapper[symbol] = function
         else:                                 # a Constant or a Scalar
             mapper[symbol] = symbol._rebuild(name=name)
+    mapper.update(bounds)      # a loop's bounds read in an expression
     return [_rebuilt(eq, mapper) for eq in equations]
 
 

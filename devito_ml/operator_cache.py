@@ -161,8 +161,11 @@ def symbols_of(equations):
 
 
 def _describe_dimension(dimension):
+    """Kind, name and extent; a guard's condition too (``ConditionalDimension``)."""
+    condition = getattr(dimension, 'condition', None)
     return (type(dimension).__name__, dimension.name,
-            getattr(dimension, 'default_value', None))
+            getattr(dimension, 'default_value', None),
+            None if condition is None else str(condition))
 
 
 def _describe(symbol):
@@ -190,8 +193,10 @@ def cache_key(equations, name, symbols=None, rename=None, **options):
         implicit = getattr(eq, 'implicit_dims', None) or ()
         loops = tuple(_describe_dimension(d) for d in implicit)
         if rename is not None:
-            loops = tuple((kind, rename.get(name, name), extent)
-                          for kind, name, extent in loops)
+            loops = tuple((kind, rename.get(name, name), extent,
+                           condition and _TOKEN.sub(lambda m: _renamed_token(m, rename),
+                                                    condition))
+                          for kind, name, extent, condition in loops)
         text.append(repr((type(eq).__name__, write(eq.lhs), write(eq.rhs),
                           type(implicit).__name__, loops)))
     symbols = symbols or symbols_of(equations)
@@ -200,13 +205,27 @@ def cache_key(equations, name, symbols=None, rename=None, **options):
                   if getattr(d, 'is_Dimension', False)}
     described += [repr(_describe_dimension(d)) for d in dimensions]
     if rename is not None:
-        described = [_TOKEN.sub(lambda m: rename.get(m.group(0), m.group(0)), piece)
+        described = [_TOKEN.sub(lambda m: _renamed_token(m, rename), piece)
                      for piece in described]
     text = header + text + sorted(described)
     return hashlib.sha256('\n'.join(text).encode()).hexdigest()
 
 
 _TOKEN = re.compile(r'[A-Za-z_]\w*')
+
+
+def _renamed_token(match, rename):
+    """A name mapped by ``rename``; a loop's bound (``<loop>_m``, ``<loop>_M``)
+    after its loop's name."""
+    token = match.group(0)
+    if token in rename:
+        return rename[token]
+    stem, _, bound = token.rpartition('_')
+    if bound in ('m', 'M') and stem in rename:
+        return f"{rename[stem]}_{bound}"
+    return token
+
+
 _ORDERLESS = (sympy.Add, sympy.Mul, sympy.Max, sympy.Min)
 
 

@@ -19,6 +19,7 @@ from devito_ml.layers.correlation import (Correlation, TransposedCorrelation,
                                           WeightCorrelation)
 from devito_ml.layers.weight_columns import ColumnWeightGradient
 from devito_ml.layers.winograd import WinogradCorrelation, winograd_block
+from devito_ml.layers.winograd_weights import WinogradWeightGradient
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
@@ -129,9 +130,11 @@ class Conv(WeightedLayer):
     """
 
     family = 'conv'
-    forward_winograd = input_gradient_winograd = None
+    forward_winograd = input_gradient_winograd = weight_gradient_winograd = None
     """The :class:`~devito_ml.layers.winograd.WinogradCorrelation` scheduling the
-    forward pass, and the input gradient's, where one does (see ``winograd``)."""
+    forward pass, and the input gradient's, and the
+    :class:`~devito_ml.layers.winograd_weights.WinogradWeightGradient` scheduling
+    the weight gradient, where they do (see ``winograd``)."""
 
     def __init__(self, kernel_size, input_size=None, stride=1, padding=0, dilation=1,
                  bias=True, activation=None, name=None, dtype=None,
@@ -298,9 +301,15 @@ class Conv(WeightedLayer):
             self.kernel_gradients_cl = self.tensor('dW_cl', kernel_cl_dims,
                                                    (r, q, c, k))
             self.weight_gradient_tiles = self.weight_gradient_columns = None
+            # Winograd's weight gradient reads the forward pass's transformed input
+            self.weight_gradient_winograd = WinogradWeightGradient(
+                f"{self.name}_wwino", self.forward_winograd) \
+                if self.forward_winograd else None
             columns = ColumnWeightGradient.shape_for(c, k, self.dtype, width)
-            if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
-                                        TILED_WEIGHT_GRADIENT_MAX_BYTES):
+            if self.weight_gradient_winograd is not None:
+                pass
+            elif TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
+                                          TILED_WEIGHT_GRADIENT_MAX_BYTES):
                 self.weight_gradient_tiles = TiledWeightGradient(
                     f"{self.name}_dW", self.forward_tiles, self.dim('dW_tile_n', n), n, k,
                     (oh, ow), (r, q), self.dilation, self.input_gradient_tiles)
@@ -452,6 +461,8 @@ class Conv(WeightedLayer):
         """
         n, gh, gw, yk = self.dz_cl_dims
         dz = correlation.gradient
+        if self.weight_gradient_winograd is not None:
+            return self._winograd_weight_gradient(correlation)
         if self.weight_gradient_columns is not None:
             return self._weight_gradient_equations_columns(correlation)
         if self.weight_gradient_tiles is not None:
@@ -478,6 +489,22 @@ class Conv(WeightedLayer):
                       dw[self.ky, self.kx, c, k],
                       implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx))))
         return eqs
+
+    def _winograd_weight_gradient(self, correlation):
+        """dW as Winograd's ``F(3 x 3, m x m)`` over the forward pass's transformed
+        input (``winograd_weights.py``), into the channels-last ``dW_cl`` and
+        from there, transposed, into the kernel's gradient."""
+        dz, dw = correlation.gradient, self.kernel_gradients_cl
+        k, c = self.k, self.in_dims[1]
+
+        def store(output, channel, i, j, value, loops):
+            return Eq(dw[i, j, channel, output], value,
+                      implicit_dims=IgnoreDimSort(loops))
+
+        return self.weight_gradient_winograd.equations(
+            lambda n, output, y, x: dz[n, output, y, x], store) + [
+            Eq(correlation.target[k, c, self.ky, self.kx], dw[self.ky, self.kx, c, k],
+               implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx)))]
 
     def _weight_gradient_equations_tiled(self, correlation):
         """dW from register tiles: one partial sum a sample (``conv_tiles.py``),

@@ -78,8 +78,16 @@ class TiledMatmul:
         self.tile_rows, self.tile_blocks = gradient_tile_shape(rows, blocks)
         self.padded_rows = round_up(rows, self.tile_rows)
         self.padded_columns = round_up(blocks, self.tile_blocks) * self.lanes
-        size = groups * channels * self.padded_columns
-        self.b = flat_tensor(f"{name}_b", f"{name}_bi", size, dtype)
+        if self.group is None:
+            size = channels * self.padded_columns
+            self.b = flat_tensor(f"{name}_b", f"{name}_bi", size, dtype)
+        else:
+            # a plane a group: writers of every group at once (36 equations of a
+            # Winograd transform) write distinct planes, as Devito sees it
+            size = spread_stride(channels * self.padded_columns, dtype)
+            self.b = tensor(f"{name}_b", (literal_extent(f"{name}_bg", groups),
+                                          literal_extent(f"{name}_bi", size)),
+                            (groups, size), dtype)
         self.row_tile = literal_extent(f"{name}_row_tile",
                                        self.padded_rows // self.tile_rows)
         size = self.tile_rows * self.padded_columns
@@ -100,9 +108,12 @@ class TiledMatmul:
         """The matmul's own ``a`` at (row, reduced index)."""
         return self.a[channel * self.rows + row]
 
-    def b_at(self, channel, column, group=0):
-        """``b`` at (reduced index, column) of product ``group``."""
-        return self.b[(group * self.channels + channel) * self.padded_columns + column]
+    def b_at(self, channel, column, group=None):
+        """``b`` at (reduced index, column) of product ``group`` (with more than
+        one group)."""
+        if group is None:
+            return self.b[channel * self.padded_columns + column]
+        return self.b[group, channel * self.padded_columns + column]
 
     def target_at(self, row, column, group=None):
         """The product at (row, column) of ``group`` (a loop index, with more than
@@ -121,7 +132,7 @@ class TiledMatmul:
         lane = LaneDimension.of(f"{name}_lane", lanes)
         channel = literal_extent(f"{name}_sum", self.channels)
         outer = (row_tile, block, lane)
-        group = 0 if self.group is None else self.group
+        group = self.group
         if self.group is not None:
             outer = (self.group,) + outer
         fma = 'fmaf' if self.dtype == np.float32 else 'fma'

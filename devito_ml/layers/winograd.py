@@ -28,7 +28,7 @@ from devito_ml.layers.conv_tiles import (flat_tensor, literal_extent, spread_str
 from devito_ml.layers.matmul_tiles import TiledMatmul
 from devito_ml.symbolics import Select, tap_dimension, tensor
 
-__all__ = ['WinogradCorrelation', 'winograd_block', 'TRANSFORMS']
+__all__ = ['WinogradCorrelation', 'winograd_block', 'term_sum', 'TRANSFORMS']
 
 _R = sympy.Rational
 TRANSFORMS = {
@@ -75,8 +75,8 @@ def winograd_block(kernel, stride, dilation, groups, out_size, channels, outputs
     return None
 
 
-def _term_sum(coefficients, values):
-    """``sum of c * v`` over the nonzero coefficients."""
+def term_sum(coefficients, values):
+    """``sum of c * v`` over the nonzero coefficients (a row of a transform)."""
     return sum((c * v for c, v in zip(coefficients, values) if c != 0), sympy.S.Zero)
 
 
@@ -140,8 +140,8 @@ class WinogradCorrelation:
             (groups, plane), dtype)
         self.products = TiledMatmul(
             f"{name}_gemm", dtype, self.positions, channels, outputs,
-            a_at=lambda row, channel: self._transformed_at(self.products.group, row,
-                                                           channel),
+            a_at=lambda row, channel: self.transformed_at(self.products.group, row,
+                                                          channel),
             groups=groups)
         self.kernel_copy = flat_tensor(f"{name}_Wt", f"{name}_Wti",
                                        channels * 9 * self.products.padded_columns,
@@ -167,12 +167,14 @@ class WinogradCorrelation:
                 literal_extent(f"{name}_by", self.block_rows),
                 literal_extent(f"{name}_bx", self.block_columns))
 
-    def _position(self, n, block_row, block_column):
-        """The number of a block: the batch's blocks front to back."""
+    def block_number(self, n, block_row, block_column):
+        """The number of a block (a row of the products): the batch's blocks
+        front to back."""
         return (n * self.block_rows + block_row) * self.block_columns + block_column
 
-    def _transformed_at(self, position, row, channel):
-        """The transformed input at ``position`` of block number ``row``."""
+    def transformed_at(self, position, row, channel):
+        """The transformed input at ``position`` of block number ``row`` (kept
+        for the weight gradient, ``winograd_weights.py``)."""
         return self.transformed[position, row * self.pixel + channel]
 
     def weight_equations(self, read):
@@ -226,14 +228,14 @@ class WinogradCorrelation:
         bt, m, points = self.input_transform, self.block, self.points
         d = [[read(n, by * m + i, bx * m + j, channel) for j in range(points)]
              for i in range(points)]
-        block = self._position(n, by, bx)
+        block = self.block_number(n, by, bx)
         eqs = []
         for a in range(points):
-            rows = [_term_sum(bt[a], [d[i][j] for i in range(points)])
+            rows = [term_sum(bt[a], [d[i][j] for i in range(points)])
                     for j in range(points)]
             for b in range(points):
-                eqs.append(Eq(self._transformed_at(a * points + b, block, channel),
-                              _term_sum(bt[b], rows),
+                eqs.append(Eq(self.transformed_at(a * points + b, block, channel),
+                              term_sum(bt[b], rows),
                               implicit_dims=IgnoreDimSort((n, by, bx, channel))))
         return eqs
 
@@ -249,7 +251,7 @@ class WinogradCorrelation:
         m, points, at = self.block, self.points, self.output_table
         p = literal_extent(f"{self.name}_Y_p", m)
         q = literal_extent(f"{self.name}_Y_q", m)
-        position = self._position(n, by, bx)
+        position = self.block_number(n, by, bx)
         value = sum(at[p, a] * at[q, b] *
                     self.products.target_at(position, output, a * points + b)
                     for a in range(points) for b in range(points))
