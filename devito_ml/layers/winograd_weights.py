@@ -22,7 +22,7 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.layers.conv_tiles import literal_extent
 from devito_ml.layers.matmul_tiles import TiledMatmul
-from devito_ml.layers.winograd import TRANSFORMS, term_sum
+from devito_ml.layers.winograd import TRANSFORMS, two_sided_transform
 from devito_ml.symbolics import Select, tap_dimension, tensor
 
 __all__ = ['WinogradWeightGradient', 'gradient_transforms']
@@ -111,24 +111,24 @@ class WinogradWeightGradient:
         dz = [[read(n, clamped, by * m + y, bx * m + x) for x in range(m)]
               for y in range(m)]
         block = forward.block_number(n, by, bx)
-        eqs = []
-        for a in range(points):
-            rows = [term_sum(g[a], [dz[y][x] for y in range(m)]) for x in range(m)]
-            for b in range(points):
-                value = term_sum(g[b], rows)
-                if padded > forward.outputs:
-                    value = Select(output < forward.outputs, value, 0)
-                eqs.append(Eq(products.b_at(block, output, a * points + b), value,
-                              implicit_dims=IgnoreDimSort((n, by, bx, output))))
+        in_range = output < forward.outputs
+
+        def store(a, b, value):
+            if padded > forward.outputs:
+                value = Select(in_range, value, 0)
+            return Eq(products.b_at(block, output, a * points + b), value)
+
+        eqs = two_sided_transform(f"{name}_Z", forward.dtype, g, dz, store,
+                                  (n, by, bx, output))
         sample = literal_extent(f"{name}_Zs_n", forward.batch)
         stale = ConditionalDimension(f"{name}_Zs_stale", parent=sample,
                                      condition=sympy.Gt(sample, n.symbolic_max))
         entry = literal_extent(f"{name}_Zs_entry",
                                forward.block_rows * forward.block_columns * padded)
         first = forward.block_number(sample, 0, 0) * padded
-        eqs += [Eq(products.b_at(0, first + entry, position), 0,
-                   implicit_dims=IgnoreDimSort((sample, stale, entry)))
-                for position in range(points ** 2)]
+        position = literal_extent(f"{name}_Zs_position", points ** 2)
+        eqs.append(Eq(products.b_at(0, first + entry, position), 0,
+                      implicit_dims=IgnoreDimSort((sample, stale, position, entry))))
         return eqs
 
     def output_equations(self, store):
