@@ -28,8 +28,8 @@ from devito_ml.layers.conv_tiles import (flat_tensor, literal_extent, spread_str
 from devito_ml.layers.matmul_tiles import TiledMatmul
 from devito_ml.symbolics import Select, tap_dimension, tensor
 
-__all__ = ['WinogradCorrelation', 'winograd_block', 'term_sum', 'two_sided_transform',
-           'TRANSFORMS']
+__all__ = ['WinogradCorrelation', 'winograd_block', 'term_sum', 'transform_table',
+           'two_sided_transform', 'TRANSFORMS']
 
 _R = sympy.Rational
 TRANSFORMS = {
@@ -89,23 +89,32 @@ def term_sum(coefficients, values):
         (terms[0] if terms else sympy.S.Zero)
 
 
-def two_sided_transform(name, dtype, matrix, values, store, loops):
-    """``matrix @ values @ matrix.T`` of a block of ``values`` (expressions), each
-    entry stored by ``store(row, column, value)`` (an Eq; ``row`` and ``column``
-    loop Dimensions), inside the loops ``loops`` (the innermost vectorised).
-
-    One equation over the entries, ``matrix`` a table: a sum of sums, the rows of
-    the left product recomputed for each column. Written out with constant
-    coefficients (an equation an entry, the left product's rows in Scalars) it
-    ran ~2x faster, but 72 equations a transform were most of what Devito lowered
-    and gcc compiled: a 64-channel convolution's kernels built in 15.6 s, 6 s
-    with the direct sums.
-    """
-    rows, size = len(matrix), len(values)
-    table = tensor(f"{name}_table", (literal_extent(f"{name}_table_row", rows),
-                                     literal_extent(f"{name}_table_column", size)),
-                   (rows, size), dtype)
+def transform_table(name, matrix, dtype):
+    """A transform's matrix as a Function of its own (``two_sided_transform``
+    reads its entries), made with its layer: a unit's record finds every Function
+    its equations read among its layers' (``unit_records.py``)."""
+    rows, columns = len(matrix), len(matrix[0])
+    table = tensor(name, (literal_extent(f"{name}_row", rows),
+                          literal_extent(f"{name}_column", columns)),
+                   (rows, columns), dtype)
     table.data[:] = np.array([[float(v) for v in row] for row in matrix])
+    return table
+
+
+def two_sided_transform(name, table, values, store, loops):
+    """``T @ values @ T.T`` of a block of ``values`` (expressions), ``T`` the
+    ``table`` (:func:`transform_table`), each entry stored by ``store(row, column,
+    value)`` (an Eq; ``row`` and ``column`` loop Dimensions ``<name>_a``, ``_b``),
+    inside the loops ``loops`` (the innermost vectorised).
+
+    One equation over the entries: a sum of sums, the rows of the left product
+    recomputed for each column. Written out with constant coefficients (an
+    equation an entry, the left product's rows in Scalars) it ran ~2x faster, but
+    72 equations a transform were most of what Devito lowered and gcc compiled: a
+    64-channel convolution's kernels built in 15.6 s, 8.8 s so, 6 s with the
+    direct sums (ResNet-18 w64's step 467 -> 484 ms).
+    """
+    rows, size = table.shape
     a = literal_extent(f"{name}_a", rows)
     b = literal_extent(f"{name}_b", rows)
     value = sum(table[b, j] * sum(table[a, i] * values[i][j] for i in range(size))
@@ -182,17 +191,9 @@ class WinogradCorrelation:
                                        channels * 9 * self.products.padded_columns,
                                        dtype)
         # the kernel's and the output's transforms as tables, read by one nest each
-        self.kernel_table = self._table('G', kernel_transform)
-        self.output_table = self._table('AT', output_transform)
-
-    def _table(self, role, matrix):
-        rows, columns = len(matrix), len(matrix[0])
-        table = tensor(f"{self.name}_{role}",
-                       (literal_extent(f"{self.name}_{role}_row", rows),
-                        literal_extent(f"{self.name}_{role}_column", columns)),
-                       (rows, columns), self.dtype)
-        table.data[:] = np.array(matrix, dtype=np.float64)
-        return table
+        self.kernel_table = transform_table(f"{name}_G", kernel_transform, dtype)
+        self.output_table = transform_table(f"{name}_AT", output_transform, dtype)
+        self.input_table = transform_table(f"{name}_BT", self.input_transform, dtype)
 
     def _block_loops(self, role):
         """(sample, block row, block column) loops of a transform; the sample's
@@ -260,12 +261,12 @@ class WinogradCorrelation:
         in one nest over the blocks, channels innermost."""
         n, by, bx = self.input_loops
         channel = literal_extent(f"{self.name}_V_c", self.channels)
-        bt, m, points = self.input_transform, self.block, self.points
+        m, points = self.block, self.points
         d = [[read(n, by * m + i, bx * m + j, channel) for j in range(points)]
              for i in range(points)]
         block = self.block_number(n, by, bx)
         return two_sided_transform(
-            f"{self.name}_V", self.dtype, bt, d,
+            f"{self.name}_V", self.input_table, d,
             lambda a, b, value: Eq(self.transformed_at(a * points + b, block, channel),
                                    value),
             (n, by, bx, channel))

@@ -22,8 +22,8 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.layers.conv_tiles import literal_extent
 from devito_ml.layers.matmul_tiles import TiledMatmul
-from devito_ml.layers.winograd import TRANSFORMS, two_sided_transform
-from devito_ml.symbolics import Select, tap_dimension, tensor
+from devito_ml.layers.winograd import TRANSFORMS, transform_table, two_sided_transform
+from devito_ml.symbolics import Select, tap_dimension
 
 __all__ = ['WinogradWeightGradient', 'gradient_transforms']
 
@@ -87,12 +87,10 @@ class WinogradWeightGradient:
             a_at=lambda channel, block: forward.transformed_at(self.products.group,
                                                                block, channel),
             groups=forward.points ** 2)
-        rows, columns = len(output_transform), len(output_transform[0])
-        self.output_table = tensor(
-            f"{name}_AT", (literal_extent(f"{name}_AT_row", rows),
-                           literal_extent(f"{name}_AT_column", columns)),
-            (rows, columns), forward.dtype)
-        self.output_table.data[:] = [[float(v) for v in row] for row in output_transform]
+        self.gradient_table = transform_table(f"{name}_G", self.kernel_transform,
+                                              forward.dtype)
+        self.output_table = transform_table(f"{name}_AT", output_transform,
+                                            forward.dtype)
 
     def gradient_equations(self, read):
         """``Z = G' dz G'^T`` of every block of the active batch, ``dz`` from
@@ -101,7 +99,7 @@ class WinogradWeightGradient:
         samples' transformed input is stale): a second nest, guarded, that
         writes nothing at full batch."""
         forward, products = self.correlation, self.products
-        m, points, g = forward.block, forward.points, self.kernel_transform
+        m, points = forward.block, forward.points
         name, padded = self.name, products.padded_columns
         n = tap_dimension(f"{name}_Z_n", forward.batch)    # the active batch
         by = literal_extent(f"{name}_Z_by", forward.block_rows)
@@ -118,7 +116,7 @@ class WinogradWeightGradient:
                 value = Select(in_range, value, 0)
             return Eq(products.b_at(block, output, a * points + b), value)
 
-        eqs = two_sided_transform(f"{name}_Z", forward.dtype, g, dz, store,
+        eqs = two_sided_transform(f"{name}_Z", self.gradient_table, dz, store,
                                   (n, by, bx, output))
         sample = literal_extent(f"{name}_Zs_n", forward.batch)
         stale = ConditionalDimension(f"{name}_Zs_stale", parent=sample,
