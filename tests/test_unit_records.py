@@ -132,3 +132,27 @@ def test_with_the_cache_off_nothing_is_recorded_or_recalled(own_cache, monkeypat
     first = _chain(ReLU()).forward(np.ones((2, 2, 6, 6)))
     assert not os.path.isdir(operator_cache.folder()) or not _records()
     assert np.array_equal(_chain(ReLU()).forward(np.ones((2, 2, 6, 6))), first)
+
+
+def test_a_winograd_net_built_again_derives_no_equation(cache_on, monkeypatch):
+    """Every Function a Winograd convolution's equations read (its transforms'
+    tables among them) is its layer's: a second build recalls its units."""
+    def trained():
+        net = Net([Conv((32, 3, 3), padding=1, activation=ReLU()),
+                   Conv((32, 3, 3), padding=1), Flat(), FullyConnected(3)],
+                  input_shape=(32, 8, 8), batch_size=2, seed=0)
+        assert net.layers[0].weight_gradient_winograd is not None
+        optimizer = SGD(net, lr=0.1)
+        net.train_step(x, LABELS, optimizer)
+        return net
+    x = np.random.default_rng(0).standard_normal((2, 32, 8, 8)).astype(np.float32)
+    first = trained()
+    forget_loaded()
+    monkeypatch.setenv(unit_records.CHECK_VARIABLE, '0')
+
+    def refused(*args, **kwargs):
+        raise AssertionError('equations derived')
+    for method in ('forward_equations', 'backward_equations'):
+        monkeypatch.setattr(NetClass, method, refused)
+    second = trained()
+    assert second.call_map() == first.call_map()
