@@ -51,10 +51,9 @@ def own_cache(cache_on, monkeypatch, tmp_path):
     monkeypatch.setattr('tempfile.tempdir', str(tmp_path))
 
 
-@pytest.mark.parametrize('unit', ['whole', 'blocks'])
-def test_a_net_built_again_derives_no_equation(cache_on, monkeypatch, unit):
-    layers_per_operator = 100 if unit == 'whole' else 3
-    first, first_optimizer = _trained(layers_per_operator)
+def _refuse_derivation(monkeypatch):
+    """From here on, a net that derives an equation fails (kernels loaded from
+    disk again, records not checked against derivation)."""
     forget_loaded()
     monkeypatch.setenv(unit_records.CHECK_VARIABLE, '0')
 
@@ -62,6 +61,13 @@ def test_a_net_built_again_derives_no_equation(cache_on, monkeypatch, unit):
         raise AssertionError('equations derived')
     for method in ('forward_equations', 'backward_equations'):
         monkeypatch.setattr(NetClass, method, refused)
+
+
+@pytest.mark.parametrize('unit', ['whole', 'blocks'])
+def test_a_net_built_again_derives_no_equation(cache_on, monkeypatch, unit):
+    layers_per_operator = 100 if unit == 'whole' else 3
+    first, first_optimizer = _trained(layers_per_operator)
+    _refuse_derivation(monkeypatch)
     second, second_optimizer = _trained(layers_per_operator)
     assert second.call_map() == first.call_map()
     x = _input()
@@ -147,12 +153,6 @@ def test_a_winograd_net_built_again_derives_no_equation(cache_on, monkeypatch):
         return net
     x = np.random.default_rng(0).standard_normal((2, 32, 8, 8)).astype(np.float32)
     first = trained()
-    forget_loaded()
-    monkeypatch.setenv(unit_records.CHECK_VARIABLE, '0')
-
-    def refused(*args, **kwargs):
-        raise AssertionError('equations derived')
-    for method in ('forward_equations', 'backward_equations'):
-        monkeypatch.setattr(NetClass, method, refused)
+    _refuse_derivation(monkeypatch)
     second = trained()
     assert second.call_map() == first.call_map()
