@@ -9,8 +9,8 @@ Neural Networks*, 2016):
 The sum over input channels is, at each of the ``(m + 2)**2`` transformed positions,
 one matrix product over the blocks of the batch: ``(m + 2)**2`` multiply-adds per
 channel make ``m**2`` outputs, where the direct correlation spends ``9 m**2`` (F(2x2):
-16 against 36, F(4x4): 36 against 144). The transforms are sums of a few terms with
-small constant coefficients, memory-bound passes before and after the products.
+16 against 36, F(4x4): 36 against 144). The transforms are memory-bound passes before
+and after the products, each one equation over a table of its matrix.
 
 The maths is the correlation's (``correlation.py``); this is a schedule of it that
 changes only the rounding: float32 outputs differ from the direct sums by about
@@ -149,7 +149,7 @@ class WinogradCorrelation:
     - :meth:`weight_equations`: ``U = G g G^T`` for every (output, input) pair of
       channels, into the products' ``b`` (its lanes run over outputs);
     - :meth:`input_equations`: ``V = B^T d B`` for every block of every sample
-      and channel, a tensor a transformed position, blocks of the batch front to
+      and channel, a plane a transformed position, blocks of the batch front to
       back and channels innermost;
     - ``products.equations()``: at each transformed position, ``M = V U`` over
       the channels (:class:`~devito_ml.layers.matmul_tiles.TiledMatmul`, one group
@@ -220,8 +220,8 @@ class WinogradCorrelation:
 
         Two nests: the kernel copied with its outputs innermost (a gather of
         each tap's outputs; scattering its own order's reads instead took 7.5 ms
-        for 256->512 channels), then the transform over (channel, position row, position
-        column, output), vectorised over outputs, a channel's copied kernel in
+        for 256->512 channels), then the transform over (channel, position row,
+        position column, output), vectorised over outputs, a channel's copied kernel in
         cache while its 36 (or 16) positions read it (read in place, outputs
         innermost was a strided gather a position: 512 channels took 26 ms).
         """
@@ -256,9 +256,9 @@ class WinogradCorrelation:
 
     def input_equations(self, read):
         """``V = B^T d B`` of every block, ``d`` from ``read(sample, row, column,
-        channel)`` of the padded source (row 0 its first padded row): one
-        equation a transformed position (its few terms, constant coefficients),
-        in one nest over the blocks, channels innermost."""
+        channel)`` of the padded source (row 0 its first padded row), in one nest
+        over the blocks and the transformed positions, channels innermost
+        (:func:`two_sided_transform`)."""
         n, by, bx = self.input_loops
         channel = literal_extent(f"{self.name}_V_c", self.channels)
         m, points = self.block, self.points
