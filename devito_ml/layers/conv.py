@@ -308,21 +308,22 @@ class Conv(WeightedLayer):
             self.weight_gradient_winograd = WinogradWeightGradient(
                 f"{self.name}_wwino", self.forward_winograd) \
                 if self.forward_winograd else None
-            columns = ColumnWeightGradient.shape_for(c, k, self.dtype, width)
-            if self.weight_gradient_winograd is not None:
-                pass
-            elif TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
-                                          TILED_WEIGHT_GRADIENT_MAX_BYTES):
-                self.weight_gradient_tiles = TiledWeightGradient(
-                    f"{self.name}_dW", self.forward_tiles, self.dim('dW_tile_n', n), n, k,
-                    (oh, ow), (r, q), self.dilation, self.input_gradient_tiles)
-            elif columns and ColumnWeightGradient.fits(
-                    n, r * q, c, (oh, ow), self.dtype, COLUMN_WEIGHT_GRADIENT_MAX_BYTES):
-                self.weight_gradient_columns = ColumnWeightGradient(
-                    f"{self.name}_dWcol", self.forward_tiles, self.batch_dim, n, k,
-                    (oh, ow), (r, q), self.dilation, columns)
-            else:
-                self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
+            if self.weight_gradient_winograd is None:     # the direct sums'
+                columns = ColumnWeightGradient.shape_for(c, k, self.dtype, width)
+                if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
+                                            TILED_WEIGHT_GRADIENT_MAX_BYTES):
+                    self.weight_gradient_tiles = TiledWeightGradient(
+                        f"{self.name}_dW", self.forward_tiles,
+                        self.dim('dW_tile_n', n), n, k, (oh, ow), (r, q),
+                        self.dilation, self.input_gradient_tiles)
+                elif columns and ColumnWeightGradient.fits(
+                        n, r * q, c, (oh, ow), self.dtype,
+                        COLUMN_WEIGHT_GRADIENT_MAX_BYTES):
+                    self.weight_gradient_columns = ColumnWeightGradient(
+                        f"{self.name}_dWcol", self.forward_tiles, self.batch_dim, n, k,
+                        (oh, ow), (r, q), self.dilation, columns)
+                else:
+                    self.dz_cl = self.tensor('dz_cl', self.dz_cl_dims, (n, oh, ow, k))
         if not self.input_gradient_channels_last:
             halos = [stuffed_halo(size, out, kern, s, p, d) for size, out, kern, s, p, d
                      in zip((h, w), (oh, ow), (r, q), self.stride, self.padding,
