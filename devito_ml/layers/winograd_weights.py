@@ -106,8 +106,6 @@ class WinogradWeightGradient:
         bx = literal_extent(f"{name}_Z_bx", forward.block_columns)
         output = literal_extent(f"{name}_Z_k", padded)
         clamped = sympy.Min(output, forward.outputs - 1)
-        dz = [[read(n, clamped, by * m + y, bx * m + x) for x in range(m)]
-              for y in range(m)]
         block = forward.block_number(n, by, bx)
         in_range = output < forward.outputs
 
@@ -116,8 +114,10 @@ class WinogradWeightGradient:
                 value = Select(in_range, value, 0)
             return Eq(products.b_at(block, output, a * points + b), value)
 
-        eqs = two_sided_transform(f"{name}_Z", self.gradient_table, dz, store,
-                                  (n, by, bx, output))
+        eqs = two_sided_transform(
+            f"{name}_Z", self.gradient_table, self.kernel_transform,
+            lambda y, x: read(n, clamped, by * m + y, bx * m + x), store,
+            (n, by, bx, output))
         sample = literal_extent(f"{name}_Zs_n", forward.batch)
         stale = ConditionalDimension(f"{name}_Zs_stale", parent=sample,
                                      condition=sympy.Gt(sample, n.symbolic_max))
