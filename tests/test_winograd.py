@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from devito_ml import Conv, Flat, FullyConnected, LayerArgumentError, Net, ReLU
+from devito_ml.layers.matmul_tiles import SHORTEST_CHUNK, sum_blocking
 from devito_ml.layers.winograd import TRANSFORMS, winograd_block
 from devito_ml.layers.winograd_weights import gradient_transforms
 from reference import DTYPES, compare_layer
@@ -82,6 +83,28 @@ def test_winograd_convolution_matches_torch(size, outputs, bias, dtype, rng, wid
     assert layer.forward_winograd is not None
     assert layer.weight_gradient_winograd is not None
     assert f"{layer.name}_wino_gemm" in layer.forward_operator.code
+
+
+@pytest.mark.parametrize('size, summed', [((2, 512, 8, 8), 'forward'),
+                                          ((24, 32, 32, 32), 'weight gradient')])
+def test_products_summed_in_chunks_match_torch(size, summed, rng, width):
+    """512 input channels (a forward product's b past L2), 1536 blocks (the
+    weight gradient's sum): each product is summed a chunk at a time."""
+    layer = Conv((size[1], 3, 3), size, padding=1, dtype=np.float64, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(size[1], size[1], 3, padding=1), rng)
+    products = {'forward': layer.forward_winograd.products,
+                'weight gradient': layer.weight_gradient_winograd.products}[summed]
+    assert products.chunks > 1
+
+
+def test_sum_blocking_keeps_the_larger_operand_streaming():
+    # b of 512 x 512 floats (1 MiB), 128 rows: b's strips stay in L1, a in L2
+    rows_outermost, chunk = sum_blocking(128, 512, 512, 6, 16, 4)
+    assert not rows_outermost and 512 % chunk == 0 and chunk >= SHORTEST_CHUNK
+    # 2048 rows of 64 channels, b 16 KiB: row tiles outermost, one sweep
+    assert sum_blocking(2048, 64, 64, 6, 16, 4) == (True, 64)
+    # a long sum with no divisor worth a chunk runs whole
+    assert sum_blocking(66, 2053, 64, 6, 16, 4) == (True, 2053)
 
 
 def test_partial_batch_after_a_full_one_matches_torch(rng):
