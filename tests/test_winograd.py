@@ -53,9 +53,10 @@ def test_weight_gradient_transforms_share_the_input_transform(block, rng):
     (dict(out_size=(32, 32)), 4),
     (dict(out_size=(8, 12)), 4),
     (dict(out_size=(14, 14)), 2),       # not whole blocks of 4
-    (dict(out_size=(4, 4)), None),      # smaller than MIN_SIZE
+    (dict(out_size=(4, 4)), 4),         # a block a map
+    (dict(out_size=(6, 6)), 2),
+    (dict(out_size=(2, 2)), None),      # smaller than MIN_SIZE
     (dict(out_size=(9, 9)), None),      # not whole blocks of 2
-    (dict(out_size=(6, 6)), None),
     (dict(stride=(2, 2)), None),
     (dict(dilation=(1, 2)), None),
     (dict(kernel=(5, 5)), None),
@@ -71,7 +72,8 @@ def test_only_3x3_stride_1_wide_convolutions_are_scheduled(arguments, block):
 
 
 # (input NCHW, output channels, bias): F(4x4), F(2x2), channels past whole vectors
-CASES = [((2, 32, 8, 12), 48, True), ((3, 40, 10, 10), 33, False)]
+CASES = [((2, 32, 8, 12), 48, True), ((3, 40, 10, 10), 33, False),
+         ((3, 36, 4, 4), 32, True)]
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: d.__name__)
@@ -87,22 +89,26 @@ def test_winograd_convolution_matches_torch(size, outputs, bias, dtype, rng, wid
 
 @pytest.mark.parametrize('size, summed', [((2, 512, 8, 8), 'forward'),
                                           ((24, 32, 32, 32), 'weight gradient')])
-def test_products_summed_in_chunks_match_torch(size, summed, rng, width):
-    """512 input channels (a forward product's b past L2), 1536 blocks (the
-    weight gradient's sum): each product is summed a chunk at a time."""
+def test_products_blocked_for_the_caches_match_torch(size, summed, rng, width):
+    """512 input channels (a forward product's b past L2): its column blocks
+    outermost; 1536 blocks (the weight gradient's sum): summed a chunk at a
+    time."""
     layer = Conv((size[1], 3, 3), size, padding=1, dtype=np.float64, seed=0)
     compare_layer(layer, torch.nn.Conv2d(size[1], size[1], 3, padding=1), rng)
-    products = {'forward': layer.forward_winograd.products,
-                'weight gradient': layer.weight_gradient_winograd.products}[summed]
-    assert products.chunks > 1
+    if summed == 'forward':
+        assert not layer.forward_winograd.products.rows_outermost
+    else:
+        assert layer.weight_gradient_winograd.products.chunks > 1
 
 
-def test_sum_blocking_keeps_the_larger_operand_streaming():
-    # b of 512 x 512 floats (1 MiB), 128 rows: b's strips stay in L1, a in L2
-    rows_outermost, chunk = sum_blocking(128, 512, 512, 6, 16, 4)
-    assert not rows_outermost and 512 % chunk == 0 and chunk >= SHORTEST_CHUNK
+def test_sum_blocking_keeps_an_operand_in_l2():
+    # b of 512 x 512 floats (1 MiB), a of 128 rows (256 KiB): a stays in L2
+    assert sum_blocking(128, 512, 512, 6, 16, 4) == (False, 512)
     # 2048 rows of 64 channels, b 16 KiB: row tiles outermost, one sweep
     assert sum_blocking(2048, 64, 64, 6, 16, 4) == (True, 64)
+    # a sum over 2048 blocks: in chunks that divide it
+    rows_outermost, chunk = sum_blocking(66, 2048, 64, 6, 16, 4)
+    assert rows_outermost and 2048 % chunk == 0 and SHORTEST_CHUNK <= chunk < 2048
     # a long sum with no divisor worth a chunk runs whole
     assert sum_blocking(66, 2053, 64, 6, 16, 4) == (True, 2053)
 

@@ -18,13 +18,14 @@ from devito_ml.layers.conv_tiles import (MAX_TILED_TAPS, TiledCorrelation,
 from devito_ml.layers.correlation import (Correlation, TransposedCorrelation,
                                           WeightCorrelation)
 from devito_ml.layers.weight_columns import ColumnWeightGradient
+from devito_ml.layers.weight_layouts import lane_blocked_copy
 from devito_ml.layers.winograd import WinogradCorrelation, winograd_block
 from devito_ml.layers.winograd_weights import WinogradWeightGradient
 from devito_ml.layers.window import padding_halo, window_output_size
 from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
                                   check_positive_ints)
-from devito_ml.vector_width import tile_widths
+from devito_ml.vector_width import tile_widths, vector_lanes
 
 __all__ = ['Conv']
 
@@ -453,7 +454,7 @@ class Conv(WeightedLayer):
         return self.input_gradient_winograd.equations(
             lambda c, k, u, v: correlation.kernel[k, c, 2 - u, 2 - v],
             lambda n, y, x, k: transposed.source_at(n, y + py - 2, x + px - 2, k),
-            store)
+            store, outputs_outermost=False)
 
     def _weight_gradient_equations(self, correlation):
         r"""dW[k, c, i, j] = sum over (batch, y, x) of dz * input, channels last.
@@ -513,9 +514,21 @@ class Conv(WeightedLayer):
         else:
             def read(n, output, y, x):
                 return dz[n, output, y, x]
-        return self.weight_gradient_winograd.equations(read, store) + [
-            Eq(correlation.target[k, c, self.ky, self.kx], dw[self.ky, self.kx, c, k],
-               implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx)))]
+        outputs, channels, rows, columns = correlation.target.shape
+        lanes = vector_lanes(self.dtype)
+        if outputs % lanes:
+            transpose = Eq(correlation.target[k, c, self.ky, self.kx],
+                           dw[self.ky, self.kx, c, k],
+                           implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx)))
+        else:       # a block of lanes of outputs at a time (weight_layouts.py)
+            name = f"{self.name}_dW_t"
+            transpose = lane_blocked_copy(
+                name, lambda k, c, i, j: correlation.target[k, c, i, j],
+                lambda k, c, i, j: dw[i, j, c, k], outputs,
+                (literal_extent(f"{name}_c", channels),
+                 literal_extent(f"{name}_i", rows), literal_extent(f"{name}_j", columns)),
+                lanes)
+        return self.weight_gradient_winograd.equations(read, store) + [transpose]
 
     def _weight_gradient_equations_tiled(self, correlation):
         """dW from register tiles: one partial sum a sample (``conv_tiles.py``),

@@ -27,6 +27,7 @@ from devito.types.utils import IgnoreDimSort
 from devito_ml.layers.conv_tiles import (flat_tensor, literal_extent, spread_stride,
                                          unaliased_stride)
 from devito_ml.layers.matmul_tiles import TiledMatmul
+from devito_ml.layers.weight_layouts import lane_blocked_copy
 from devito_ml.symbolics import Select, tap_dimension, tensor
 
 __all__ = ['WinogradCorrelation', 'winograd_block', 'transform_table',
@@ -51,10 +52,15 @@ TRANSFORMS = {
 
 MIN_CHANNELS = 32
 """Fewest input and output channels worth the transforms."""
-MIN_SIZE = 8
-"""Fewest output rows and columns worth the transforms: on 4x4 maps (512 channels,
-batch 32, AMD EPYC Zen 4, 8 lanes) F(2x2) took as long as the direct sums, its
-products over 128 blocks and the kernel's transform as long as the saving."""
+MIN_SIZE = 4
+"""Fewest output rows and columns worth the transforms. On 4x4 maps (batch 32,
+AMD EPYC Zen 4, 8 lanes) F(4x4), a block a map, took 11.7-13.0 ms and 19.4-19.9
+ms for a 512-channel convolution's forward and backward passes, F(2x2) 12.8 and
+20.1, the direct sums 13.9 and 29.4 (128 channels: 0.7 + 1.0, 0.8 + 1.5, 0.9 +
+3.1), once the kernels' copies walked lanes of outputs at a time
+(``weight_layouts.py``) and the products kept an operand in L2
+(:func:`~devito_ml.layers.matmul_tiles.sum_blocking`); before those, F(2x2) was
+as slow as the direct sums."""
 
 
 def winograd_block(kernel, stride, dilation, groups, out_size, channels, outputs):
@@ -161,7 +167,8 @@ class WinogradCorrelation:
     def __init__(self, name, dtype, batch, channels, outputs, out_size, block):
         self.name, self.dtype, self.block = name, np.dtype(dtype), block
         self.channels, self.outputs, self.batch = channels, outputs, batch
-        self.input_transform, kernel_transform, output_transform = TRANSFORMS[block]
+        self.input_transform, self.kernel_transform, output_transform = \
+            TRANSFORMS[block]
         self.points = points = block + 2
         rows, columns = out_size
         self.out_size = tuple(out_size)
@@ -189,7 +196,8 @@ class WinogradCorrelation:
                                        channels * 9 * self.products.padded_columns,
                                        dtype)
         # the kernel's and the output's transforms as tables, read by one nest each
-        self.kernel_table = transform_table(f"{name}_G", kernel_transform, dtype)
+        self.kernel_table = transform_table(f"{name}_G", self.kernel_transform,
+                                            dtype)
         self.output_table = transform_table(f"{name}_AT", output_transform, dtype)
         self.input_table = transform_table(f"{name}_BT", self.input_transform, dtype)
 
@@ -211,40 +219,53 @@ class WinogradCorrelation:
         for the weight gradient, ``winograd_weights.py``)."""
         return self.transformed[position, row * self.pixel + channel]
 
-    def weight_equations(self, read):
+    def weight_equations(self, read, outputs_outermost=True):
         """``U = G g G^T`` from ``read(output, input channel, row, column)`` of the
         kernel, into the products' ``b``; outputs past ``outputs`` (the products'
         padding) get zeros.
 
-        Two nests: the kernel copied with its outputs innermost (a gather of
-        each tap's outputs; scattering its own order's reads instead took 7.5 ms
-        for 256->512 channels), then the transform over (channel, position row,
-        position column, output), vectorised over outputs, a channel's copied kernel in
-        cache while its 36 (or 16) positions read it (read in place, outputs
-        innermost was a strided gather a position: 512 channels took 26 ms).
+        Two nests: the kernel copied with its outputs innermost, then the
+        transform over (channel, position row, position column, output),
+        vectorised over outputs, a channel's copied kernel in cache while its 36
+        (or 16) positions read it (read in place, outputs innermost was a
+        strided gather a position: 512 channels took 26 ms). Where the outputs
+        are the kernel's outermost index (``outputs_outermost``: the forward
+        pass), the copy walks a block of lanes of them at a time
+        (``weight_layouts.py``; each tap's outputs gathered took 2.9 ms for
+        512->512 channels, 1.5 so; scattering the kernel's own order 7.5 ms for
+        256->512); else (the input gradient's, each output a few taps from the
+        next) each tap's outputs are read in the order of memory (1.0 ms, 2.3
+        a block of lanes at a time).
         """
         products, g, points = self.products, self.kernel_table, self.points
         name = self.name
+
+        def value(output, channel, i, j):
+            value = read(sympy.Min(output, self.outputs - 1), channel, i, j)
+            if products.padded_columns > self.outputs:
+                value = Select(output < self.outputs, value, 0)
+            return value
+
         # the copy loops on Dimensions of its own: one Dimension in two orders
         # makes Devito's loop order cyclic
-        channel = literal_extent(f"{name}_Wt_c", self.channels)
-        output = literal_extent(f"{name}_Wt_k", products.padded_columns)
-        i = literal_extent(f"{name}_Wt_i", 3)
-        j = literal_extent(f"{name}_Wt_j", 3)
-        clamped = sympy.Min(output, self.outputs - 1)
-        value = read(clamped, channel, i, j)
-        if products.padded_columns > self.outputs:
-            value = Select(output < self.outputs, value, 0)
-        copy = Eq(self._kernel_at(channel, i, j, output), value,
-                  implicit_dims=IgnoreDimSort((channel, i, j, output)))
+        taps = (literal_extent(f"{name}_Wt_c", self.channels),
+                literal_extent(f"{name}_Wt_i", 3), literal_extent(f"{name}_Wt_j", 3))
+        if outputs_outermost:
+            copy = lane_blocked_copy(
+                f"{name}_Wt", lambda output, *tap: self._kernel_at(*tap, output),
+                value, products.padded_columns, taps, products.lanes)
+        else:
+            output = literal_extent(f"{name}_Wt_k", products.padded_columns)
+            copy = Eq(self._kernel_at(*taps, output), value(output, *taps),
+                      implicit_dims=IgnoreDimSort((*taps, output)))
         channel = literal_extent(f"{name}_U_c", self.channels)
         output = literal_extent(f"{name}_U_k", products.padded_columns)
-        a = literal_extent(f"{name}_U_a", points)
-        b = literal_extent(f"{name}_U_b", points)
-        value = sum(g[a, r] * g[b, q] * self._kernel_at(channel, r, q, output)
-                    for r in range(3) for q in range(3))
-        return [copy, Eq(products.b_at(channel, output, a * points + b), value,
-                         implicit_dims=IgnoreDimSort((channel, a, b, output)))]
+        return [copy] + two_sided_transform(
+            f"{name}_U", g, self.kernel_transform,
+            lambda r, q: self._kernel_at(channel, r, q, output),
+            lambda a, b, value: Eq(products.b_at(channel, output, a * points + b),
+                                   value),
+            (channel, output))
 
     def _kernel_at(self, channel, row, column, output):
         """The kernel copied for its transform: each channel's taps, outputs
@@ -292,8 +313,9 @@ class WinogradCorrelation:
         return [store(n, output, by * m + p, bx * m + q, value,
                       (n, by, bx, p, q, output))]
 
-    def equations(self, read_kernel, read_source, store):
+    def equations(self, read_kernel, read_source, store, outputs_outermost=True):
         """Every nest, in order: the weights', the input's, the products, the
         output's (see :meth:`weight_equations` and the others)."""
-        return self.weight_equations(read_kernel) + self.input_equations(read_source) \
-            + self.products.equations() + self.output_equations(store)
+        return self.weight_equations(read_kernel, outputs_outermost) + \
+            self.input_equations(read_source) + self.products.equations() + \
+            self.output_equations(store)
