@@ -25,7 +25,8 @@ this relies on.
 from devito import CustomDimension
 from devito.core.cpu import Cpu64AdvOmpOperator
 from devito.core import Intel64AdvOmpOperator
-from devito.ir.iet import FindNodes, Iteration, Pragma, Transformer
+from devito.ir.iet import (FindNodes, Iteration, Pragma, Transformer,
+                           retrieve_iteration_tree)
 from devito.ir.support.properties import VECTORIZED
 from devito.operator.operator import parse_kwargs
 from devito.operator.registry import operator_selector
@@ -62,17 +63,32 @@ class LaneOmpizer(Ompizer):
 
     def _make_simd(self, iet):
         iet, metadata = super()._make_simd(iet)
+        # an unrolled loop Devito vectorised (the innermost parallel one) gives
+        # the pragma to the parallel loop around it: gcc unrolls it into the
+        # body of that loop, which it then vectorises
+        enclosing = {}
+        for tree in retrieve_iteration_tree(iet):
+            for outer, inner in zip(tree, tree[1:]):
+                if isinstance(inner.dim, UnrolledDimension) and \
+                        VECTORIZED in inner.properties and outer.is_Parallel:
+                    enclosing[outer] = inner
+        vectorised = set(enclosing.values())
         mapper = {}
         for loop in FindNodes(Iteration).visit(iet):
-            if isinstance(loop.dim, LaneDimension) and loop.is_Parallel and \
-                    VECTORIZED not in loop.properties:
+            if (isinstance(loop.dim, LaneDimension) and loop.is_Parallel and
+                    VECTORIZED not in loop.properties) or loop in enclosing:
                 mapper[loop] = loop._rebuild(
                     pragmas=loop.pragmas + self._make_simd_pragma(loop),
                     properties=tuple(loop.properties) + (VECTORIZED,))
             elif isinstance(loop.dim, UnrolledDimension):
                 size = loop.dim.symbolic_size
+                pragmas, properties = loop.pragmas, loop.properties
+                if loop in vectorised:
+                    pragmas = ()
+                    properties = tuple(p for p in properties if p is not VECTORIZED)
                 mapper[loop] = loop._rebuild(
-                    pragmas=loop.pragmas + (Pragma(f'GCC unroll {size}'),))
+                    pragmas=pragmas + (Pragma(f'GCC unroll {size}'),),
+                    properties=properties)
         return Transformer(mapper, nested=True).visit(iet), metadata
 
 

@@ -26,6 +26,7 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.layers.conv_tiles import (flat_tensor, literal_extent, spread_stride,
                                          unaliased_stride)
+from devito_ml.lanes import UnrolledDimension
 from devito_ml.layers.matmul_tiles import TiledMatmul
 from devito_ml.layers.weight_layouts import lane_blocked_copy
 from devito_ml.symbolics import Select, tap_dimension, tensor
@@ -96,35 +97,40 @@ def transform_table(name, matrix, dtype):
 
 
 def two_sided_transform(name, left, right, read, store, loops):
-    """``left @ values @ right.T`` of a block, ``values[i][j] = read(i, j)``, each
-    entry stored by ``store(row, column, value)`` (an Eq; ``row`` a loop
-    Dimension ``<name>_a``, ``column`` a number), inside ``loops`` (the innermost
-    vectorised).
+    """``left @ values @ right.T`` of a block, ``values[i][j] = read(i, j)``, the
+    tables ``left`` and ``right`` (:func:`transform_table`), each entry stored by
+    ``store(row, column, value)`` (an Eq; ``row`` and ``column`` loop Dimensions
+    ``<name>_a`` and ``<name>_b``), inside ``loops`` (the innermost vectorised).
 
-    ``left`` is a table (:func:`transform_table`) read by the loop over the rows
-    ``a``; ``right`` a matrix of numbers. In the loop over ``a``, a row of the
-    left product a Scalar ``rows[j] = sum over i of left[a, i] * values[i][j]``,
-    then each entry of that row ``sum over j of right[b, j] * rows[j]``, its
-    coefficients constants (zeros skipped): ``p (q^2 + p q)`` multiply-adds for
-    ``p x p`` entries from ``q x q`` values, in ``q + p`` equations.
+    In a loop over the rows ``a`` around the innermost, a row of the left product
+    in Scalars, ``rows[j] = sum over i of left[a, i] * values[i][j]``; then,
+    inside the innermost loop, each entry of that row, ``sum over j of right[b,
+    j] * rows[j]``, in a loop over ``b`` that gcc unrolls
+    (:class:`~devito_ml.lanes.UnrolledDimension`): ``p (q^2 + p q)``
+    multiply-adds for ``p x p`` entries from ``q x q`` values, in ``q + 1``
+    equations.
 
     Measured on AMD EPYC Zen 4 (8 lanes), a 64-channel convolution's input
-    transform on 32x32 maps, batch 32: one equation over the table, each entry's
-    rows recomputed (``p^2 (q^2 + q)``), took 4.0 ms; an equation an entry
-    (the rows in Scalars too, 72 equations) ran ~2x faster than that but doubled
-    what Devito lowered and gcc compiled (a 64-channel convolution's kernels
-    built in 15.6 s, 8.8 s with the one equation).
+    transform on 32x32 maps, batch 32: one equation, each entry's rows
+    recomputed (``p^2 (q^2 + q)``), 4.0 ms; an equation an entry (the rows in
+    Scalars too, 72 equations) ~2x faster but twice what Devito lowered and gcc
+    compiled (a 64-channel convolution's kernels built in 15.6 s, 8.8 s with
+    one equation). The entries of a row stored by ``p`` equations (constant
+    columns) were writes Devito could not tell apart: it ran the samples' loop
+    serially and the block columns' in parallel, one fork and join a block row
+    (2-4x slower in a ResNet-18 step).
     """
     *outer, inner = loops
     a = literal_extent(f"{name}_a", left.shape[0])
+    b = UnrolledDimension.of(f"{name}_b", right.shape[0])
     order = IgnoreDimSort((*outer, a, inner))
-    columns = len(right[0])
-    rows = [Scalar(name=f"{name}_row{j}", dtype=left.dtype) for j in range(columns)]
+    rows = [Scalar(name=f"{name}_row{j}", dtype=left.dtype)
+            for j in range(right.shape[1])]
     eqs = [Eq(rows[j], sum(left[a, i] * read(i, j) for i in range(left.shape[1])),
-              implicit_dims=order) for j in range(columns)]
-    for b, coefficients in enumerate(right):
-        value = sum(c * row for c, row in zip(coefficients, rows) if c != 0)
-        eqs.append(store(a, b, value)._rebuild(implicit_dims=order))
+              implicit_dims=order) for j in range(len(rows))]
+    value = sum(right[b, j] * row for j, row in enumerate(rows))
+    eqs.append(store(a, b, value)._rebuild(
+        implicit_dims=IgnoreDimSort((*outer, a, inner, b))))
     return eqs
 
 
@@ -167,8 +173,7 @@ class WinogradCorrelation:
     def __init__(self, name, dtype, batch, channels, outputs, out_size, block):
         self.name, self.dtype, self.block = name, np.dtype(dtype), block
         self.channels, self.outputs, self.batch = channels, outputs, batch
-        self.input_transform, self.kernel_transform, output_transform = \
-            TRANSFORMS[block]
+        self.input_transform, kernel_transform, output_transform = TRANSFORMS[block]
         self.points = points = block + 2
         rows, columns = out_size
         self.out_size = tuple(out_size)
@@ -196,8 +201,7 @@ class WinogradCorrelation:
                                        channels * 9 * self.products.padded_columns,
                                        dtype)
         # the kernel's and the output's transforms as tables, read by one nest each
-        self.kernel_table = transform_table(f"{name}_G", self.kernel_transform,
-                                            dtype)
+        self.kernel_table = transform_table(f"{name}_G", kernel_transform, dtype)
         self.output_table = transform_table(f"{name}_AT", output_transform, dtype)
         self.input_table = transform_table(f"{name}_BT", self.input_transform, dtype)
 
@@ -261,7 +265,7 @@ class WinogradCorrelation:
         channel = literal_extent(f"{name}_U_c", self.channels)
         output = literal_extent(f"{name}_U_k", products.padded_columns)
         return [copy] + two_sided_transform(
-            f"{name}_U", g, self.kernel_transform,
+            f"{name}_U", g, g,
             lambda r, q: self._kernel_at(channel, r, q, output),
             lambda a, b, value: Eq(products.b_at(channel, output, a * points + b),
                                    value),
@@ -282,7 +286,7 @@ class WinogradCorrelation:
         m, points = self.block, self.points
         block = self.block_number(n, by, bx)
         return two_sided_transform(
-            f"{self.name}_V", self.input_table, self.input_transform,
+            f"{self.name}_V", self.input_table, self.input_table,
             lambda i, j: read(n, by * m + i, bx * m + j, channel),
             lambda a, b, value: Eq(self.transformed_at(a * points + b, block, channel),
                                    value),
@@ -291,27 +295,19 @@ class WinogradCorrelation:
     def output_equations(self, store):
         """``Y = A^T M A`` of every output, stored by ``store(sample, output
         channel, row, column, value, loops)`` (an Eq; ``loops`` the nest's
-        Dimensions in their order): one nest over the blocks and the places in a
-        block, outputs innermost, each output the sum of its block's 36 (or 16)
-        products weighted by the table's entries for its place (a block's
-        products stay in L1 while its places read them).
-
-        Not :func:`two_sided_transform`: its ``m`` stores of a row, at constant
-        offsets, are writes Devito cannot tell apart across blocks, and it
-        left the outputs' loop serial and scalar (2.3 -> 2.7 ms a 64-channel
-        convolution of ResNet-18, 32x32 maps, batch 32).
-        """
+        Dimensions in their order): one nest over the blocks, outputs innermost
+        (:func:`two_sided_transform`; a block's products stay in L1 while its
+        rows read them)."""
         n, by, bx = self._block_loops('Y')
         output = literal_extent(f"{self.name}_Y_k", self.outputs)
         m, points, at = self.block, self.points, self.output_table
-        p = literal_extent(f"{self.name}_Y_p", m)
-        q = literal_extent(f"{self.name}_Y_q", m)
         position = self.block_number(n, by, bx)
-        value = sum(at[p, a] * at[q, b] *
-                    self.products.target_at(position, output, a * points + b)
-                    for a in range(points) for b in range(points))
-        return [store(n, output, by * m + p, bx * m + q, value,
-                      (n, by, bx, p, q, output))]
+        loops = (n, by, bx, output)
+        return two_sided_transform(
+            f"{self.name}_Y", at, at,
+            lambda a, b: self.products.target_at(position, output, a * points + b),
+            lambda p, q, value: store(n, output, by * m + p, bx * m + q, value, loops),
+            loops)
 
     def equations(self, read_kernel, read_source, store, outputs_outermost=True):
         """Every nest, in order: the weights', the input's, the products, the
