@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from devito.core import Cpu64AdvOmpOperator, Intel64AdvOmpOperator
+from devito.types.utils import IgnoreDimSort
 from devito.operator.operator import Operator
 from devito.passes.iet.parpragma import PragmaSimdTransformer
 
@@ -73,6 +74,27 @@ def test_lane_loop_with_a_reduction_inside_is_vectorised(width):
     assert f'for (int t_lane = 0; t_lane <= {width - 1}; t_lane += 1)' in code
     plain = str(Operator(eqs, name='tiles', language='openmp'))
     assert not _lane_pragma(plain, 't_lane').startswith('#pragma omp simd')
+
+
+def test_an_unrolled_innermost_loop_hands_its_simd_to_the_loop_around_it():
+    """A row's entries stored over an unrolled loop (a Winograd transform):
+    Devito would vectorise the short unrolled loop; the pragma goes to the
+    channels' loop around it, and the unrolled loop gets ``GCC unroll``."""
+    sample, channel = devito.Dimension('n'), lanes.LiteralDimension.of('c', 16)
+    entry = lanes.UnrolledDimension.of('b', 6)
+    source = devito.Function(name='source', dimensions=(sample, channel),
+                             shape=(4, 16), dtype=np.float32)
+    table = devito.Function(name='table', dimensions=(entry,), shape=(6,),
+                            dtype=np.float32)
+    target = devito.Function(name='target', dimensions=(entry, sample, channel),
+                             shape=(6, 4, 16), dtype=np.float32)
+    row = devito.types.Scalar(name='row', dtype=np.float32)
+    eqs = [devito.Eq(row, 2 * source[sample, channel], implicit_dims=(sample, channel)),
+           devito.Eq(target[entry, sample, channel], table[entry] * row,
+                     implicit_dims=IgnoreDimSort((sample, channel, entry)))]
+    code = str(lanes.build_operator(eqs, name='rows', language='openmp'))
+    assert _lane_pragma(code, 'c').startswith('#pragma omp simd')
+    assert _lane_pragma(code, 'b') == '#pragma GCC unroll 6'
 
 
 def test_wide_convolution_keeps_vectorised_lane_loops(width):
