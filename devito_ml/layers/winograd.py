@@ -9,8 +9,9 @@ Neural Networks*, 2016):
 The sum over input channels is, at each of the ``(m + 2)**2`` transformed positions,
 one matrix product over the blocks of the batch: ``(m + 2)**2`` multiply-adds per
 channel make ``m**2`` outputs, where the direct correlation spends ``9 m**2`` (F(2x2):
-16 against 36, F(4x4): 36 against 144). The transforms are memory-bound passes before
-and after the products, each one equation over a table of its matrix.
+16 against 36, F(4x4): 36 against 144). The transforms are passes before and after
+the products, each two sums over a table of its matrix
+(:func:`two_sided_transform`).
 
 The maths is the correlation's (``correlation.py``); this is a schedule of it that
 changes only the rounding: float32 outputs differ from the direct sums by about
