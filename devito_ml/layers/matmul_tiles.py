@@ -65,12 +65,27 @@ def sum_blocking(rows, channels, columns, tile_rows, tile_columns, itemsize):
     :data:`SHORTEST_CHUNK` fits).
 
     Measured on AMD EPYC Zen 4 (8 lanes), batch 32: the forward products of a
-    512-channel Winograd convolution on 4x4 maps (``b`` 1 MiB a position, 128
+    512-channel Winograd convolution on 4x4 maps (``b`` 1 MiB a position, 32
     rows), 6.3 ms column blocks outermost, 7.1 in chunks of 256, 7.4 rows
     outermost in chunks; the weight gradient's products of a 64-channel one on
     32x32 maps (a sum over 2048 blocks), 6.9 ms in one sweep, 4.7 in chunks of
     256 rows outermost, 5.8 in chunks of 512, 5.4 in chunks of 512 column blocks
     outermost.
+
+    Parameters
+    ----------
+    rows, channels, columns : int
+        The product's (padded) rows, reduced index and (padded) columns.
+    tile_rows, tile_columns : int
+        A register tile's rows and columns (lanes times blocks).
+    itemsize : int
+        Bytes an entry.
+
+    Returns
+    -------
+    (bool, int)
+        Whether the row tiles run outermost, and the chunk of the reduced index
+        (``channels`` for one pass).
     """
     line = max(tile_rows * itemsize, CACHE_LINE_BYTES)
     by_rows = max(1, min(L1_SHARE_BYTES // line, L2_SHARE_BYTES // (columns * itemsize)))
@@ -102,7 +117,10 @@ class TiledMatmul:
         Independent products of this shape computed by one nest (the transformed
         positions of a Winograd correlation): ``b`` and the target have one of
         each a group, on the literal loop :attr:`group` (None for one group),
-        outermost; ``a_at`` reads the group's ``a`` through it.
+        outermost; ``a_at`` reads the group's ``a`` through it. Grouped products
+        are blocked for the caches (:func:`sum_blocking`: :attr:`rows_outermost`,
+        :attr:`chunk`, :attr:`chunks`); one product keeps one sweep, row tiles
+        outermost.
     """
 
     def __init__(self, name, dtype, rows, channels, columns, a_at=None, groups=1):
