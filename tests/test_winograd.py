@@ -86,18 +86,20 @@ def test_winograd_convolution_matches_torch(size, outputs, bias, dtype, rng, wid
     assert f"{layer.name}_wino_gemm" in layer.forward_operator.code
 
 
-@pytest.mark.parametrize('size, summed', [((3, 512, 4, 4), 'forward'),
-                                          ((24, 32, 32, 32), 'weight gradient')])
-def test_products_blocked_for_the_caches_match_torch(size, summed, rng, width):
-    """512 input channels on 4x4 maps (F(4x4), a block a map; a forward
-    product's b past L2): its column blocks outermost; 1536 blocks (the weight
-    gradient's sum): summed a chunk at a time."""
-    layer = Conv((size[1], 3, 3), size, padding=1, dtype=np.float64, seed=0)
-    compare_layer(layer, torch.nn.Conv2d(size[1], size[1], 3, padding=1), rng)
-    if summed == 'forward':
-        assert not layer.forward_winograd.products.rows_outermost
-    else:
-        assert layer.weight_gradient_winograd.products.chunks > 1
+def test_a_product_past_l2_runs_its_column_blocks_outermost_and_matches_torch(rng):
+    """512 input channels on 4x4 maps (F(4x4), a block a map): a forward
+    product's b (1 MiB a position) is past L2, its a is not, at every width."""
+    layer = Conv((512, 3, 3), (3, 512, 4, 4), padding=1, dtype=np.float64, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(512, 512, 3, padding=1), rng)
+    assert not layer.forward_winograd.products.rows_outermost
+
+
+def test_a_long_weight_gradient_sum_runs_in_chunks_and_matches_torch(rng, width):
+    """1536 blocks (24 samples of 32x32 maps): the weight gradient's sum a chunk
+    at a time, at every width."""
+    layer = Conv((32, 3, 3), (24, 32, 32, 32), padding=1, dtype=np.float64, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(32, 32, 3, padding=1), rng)
+    assert layer.weight_gradient_winograd.products.chunks > 1
 
 
 def test_sum_blocking_keeps_an_operand_in_l2():
