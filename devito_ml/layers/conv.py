@@ -500,7 +500,6 @@ class Conv(WeightedLayer):
         input (``winograd_weights.py``), into the channels-last ``dW_cl`` and
         from there, transposed, into the kernel's gradient."""
         dz, dw = correlation.gradient, self.kernel_gradients_cl
-        k, c = self.k, self.in_dims[1]
 
         def store(output, channel, i, j, value, loops):
             return Eq(dw[i, j, channel, output], value,
@@ -514,20 +513,15 @@ class Conv(WeightedLayer):
         else:
             def read(n, output, y, x):
                 return dz[n, output, y, x]
+        # transposed a block of lanes of outputs at a time (weight_layouts.py)
         outputs, channels, rows, columns = correlation.target.shape
-        lanes = vector_lanes(self.dtype)
-        if outputs % lanes:
-            transpose = Eq(correlation.target[k, c, self.ky, self.kx],
-                           dw[self.ky, self.kx, c, k],
-                           implicit_dims=IgnoreDimSort((k, c, self.ky, self.kx)))
-        else:       # a block of lanes of outputs at a time (weight_layouts.py)
-            name = f"{self.name}_dW_t"
-            transpose = lane_blocked_copy(
-                name, lambda k, c, i, j: correlation.target[k, c, i, j],
-                lambda k, c, i, j: dw[i, j, c, k], outputs,
-                (literal_extent(f"{name}_c", channels),
-                 literal_extent(f"{name}_i", rows), literal_extent(f"{name}_j", columns)),
-                lanes)
+        name = f"{self.name}_dW_t"
+        transpose = lane_blocked_copy(
+            name, lambda k, c, i, j: correlation.target[k, c, i, j],
+            lambda k, c, i, j: dw[i, j, c, k], outputs,
+            (literal_extent(f"{name}_c", channels),
+             literal_extent(f"{name}_i", rows), literal_extent(f"{name}_j", columns)),
+            vector_lanes(self.dtype))
         return self.weight_gradient_winograd.equations(read, store) + [transpose]
 
     def _weight_gradient_equations_tiled(self, correlation):

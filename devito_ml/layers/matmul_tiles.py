@@ -232,6 +232,7 @@ class TiledMatmul:
             term = (self.a_at(row, channel), self.b_at(channel, column, group))
             eqs.append(Eq(acc[i, j], DefFunction(fma, term + (acc[i, j],)),
                           implicit_dims=IgnoreDimSort(outer + (step,))))
+        size = self.padded_rows * self.padded_columns     # a chunk's products
         for i, j in entries:
             column = (block * self.tile_blocks + j) * lanes + lane
             if self.group is None:
@@ -240,12 +241,10 @@ class TiledMatmul:
                 row = row_tile * self.tile_rows + i
                 index = (self.group, row * self.padded_columns + column)
             if chunk is not None:
-                size = self.padded_rows * self.padded_columns
                 index = (self.group, chunk * size + index[1])
             eqs.append(Eq((self.target if chunk is None else self.partials)[index],
                           acc[i, j], implicit_dims=outer))
         if chunk is not None:
-            size = self.padded_rows * self.padded_columns
             entry = literal_extent(f"{name}_entry", size)
             eqs.append(Eq(self.target[self.group, entry],
                           sum(self.partials[self.group, c * size + entry]

@@ -25,17 +25,18 @@ __all__ = ['lane_blocked_copy']
 
 def lane_blocked_copy(name, write, read, outputs, loops, lanes):
     """``write(k, *loops) = read(k, *loops)`` for ``k < outputs``, in blocks of
-    ``lanes`` (which divide ``outputs``): the loops ``<name>_k_block``, then
-    ``loops``, then the lanes ``<name>_k_lane``.
+    ``lanes``: the loops ``<name>_k_block``, then ``loops``, then the lanes
+    ``<name>_k_lane``. Where ``lanes`` does not divide ``outputs``, ``k``
+    outermost (``<name>_k``), then ``loops``.
 
     Parameters
     ----------
     name : str
-        Prefix of its two loops.
+        Prefix of its loops.
     write, read : callable
         ``(k, *loops) -> Indexed`` and ``-> expression``.
     outputs : int
-        The extent of ``k``, a multiple of ``lanes``.
+        The extent of ``k``.
     loops : tuple of Dimension
         The other indices, outermost first.
     lanes : int
@@ -45,7 +46,9 @@ def lane_blocked_copy(name, write, read, outputs, loops, lanes):
     Eq
     """
     if outputs % lanes:
-        raise ValueError(f"{name}: {outputs} outputs are not blocks of {lanes} lanes")
+        k = literal_extent(f"{name}_k", outputs)
+        return Eq(write(k, *loops), read(k, *loops),
+                  implicit_dims=IgnoreDimSort((k, *loops)))
     block = literal_extent(f"{name}_k_block", outputs // lanes)
     lane = LaneDimension.of(f"{name}_k_lane", lanes)
     k = block * lanes + lane

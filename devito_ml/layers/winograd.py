@@ -97,16 +97,16 @@ def transform_table(name, matrix, dtype):
     return table
 
 
-def two_sided_transform(name, left, right, read, store, loops):
-    """``left @ values @ right.T`` of a block, ``values[i][j] = read(i, j)``, the
-    tables ``left`` and ``right`` (:func:`transform_table`), each entry stored by
-    ``store(row, column, value)`` (an Eq; ``row`` and ``column`` loop Dimensions
+def two_sided_transform(name, table, read, store, loops):
+    """``T @ values @ T.T`` of a block, ``T`` the ``table``
+    (:func:`transform_table`) and ``values[i][j] = read(i, j)``, each entry stored
+    by ``store(row, column, value)`` (an Eq; ``row`` and ``column`` loop Dimensions
     ``<name>_a`` and ``<name>_b``), inside ``loops`` (the innermost vectorised).
 
     In a loop over the rows ``a`` around the innermost, a row of the left product
-    in Scalars, ``rows[j] = sum over i of left[a, i] * values[i][j]``; then,
-    inside the innermost loop, each entry of that row, ``sum over j of right[b,
-    j] * rows[j]``, in a loop over ``b`` that gcc unrolls
+    in Scalars, ``rows[j] = sum over i of T[a, i] * values[i][j]``; then, inside
+    the innermost loop, each entry of that row, ``sum over j of T[b, j] *
+    rows[j]``, in a loop over ``b`` that gcc unrolls
     (:class:`~devito_ml.lanes.UnrolledDimension`): ``p (q^2 + p q)``
     multiply-adds for ``p x p`` entries from ``q x q`` values, in ``q + 1``
     equations.
@@ -122,14 +122,14 @@ def two_sided_transform(name, left, right, read, store, loops):
     (2-4x slower in a ResNet-18 step).
     """
     *outer, inner = loops
-    a = literal_extent(f"{name}_a", left.shape[0])
-    b = UnrolledDimension.of(f"{name}_b", right.shape[0])
+    points, size = table.shape
+    a = literal_extent(f"{name}_a", points)
+    b = UnrolledDimension.of(f"{name}_b", points)
     order = IgnoreDimSort((*outer, a, inner))
-    rows = [Scalar(name=f"{name}_row{j}", dtype=left.dtype)
-            for j in range(right.shape[1])]
-    eqs = [Eq(rows[j], sum(left[a, i] * read(i, j) for i in range(left.shape[1])),
-              implicit_dims=order) for j in range(len(rows))]
-    value = sum(right[b, j] * row for j, row in enumerate(rows))
+    rows = [Scalar(name=f"{name}_row{j}", dtype=table.dtype) for j in range(size)]
+    eqs = [Eq(row, sum(table[a, i] * read(i, j) for i in range(size)),
+              implicit_dims=order) for j, row in enumerate(rows)]
+    value = sum(table[b, j] * row for j, row in enumerate(rows))
     eqs.append(store(a, b, value)._rebuild(
         implicit_dims=IgnoreDimSort((*outer, a, inner, b))))
     return eqs
@@ -174,7 +174,7 @@ class WinogradCorrelation:
     def __init__(self, name, dtype, batch, channels, outputs, out_size, block):
         self.name, self.dtype, self.block = name, np.dtype(dtype), block
         self.channels, self.outputs, self.batch = channels, outputs, batch
-        self.input_transform, kernel_transform, output_transform = TRANSFORMS[block]
+        input_transform, kernel_transform, output_transform = TRANSFORMS[block]
         self.points = points = block + 2
         rows, columns = out_size
         self.out_size = tuple(out_size)
@@ -204,7 +204,7 @@ class WinogradCorrelation:
         # the kernel's and the output's transforms as tables, read by one nest each
         self.kernel_table = transform_table(f"{name}_G", kernel_transform, dtype)
         self.output_table = transform_table(f"{name}_AT", output_transform, dtype)
-        self.input_table = transform_table(f"{name}_BT", self.input_transform, dtype)
+        self.input_table = transform_table(f"{name}_BT", input_transform, dtype)
 
     def _block_loops(self, role):
         """(sample, block row, block column) loops of a transform; the sample's
@@ -266,7 +266,7 @@ class WinogradCorrelation:
         channel = literal_extent(f"{name}_U_c", self.channels)
         output = literal_extent(f"{name}_U_k", products.padded_columns)
         return [copy] + two_sided_transform(
-            f"{name}_U", g, g,
+            f"{name}_U", g,
             lambda r, q: self._kernel_at(channel, r, q, output),
             lambda a, b, value: Eq(products.b_at(channel, output, a * points + b),
                                    value),
@@ -287,7 +287,7 @@ class WinogradCorrelation:
         m, points = self.block, self.points
         block = self.block_number(n, by, bx)
         return two_sided_transform(
-            f"{self.name}_V", self.input_table, self.input_table,
+            f"{self.name}_V", self.input_table,
             lambda i, j: read(n, by * m + i, bx * m + j, channel),
             lambda a, b, value: Eq(self.transformed_at(a * points + b, block, channel),
                                    value),
@@ -305,7 +305,7 @@ class WinogradCorrelation:
         position = self.block_number(n, by, bx)
         loops = (n, by, bx, output)
         return two_sided_transform(
-            f"{self.name}_Y", at, at,
+            f"{self.name}_Y", at,
             lambda a, b: self.products.target_at(position, output, a * points + b),
             lambda p, q, value: store(n, output, by * m + p, bx * m + q, value, loops),
             loops)

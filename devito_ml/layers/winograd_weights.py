@@ -115,7 +115,7 @@ class WinogradWeightGradient:
             return Eq(products.b_at(block, output, a * points + b), value)
 
         eqs = two_sided_transform(
-            f"{name}_Z", self.gradient_table, self.gradient_table,
+            f"{name}_Z", self.gradient_table,
             lambda y, x: read(n, clamped, by * m + y, bx * m + x), store,
             (n, by, bx, output))
         sample = literal_extent(f"{name}_Zs_n", forward.batch)
