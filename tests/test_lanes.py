@@ -100,7 +100,7 @@ def test_an_unrolled_innermost_loop_hands_its_simd_to_the_loop_around_it():
 def test_wide_convolution_keeps_vectorised_lane_loops(width):
     """24 output and 16 input channels fill the lanes of every width: every pass
     is register-tiled, its lane loops vectorised."""
-    layer = Conv((24, 3, 3), (2, 16, 9, 7), stride=2, padding=1, generate_code=True)
+    layer = Conv((24, 3, 3), (2, 16, 13, 11), stride=2, padding=1, generate_code=True)
     assert layer.channels_last and layer.input_gradient_channels_last
     assert layer.forward_tiles.lanes == width
     assert layer.weight_gradient_tiles.stride == (2, 2)

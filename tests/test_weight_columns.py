@@ -1,6 +1,6 @@
-"""Wide convolutions whose per-sample partial sums do not fit compute the weight
-gradient as one register-tiled matrix product a tap over the whole batch
-(``layers/weight_columns.py``), and agree with PyTorch."""
+"""Wide convolutions whose per-sample partial sums do not fit, or outgrow the
+columns, compute the weight gradient as one register-tiled matrix product a tap over
+the whole batch (``layers/weight_columns.py``), and agree with PyTorch."""
 
 import numpy as np
 import pytest
@@ -40,6 +40,17 @@ def test_wide_weight_gradient_as_tap_products_matches_torch(
     # a smaller last batch after a full one: the products read zeros past it
     compare_layer(layer, module(), rng, batch=3)
     assert 'atomic' not in layer.backward_operator.code
+
+
+@pytest.mark.parametrize('size, by_columns', [(4, True), (8, False)])
+def test_weight_gradient_takes_the_columns_where_smaller_than_the_partial_sums(
+        size, by_columns, rng):
+    # 1x1, 64 -> 32 channels: a sample's partial sums 2048 entries; the columns
+    # 96 a position, 16 positions a sample on 4x4 maps, 64 on 8x8
+    layer = Conv((32, 1, 1), (2, 64, size, size), dtype=np.float64, seed=0)
+    compare_layer(layer, torch.nn.Conv2d(64, 32, 1), rng)
+    assert (layer.weight_gradient_columns is not None) == by_columns
+    assert (layer.weight_gradient_tiles is not None) == (not by_columns)
 
 
 def test_tap_products_at_every_vector_width(width, rng, no_room_for_partial_sums):
