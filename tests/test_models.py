@@ -53,11 +53,15 @@ def built():
 # ones in another type): lowering every model four times would double the suite.
 # Evaluation differs from training in BatchNorm (running statistics) and Dropout:
 # vgg11_bn and alexnet hold both, and their evaluation nests cost a fraction of a
-# residual net's (notebook 04 compares a residual net in evaluation too).
+# residual net's (notebook 04 compares a residual net in evaluation too). ResNeXt's
+# own nests (grouped 3x3 and the 7x7 stem: NCHW nests, not register tiles) are the
+# float64 ones in another type, and its tiled 1x1 convolutions run in float32 in
+# ResNet-18's downsampling shortcuts: it is trained in float64 only.
 EVALUATED = ('vgg11_bn', 'alexnet')
+FLOAT64_ONLY = ('resnext50-shallow',)
 CASES = [(model, np.float64, True) for model in sorted(MODELS)] + \
     [(model, np.float64, False) for model in EVALUATED] + \
-    [(model, np.float32, True) for model in sorted(MODELS)]
+    [(model, np.float32, True) for model in sorted(MODELS) if model not in FLOAT64_ONLY]
 
 
 @pytest.mark.parametrize('model, dtype, training', CASES, ids=[
