@@ -133,11 +133,13 @@ def torchvision_classifier(kind, side, width=4, hidden=8, classes=5):
     return TorchvisionClassifier(features, nn.AdaptiveAvgPool2d((pooled, pooled)), head)
 
 
-@pytest.mark.parametrize('kind, side', [('vgg11', 32), ('vgg13_bn', 48),
-                                        ('alexnet', 63), ('alexnet', 96)])
+@pytest.mark.parametrize('kind, side', [('vgg11_bn', 32), ('alexnet', 63),
+                                        ('alexnet', 96)])
 def test_torchvision_vgg_and_alexnet_at_small_inputs(kind, side, rng):
     """Their adaptive pools replicate or average small maps into 7x7 (6x6): the
-    converted net agrees in evaluation, and in training every gradient does."""
+    converted net agrees in evaluation, and in training every gradient does.
+    (VGG's features end on 1x1 maps at 32x32 and 48x48 alike; with BatchNorm, a
+    VGG holds every layer a plain one does.)"""
     module = torchvision_classifier(kind, side)
     net = check(module, (3, side, side), 2, rng)
     net.train()
