@@ -118,13 +118,15 @@ class Conv(WeightedLayer):
     (:meth:`schedule`) runs every pass as register tiles (``conv_tiles.py``,
     channels last) when its vector channels fill three quarters of whole vector
     registers (the input gradient one tiled correlation a stride phase, the weight
-    gradient one partial sum a sample), else NCHW nests (image columns innermost,
-    the weight gradient parallel over its own channels); a 3x3 stride-1
-    convolution of 32 or more channels runs all three passes as Winograd's
-    ``F(m x m, 3 x 3)`` instead (``winograd.py``, ``winograd_weights.py``:
-    ResNet-18's training step 1.5x faster on AMD EPYC Zen 4); what users read is
-    NCHW either way (inside a net, the activations between tiled layers are stored
-    channels last and indexed as NCHW, :mod:`devito_ml.layout`).
+    gradient one partial sum a sample, or one matrix product a tap over the batch
+    where that writes fewer entries, ``weight_columns.py``), else NCHW nests
+    (image columns innermost, the weight gradient parallel over its own
+    channels); a 3x3 stride-1 convolution of 32 or more channels runs all three
+    passes as Winograd's ``F(m x m, 3 x 3)`` instead (``winograd.py``,
+    ``winograd_weights.py``: ResNet-18's training step 1.5x faster on AMD EPYC Zen
+    4); what users read is NCHW either way (inside a net, the activations between
+    tiled layers are stored channels last and indexed as NCHW,
+    :mod:`devito_ml.layout`).
 
     Examples
     --------

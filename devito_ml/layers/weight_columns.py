@@ -6,7 +6,10 @@ tap ``t`` reads there (im2col, one copy a tap). The schedule of wide layers on s
 images, where :class:`~devito_ml.layers.conv_tiles.TiledWeightGradient`'s partial
 sums (one a sample) outgrow memory: ResNet-50's 3x3 and 1x1 convolutions of 256 to
 2048 channels on 4x4 to 16x16 maps, which before this ran as a memory-accumulated
-``Inc`` 10-20x slower than their forward pass.
+``Inc`` 10-20x slower than their forward pass; and wherever the columns and the
+packed gradient take fewer entries than those partial sums (the choice of
+:class:`~devito_ml.layers.conv.Conv`: a 1x1 1024->256 layer on 8x8 maps, 12.2 ->
+6.9 ms).
 
 Both operands are packed by tile, so that a tile reads two contiguous streams:
 ``columns`` by blocks of ``tile_channels`` channels, ``grad`` by blocks of
