@@ -313,16 +313,16 @@ class Conv(WeightedLayer):
                 if self.forward_winograd else None
             if self.weight_gradient_winograd is None:     # the direct sums'
                 columns = ColumnWeightGradient.shape_for(c, k, self.dtype, width)
+                columns_fit = columns is not None and ColumnWeightGradient.fits(
+                    n, r * q, c, (oh, ow), self.dtype, COLUMN_WEIGHT_GRADIENT_MAX_BYTES)
                 if TiledWeightGradient.fits(n, r * q, c, k, self.dtype,
                                             TILED_WEIGHT_GRADIENT_MAX_BYTES) and \
-                        not (columns and self._columns_smaller_than_partials):
+                        not (columns_fit and self._columns_smaller_than_partials):
                     self.weight_gradient_tiles = TiledWeightGradient(
                         f"{self.name}_dW", self.forward_tiles,
                         self.dim('dW_tile_n', n), n, k, (oh, ow), (r, q),
                         self.dilation, self.input_gradient_tiles)
-                elif columns and ColumnWeightGradient.fits(
-                        n, r * q, c, (oh, ow), self.dtype,
-                        COLUMN_WEIGHT_GRADIENT_MAX_BYTES):
+                elif columns_fit:
                     self.weight_gradient_columns = ColumnWeightGradient(
                         f"{self.name}_dWcol", self.forward_tiles, self.batch_dim, n, k,
                         (oh, ow), (r, q), self.dilation, columns)
