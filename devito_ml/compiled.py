@@ -12,6 +12,7 @@ import os
 
 from devito_ml import compiler, kernel_calls, kernels, lanes, operator_cache
 from devito_ml.allocation import batched_allocation
+from devito_ml.copy_forwarding import forward_copies
 from devito_ml.kernel_calls import BATCH, is_batch_dimension  # noqa: F401 (layers')
 from devito_ml.vector_width import float32_lanes
 
@@ -28,6 +29,9 @@ class KernelSource:
     after their roles, and the kernel is named by what it computes,
     ``<label>_<digest>``.
 
+    A copy that only moves a tensor this call writes into another is folded into
+    its writer (:func:`~devito_ml.copy_forwarding.forward_copies`).
+
     Parameters
     ----------
     equations : list of Eq
@@ -42,6 +46,7 @@ class KernelSource:
 
     def __init__(self, equations, name, owners=None, label=None):
         self.name = name
+        equations = forward_copies(equations)
         self.size = len(equations)
         names = kernels.role_names(equations, owners) if owners else None
         options = kernel_options()
