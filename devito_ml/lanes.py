@@ -44,13 +44,7 @@ class LiteralDimension(CustomDimension):
     @classmethod
     def of(cls, name, size):
         """``0 .. size - 1``."""
-        return cls.spanning(name, 0, size - 1)
-
-    @classmethod
-    def spanning(cls, name, first, last):
-        """``first .. last``."""
-        return cls(name, symbolic_min=first, symbolic_max=last,
-                   symbolic_size=last - first + 1)
+        return cls(name, symbolic_min=0, symbolic_max=size - 1, symbolic_size=size)
 
 
 class LaneDimension(LiteralDimension):

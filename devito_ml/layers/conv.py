@@ -295,7 +295,7 @@ class Conv(WeightedLayer):
             self.forward_tiles = TiledCorrelation(
                 f"{self.name}_fwd", self.dtype, tile_n, n, c, k, (oh, ow),
                 [(i * dy, j * dx) for i, j in taps], self.stride,
-                (h + 2 * py, w + 2 * px), width=width, filled_rows=(py, py + h - 1))
+                (h + 2 * py, w + 2 * px), width=width)
             block = winograd_block((r, q), self.stride, self.dilation, self.groups,
                                    (oh, ow), c, k) if self.winograd else None
             # Winograd's forward pass reads the tiles' padded source (which the

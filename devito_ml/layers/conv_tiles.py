@@ -236,16 +236,11 @@ class TiledCorrelation:
     width : int, optional
         float32 lanes of its vector registers (default: the width scheduled for,
         :func:`~devito_ml.vector_width.float32_lanes`).
-    filled_rows : pair of int, optional
-        First and last source rows its writers fill; the rows around them hold
-        zeros (padding), and the taps that read only those may be skipped
-        (:meth:`row_groups`). By default every tap of every row is computed.
     """
 
     def __init__(self, name, dtype, batch_dim, batch, channels, outputs, out_size, taps,
-                 stride, source_size, source=None, width=None, filled_rows=None):
+                 stride, source_size, source=None, width=None):
         self.name, self.dtype = name, np.dtype(dtype)
-        self.filled_rows = filled_rows
         self.channels, self.outputs, self.taps = channels, outputs, list(taps)
         self.pixel = unaliased_stride(channels, dtype)
         self.stride = tuple(stride)
@@ -342,9 +337,8 @@ class TiledCorrelation:
         return self.target[n, row, column * self.padded_outputs + output]
 
     def equations(self):
-        """The tiled loop nests: zero the tile, accumulate over taps and channels,
-        store; one nest for each group of rows reading the same taps
-        (:meth:`row_groups`).
+        """The tiled loop nest: zero the tile, accumulate over taps and channels,
+        store.
 
         Tiles run sample by sample, row by row, and within a row over the blocks
         of output channels, each reading its block's weights (taps x channels x
@@ -356,71 +350,17 @@ class TiledCorrelation:
         stride 2 to 4x4 18.1 -> 8.3, 512->2048 1x1 on 4x4 15.2 -> 13.9; on
         8x8 and wider maps the other order was faster, 256->256 3x3 on 8x8 13.1
         vs 15.6 ms, 64->64 on 32x32 13.2 vs 15.3).
+
+        Every row runs every tap, those that read padding too. Rows split into
+        nests by the taps that reach data (one nest a run of rows; a tap loop
+        bounded by the row inside one nest would leave gcc a nest inside the lane
+        loop, which it does not vectorise) took LeNet-5's second convolution's
+        input gradient from 70 to 54 row taps and its batch-256 step from 10.5 to
+        10.0 ms, but Devito's lowering of the extra nests added 2 s to its cold
+        build (13 -> 15 s) and a minute to the test suite: left out.
         """
-        groups = self.row_groups()
-        if len(groups) == 1:
-            return self._nest(self.row, self.taps, '')
-        return [eq for run, (first, last, taps) in enumerate(groups)
-                for eq in self._nest(LiteralDimension.spanning(
-                    f"{self.name}_h{run}", first, last), taps, str(run))]
-
-    def row_groups(self):
-        """``[(first row, last row, taps), ...]``: runs of output rows and the taps
-        they compute, skipping taps that read only zero rows of the source (those
-        outside ``filled_rows``).
-
-        Where padding or a transposed correlation's zero halo is wide against the
-        map, its rows' taps read only zeros: the 5x5 input gradient of LeNet-5's
-        second convolution runs its 14 rows over a 10-row gradient and 18 rows of
-        source, 50 of its 70 row taps reading data. Each run is a nest of its own,
-        and Devito's lowering time grows with the nests (LeNet-5's train step,
-        cold: 8.8 s with one nest there, 11.9 with a run for each of its 9 tap
-        ranges): runs next to each other merge, those adding the fewest row
-        taps first, down to ``MAX_ROW_RUNS``, each computing the taps between
-        the lowest and the highest its rows need. The rows are split only where
-        that skips at least ``CLIPPED_TAPS_SAVING`` of the row taps; else one run
-        of every row and tap. A run with no tap stores zeros.
-        """
-        everything = [(0, self.rows - 1, self.taps)]
-        if self.filled_rows is None:
-            return everything
-        first, last = self.filled_rows
-        sy = self.stride[0]
-        runs = []          # [first row, last row, lowest tap row, highest tap row]
-        for row in range(self.rows):
-            offsets = [ty for ty, _ in self.taps if first <= row * sy + ty <= last]
-            span = [min(offsets), max(offsets)] if offsets else [None, None]
-            if runs and runs[-1][2:] == span:
-                runs[-1][1] = row
-            else:
-                runs.append([row, row] + span)
-
-        def merged(a, b):
-            spans = [s for s in (a[2:], b[2:]) if s[0] is not None]
-            return [a[0], b[1], min(s[0] for s in spans), max(s[1] for s in spans)] \
-                if spans else [a[0], b[1], None, None]
-
-        def taps(run):
-            return [t for t in self.taps if run[2] is not None and
-                    run[2] <= t[0] <= run[3]]
-
-        def work(run):
-            return (run[1] - run[0] + 1) * len(taps(run))
-
-        while len(runs) > MAX_ROW_RUNS:
-            i = min(range(len(runs) - 1), key=lambda i: work(merged(runs[i], runs[i + 1]))
-                    - work(runs[i]) - work(runs[i + 1]))
-            runs[i:i + 2] = [merged(runs[i], runs[i + 1])]
-        if sum(map(work, runs)) > (1 - CLIPPED_TAPS_SAVING) * self.rows * len(self.taps):
-            return everything
-        return [(run[0], run[1], taps(run)) for run in runs]
-
-    def _nest(self, row, taps, run):
-        """The tiled nest of the output rows ``row`` (a Dimension) over ``taps``;
-        ``run`` numbers its tap loops and Scalars (one of several runs of rows),
-        or is empty."""
         name, lanes = self.name, self.lanes
-        batch_dim = self.batch_dim
+        batch_dim, row = self.batch_dim, self.row
         tile = literal_extent(f"{name}_w_tile", self.columns // self.tile_columns)
         block = literal_extent(f"{name}_k_block",
                                self.padded_outputs // (lanes * self.tile_blocks))
@@ -433,54 +373,35 @@ class TiledCorrelation:
             outer = (batch_dim, row, tile, block, lane)
         entries = [(i, b) for i in range(self.tile_columns)
                    for b in range(self.tile_blocks)]
-        suffix = f"_r{run}" if run else ''
-        acc = {e: Scalar(name=f"{name}_a{e[0]}_{e[1]}{suffix}", dtype=self.dtype.type)
+        acc = {e: Scalar(name=f"{name}_a{e[0]}_{e[1]}", dtype=self.dtype.type)
                for e in entries}
         eqs = [Eq(acc[e], 0, implicit_dims=outer) for e in entries]
         sy, sx = self.stride
-        for t, (ty, tx), loops in self._taps(taps, run):
+        for t, (ty, tx), taps in self._taps():
             for i, b in entries:
                 x = tile * self.tile_columns + i
                 term = (self.weight_at(t, channel, block, b * lanes + lane),
                         self.source_at(batch_dim, row * sy + ty, x * sx + tx, channel))
                 eqs.append(Eq(acc[i, b], DefFunction(fma, term + (acc[i, b],)),
                               implicit_dims=IgnoreDimSort(tuple(outer) + (channel,)
-                                                          + loops)))
+                                                          + taps)))
         for i, b in entries:
             k = (block * self.tile_blocks + b) * lanes + lane
             eqs.append(Eq(self.target_at(batch_dim, row, tile * self.tile_columns + i,
                                          k), acc[i, b], implicit_dims=outer))
         return eqs
 
-    def _taps(self, taps, run):
-        """``(tap number, (row offset, column offset), tap loops)`` of ``taps`` (some
-        of the correlation's): once for a grid of taps whose columns are the
-        kernel's (as unrolled loops: one equation a tile entry), else once a tap."""
-        if not taps:
-            return []
-        grid, whole = tap_grid(taps), tap_grid(self.taps)
-        if grid is None or whole is None or grid[1] != whole[1]:
-            return [(self.taps.index(tap), tap, ()) for tap in taps]
-        (rows, row0, row_step), (columns, column0, column_step) = whole
-        first = (grid[0][1] - row0) // row_step if row_step else 0
-        u = UnrolledDimension.spanning(f"{self.name}_ky{run}", first,
-                                       first + grid[0][0] - 1)
+    def _taps(self):
+        """``(tap number, (row offset, column offset), tap loops)``, once for a grid
+        of taps (as unrolled loops: one equation a tile entry), else once a tap."""
+        grid = tap_grid(self.taps)
+        if grid is None:
+            return [(t, tap, ()) for t, tap in enumerate(self.taps)]
+        (rows, row0, row_step), (columns, column0, column_step) = grid
+        u = UnrolledDimension.of(f"{self.name}_ky", rows)
         v = UnrolledDimension.of(f"{self.name}_kx", columns)
         return [(u * columns + v, (row0 + u * row_step, column0 + v * column_step),
                  (u, v))]
-
-
-MAX_ROW_RUNS = 5
-"""Most nests a tiled correlation's rows split into
-(:meth:`TiledCorrelation.row_groups`)."""
-
-
-CLIPPED_TAPS_SAVING = 0.2
-"""Share of a tiled correlation's row taps that reading only padding must reach
-before its rows are split into nests by the taps they read
-(:meth:`TiledCorrelation.row_groups`). Each nest costs lowering time: at a tenth,
-every 3x3 convolution on maps of up to 6 rows split, and the AddressSanitizer runs
-of the tiles' test shapes took 54 -> 64 s."""
 
 
 FMA_CHAINS = 12
@@ -824,12 +745,11 @@ class TiledTransposedCorrelation:
         self.source = flat_tensor(f"{name}_src", f"{name}_si", length, dtype)
         self.source_rows, self.source_columns = size
         self.phases = []
-        filled = (self.origin[0], self.origin[0] + grad_size[0] - 1)
         for (a, b), taps in offsets.items():
             (rows, columns), reads = shapes[a, b]
             tiles = TiledCorrelation(f"{name}{a}{b}", dtype, batch_dim, batch, channels,
                                      outputs, (rows, columns), reads, (1, 1), size,
-                                     self.source, width, filled) if taps else None
+                                     self.source, width) if taps else None
             self.phases.append(Phase(a, b, rows, columns, [t for t, _ in taps], tiles))
 
     def source_at(self, n, row, column, channel):
