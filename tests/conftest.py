@@ -3,7 +3,9 @@
 
 Under pytest-xdist the test processes already use every core: kernels are built
 in-process (``DEVITO_ML_BUILD_WORKERS=1``) rather than by worker processes of their
-own, each paying its imports, on cores that are busy. ``test_kernel_builds.py``
+own, each paying its imports, on cores that are busy, and OpenMP threads wait
+passively (``OMP_WAIT_POLICY=PASSIVE``) rather than spin on a core the other
+process needs. ``test_kernel_builds.py``
 asks for workers itself.
 
 Every unit recalled from its record is checked against its derived equations
@@ -23,6 +25,11 @@ from widths import WIDTHS
 
 if 'PYTEST_XDIST_WORKER' in os.environ:
     os.environ.setdefault(WORKERS_VARIABLE, '1')
+    # two test processes share the cores, each kernel running its OpenMP threads:
+    # threads spinning at a barrier while the other process holds their core made
+    # the training notebook (900 steps of tiny parallel loops) take 94-204 s in
+    # the suite, 27 s alone; waiting passively, they yield the core
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 os.environ.setdefault(CHECK_VARIABLE, '1')
 
 
