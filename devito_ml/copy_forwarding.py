@@ -22,7 +22,8 @@ def forward_copies(equations):
     A copy ``B[f(d)] = A[d]`` (``d`` distinct Dimensions, ``A`` read whole) is
     forwarded when ``A`` has exactly one writer in ``equations``, an ``Eq`` before
     the copy storing ``A[e]`` at distinct Dimensions ``e`` that span ``A`` (their
-    extents are ``A``'s, known from another tensor the writer touches), and no
+    extents, their defaults or those of the tensors the writer reads, are
+    ``A``'s), and no
     other equation reads ``A``. The writer then stores ``B[f(e)]`` and the copy
     goes. Anything else in the list (markers, other equations) is left as it is.
 
