@@ -104,7 +104,7 @@ def _communicator():
 
 
 def _train(args):
-    from devito_ml.distributed import shard_capacity
+    from devito_ml.distributed import shard_capacity, trainer_for
     from devito_ml.plotting import plot_history
     from devito_ml.training import fit
     start = time.perf_counter()
@@ -134,8 +134,8 @@ def _train(args):
                   checkpoint=os.path.join(args.out, 'checkpoint.npz'),
                   resume=args.resume, progress=False if args.no_progress else None,
                   lr_schedule=schedule(args), check_finite=True,
-                  batch_size=args.batch_size, comm=comm,
-                  sync_batchnorm=args.sync_batchnorm)
+                  trainer=trainer_for(net, comm, args.batch_size,
+                                      args.sync_batchnorm))
     if not root:
         return 0
     with open(os.path.join(args.out, 'history.json'), 'w') as handle:

@@ -51,10 +51,11 @@ import time
 import numpy as np
 
 from devito_ml.layers.normalization import BatchNorm
-from devito_ml.training import correct_answers, evaluation_sums
+from devito_ml.metrics import correct_answers, evaluation_sums
+from devito_ml.trainer import LocalTrainer, Trainer, checked_batch_size
 
 __all__ = ['mpi', 'launched_ranks', 'shard_bounds', 'shard_capacity', 'DataParallel',
-           'RankSums', 'abort_on_error']
+           'trainer_for', 'RankSums', 'abort_on_error']
 
 # the world size, as Open MPI's launcher and MPICH's (Hydra, Intel MPI, Slurm PMI) set it
 _SIZE_VARIABLES = ('OMPI_COMM_WORLD_SIZE', 'PMI_SIZE')
@@ -134,7 +135,19 @@ def abort_on_error(comm, what='training'):
         raise
 
 
-class DataParallel:
+def trainer_for(net, comm, batch_size=None, sync_batchnorm=False):
+    """The :class:`~devito_ml.trainer.Trainer` of ``net`` in a job on ``comm``:
+    :class:`DataParallel` over its ranks, or, with one rank (or no ``comm``), this
+    process's :class:`~devito_ml.trainer.LocalTrainer`, which uses no MPI at all.
+
+    Parameters are those of :class:`DataParallel`.
+    """
+    if comm is None or comm.Get_size() == 1:
+        return LocalTrainer(net, batch_size)
+    return DataParallel(net, comm, batch_size, sync_batchnorm)
+
+
+class DataParallel(Trainer):
     """One rank's part of data-parallel training of ``net`` on communicator ``comm``.
 
     Parameters
@@ -143,8 +156,9 @@ class DataParallel:
         The same net on every rank, allocated for at least
         ``shard_capacity(batch_size, ranks)`` samples.
     comm : mpi4py communicator
-    batch_size : int
+    batch_size : int, optional
         The global batch: every step takes this many samples, split among ranks.
+        Default: the net's batch times the ranks.
     sync_batchnorm : bool
         Statistics of BatchNorm over the global batch instead of each shard.
 
@@ -158,8 +172,10 @@ class DataParallel:
     """
 
     def __init__(self, net, comm, batch_size, sync_batchnorm=False):
-        self.net, self.comm, self.batch_size = net, comm, int(batch_size)
+        self.net, self.comm = net, comm
         self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
+        self.batch_size = checked_batch_size(type(self).__name__, net, batch_size, None) \
+            if batch_size is not None else net.input_size[0] * self.ranks
         capacity = shard_capacity(self.batch_size, self.ranks)
         if net.input_size[0] < capacity:
             raise ValueError(f"DataParallel: Net `{net.name}` holds batches of "
@@ -244,11 +260,21 @@ class DataParallel:
         self.steps += 1
         return float(buffer[-2]) / total, int(round(float(buffer[-1])))
 
+    @contextlib.contextmanager
+    def guard(self, what):
+        """An exception on this rank ends every rank (:func:`abort_on_error`)."""
+        with abort_on_error(self.comm, what):
+            yield
+
     def _window(self, start, total):
         for layer in self.net._stepped:
             layer.sample_window = (start, total)
 
     # -- between epochs -----------------------------------------------------------------
+
+    def end_epoch(self):
+        """The running statistics averaged over the ranks (:meth:`average_buffers`)."""
+        self.average_buffers()
 
     def average_buffers(self):
         """Average the running statistics (float buffers) over the ranks, in place."""

@@ -39,6 +39,7 @@ from devito import configuration
 from devito.symbolics import retrieve_functions
 
 from devito_ml import lanes
+from devito_ml.files import atomic_write
 
 __all__ = ['symbols_of', 'cache_key', 'stored', 'load', 'store', 'enabled', 'folder',
            'usage', 'clear', 'building', 'path', 'write', 'remove']
@@ -75,18 +76,7 @@ def path(name):
 def write(name, data):
     """Write the bytes ``data`` as the file ``name`` atomically (a temporary file,
     then a rename: a reader sees the whole file or none)."""
-    target = folder()
-    os.makedirs(target, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target, prefix='.op-',
-                                         suffix=os.path.splitext(name)[1])
-    try:
-        with os.fdopen(handle, 'wb') as stream:
-            stream.write(data)
-        os.replace(temporary, path(name))
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write(path(name), lambda stream: stream.write(data), prefix='.op-')
 
 
 def remove(name):

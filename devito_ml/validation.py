@@ -8,7 +8,7 @@ import numpy as np
 
 __all__ = ['ShapeError', 'LayerArgumentError', 'as_pair', 'check_positive_ints',
            'check_size', 'check_dtype', 'check_array', 'check_float_dtype', 'check_name',
-           'check_flag']
+           'check_flag', 'non_finite']
 
 _C_KEYWORDS = frozenset('''auto break case char const continue default do double else
 enum extern float for goto if inline int long register restrict return short signed
@@ -114,3 +114,18 @@ def check_name(layer, argument, name):
             f"C identifier (letters, digits and _, not starting with a digit, not a C "
             f"keyword), got {name!r}")
     return name
+
+
+def non_finite(arrays):
+    """The names, sorted, of the float arrays of ``{name: array}`` that hold NaN
+    or an infinity (integer arrays are always finite).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> non_finite({'W': np.array([1.0, np.nan]), 'b': np.zeros(2), 'n': np.array(3)})
+    ['W']
+    """
+    return sorted(name for name, value in arrays.items()
+                  if np.asarray(value).dtype.kind in 'fc'
+                  and not np.all(np.isfinite(value)))

@@ -50,7 +50,7 @@ def data():
 def train(comm=None, checkpoint=None, epochs=EPOCHS, resume=False, schedule=None,
           batchnorm=False, sync=False):
     """Parameters and history after training; ``comm`` None: one process."""
-    from devito_ml.distributed import shard_capacity
+    from devito_ml.distributed import shard_capacity, trainer_for
     from devito_ml.optim import Adam
     from devito_ml.training import fit
     ranks = 1 if comm is None else comm.Get_size()
@@ -58,8 +58,8 @@ def train(comm=None, checkpoint=None, epochs=EPOCHS, resume=False, schedule=None
     optimizer = Adam(net, lr=0.01)
     train_data, test_data = data()
     history = fit(net, optimizer, train_data, test_data, epochs=epochs, seed=SEED,
-                  batch_size=GLOBAL_BATCH, comm=comm, checkpoint=checkpoint,
-                  resume=resume, log=None, progress=False, sync_batchnorm=sync,
+                  trainer=trainer_for(net, comm, GLOBAL_BATCH, sync),
+                  checkpoint=checkpoint, resume=resume, log=None, progress=False,
                   lr_schedule=schedule or (lambda epoch: 0.01 * 0.5 ** epoch))
     return net.state_dict(), history
 

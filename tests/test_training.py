@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import devito_ml.net
-import devito_ml.training as training
+import devito_ml.checkpoints as checkpoints
 import devito_ml.progress as progress
 from devito_ml.data import digits_split
 from devito_ml.models import lenet5
@@ -81,9 +81,9 @@ def test_a_crash_while_saving_leaves_the_old_checkpoint(net, data, tmp_path,
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt('power cut')
-    monkeypatch.setattr(training.np, 'savez', crash)
+    monkeypatch.setattr(checkpoints.np, 'savez', crash)
     with pytest.raises(KeyboardInterrupt):
-        training.save_checkpoint(path, net, optimizer, 2, History())
+        checkpoints.save_checkpoint(path, net, optimizer, 2, History())
     assert open(path, 'rb').read() == before
     assert os.listdir(tmp_path) == ['run.npz']
     epoch, history = load_checkpoint(path, net, optimizer)
