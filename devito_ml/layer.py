@@ -537,6 +537,12 @@ class Layer:
         training : bool
             As in :meth:`equations`.
         """
+        self._wire_input_gradients(input_gradients)
+        return self._backward_equations(training)
+
+    def _wire_input_gradients(self, input_gradients):
+        """A layer used alone writes dL/dinput into ``input_gradients`` (None: its
+        own)."""
         if input_gradients is not None and input_gradients is not self.input_gradients:
             if self.owner != STANDALONE:
                 raise LayerArgumentError(
@@ -544,7 +550,6 @@ class Layer:
                     "wires `input_gradients`")
             self._check_function('input_gradients', input_gradients, self.input_size)
             self.input_gradients = input_gradients
-        return self._backward_equations(training)
 
     def input_gradients_of(self, index):
         """The Function this layer writes dL/d(input ``index``) into."""
@@ -554,9 +559,23 @@ class Layer:
         """Forward equations inside a net, reading each input from ``sources``."""
         return self.equations(sources[0], training)
 
-    def net_backprop_equations(self, training):
-        """Backward equations inside a net (targets were wired at allocation)."""
+    def net_backprop_equations(self, training, output=None):
+        """Backward equations inside a net (targets were wired at allocation).
+
+        ``output``: the Function whose gradient the loss wrote, one of
+        :meth:`loss_outputs` (default: the result).
+        """
+        if output is not None and output is not self.result:
+            raise ValueError(f"{type(self).__name__} `{self.name}`: a loss wrote the "
+                             f"gradient of `{output.name}`, which it does not offer")
         return self._backward_equations(training)
+
+    def loss_outputs(self):
+        """What a loss may read of this layer when it ends a net:
+        ``{kind: (Function, where dL/dFunction goes)}``. Every layer offers its
+        ``'output'``; a loss picks the first of the kinds it reads
+        (:meth:`~devito_ml.loss.base.Loss.reads_from`)."""
+        return {'output': (self.result, self.result_gradients)}
 
     def _check_function(self, argument, function, size):
         check_size(self, argument, size, function.shape)

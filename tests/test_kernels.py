@@ -109,12 +109,11 @@ def test_blocks_cut_where_one_tensor_links_before_and_after():
     d = Conv((2, 3, 3), padding=1, name='d')(c)
     y = FullyConnected(3, name='y')(Flat(name='f')(d))
     net = Net(y, batch_size=1)
+    start = net.graph.input_node
     assert [[node.layer.name for node in block] for block in
-            blocks(net._input_node, net.nodes, 8)] == [['a'], ['b', 'c'], ['d'], ['f'],
-                                                       ['y']]
+            blocks(start, net.nodes, 8)] == [['a'], ['b', 'c'], ['d'], ['f'], ['y']]
     assert [[node.layer.name for node in block] for block in
-            blocks(net._input_node, net.nodes, 1)] == [['a'], ['b'], ['c'], ['d'],
-                                                       ['f'], ['y']]
+            blocks(start, net.nodes, 1)] == [['a'], ['b'], ['c'], ['d'], ['f'], ['y']]
 
 
 def test_the_key_text_follows_the_maths_not_the_names():

@@ -59,10 +59,8 @@ def net_code(request, tmp_path_factory):
 
 def _names(net):
     """Who may own a loop: the layers, the loss, and the roles in shared kernels."""
-    roles = {role for chain in net._forward_operators.values()
+    roles = {role for chain in net.built_operators()
              for part in chain.parts for role in part.owners}
-    roles |= {role for chain in net._backward_operators.values()
-              for part in chain.parts for role in part.owners}
     return [layer.name for layer in net.layers] + ['cross_entropy'] + sorted(roles)
 
 

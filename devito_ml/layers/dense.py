@@ -181,9 +181,10 @@ class FullyConnectedSoftmax(FullyConnected):
     r"""A fully connected layer followed by a softmax over the output features.
 
     ``logits`` holds ``x W^T + b``; ``result`` the probabilities. Its adjoint is
-    derived through the softmax; a Net pairing it with cross entropy writes
-    ``logits_gradients`` directly from the logits instead
-    (``backprop_equations(from_logits=True)``), which stays exact when a
+    derived through the softmax; it offers a loss its logits too
+    (:meth:`loss_outputs`), and where the loss reads them (cross entropy does),
+    the loss writes ``logits_gradients`` and the adjoint starts there
+    (``backprop_equations(from_logits=True)`` alone), which stays exact when a
     probability underflows.
 
     Examples
@@ -224,17 +225,29 @@ class FullyConnectedSoftmax(FullyConnected):
         """As :meth:`Layer.backprop_equations`; ``from_logits``: the loss has
         written ``logits_gradients`` (cross entropy does, from the logits), and the
         adjoint starts there instead of at the probabilities."""
-        self._from_logits = from_logits
-        return super().backprop_equations(input_gradients, training)
+        self._wire_input_gradients(input_gradients)
+        return self.net_backprop_equations(training,
+                                           self.logits if from_logits else None)
+
+    def loss_outputs(self):
+        """The probabilities, and the logits (what cross entropy reads: exact
+        where a probability underflows)."""
+        return dict(super().loss_outputs(), logits=(self.logits, self.logits_gradients))
+
+    def net_backprop_equations(self, training, output=None):
+        """Derived from the logits' gradient where the loss wrote it, else through
+        the softmax."""
+        if output is not self.logits:
+            return super().net_backprop_equations(training, output)
+        gradients, _ = self.gradient_map()
+        del gradients[self.result]
+        gradients[self.logits] = self.logits_gradients
+        return self.schedule(self._derived(self._affine_equations(self.logits),
+                                           gradients, constants=(self.row_max,)))
 
     def _backward_equations(self, training):
-        """Derived, through the softmax (its row maximum only shifts the logits, a
-        constant) or from the logits' gradient."""
+        """Derived through the softmax (its row maximum only shifts the logits, a
+        constant)."""
         gradients, _ = self.gradient_map()
-        forward = self._forward_equations(training)
-        if getattr(self, '_from_logits', False):
-            del gradients[self.result]
-            gradients[self.logits] = self.logits_gradients
-            forward = self._affine_equations(self.logits)
-        return self.schedule(self._derived(forward, gradients,
+        return self.schedule(self._derived(self._forward_equations(training), gradients,
                                            constants=(self.row_max,)))

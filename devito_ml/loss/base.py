@@ -24,6 +24,21 @@ class Loss:
 
     name = 'loss'
 
+    reads = ('output',)
+    """The kinds of a net's last layer's outputs this loss reads, the one it
+    prefers first (:meth:`~devito_ml.Layer.loss_outputs`)."""
+
+    def reads_from(self, layer):
+        """``(value, gradient)``: the Function of ``layer`` (the last of a net) this
+        loss reads, and the one it writes dL/dvalue into."""
+        offered = layer.loss_outputs()
+        for kind in self.reads:
+            if kind in offered:
+                return offered[kind]
+        raise ValueError(f"loss `{self.name}` reads {' or '.join(self.reads)}; "
+                         f"{type(layer).__name__} `{layer.name}` offers "
+                         f"{', '.join(offered)}")
+
     def bind(self, output_size, dtype):
         """Allocate ``targets`` and ``value`` for outputs of ``output_size``."""
         self.output_size = tuple(output_size)
@@ -54,6 +69,10 @@ class Loss:
     def value(self, batch):
         """The mean loss over the first ``batch`` samples."""
         return float(np.sum(self._per_sample[:batch]) / batch)
+
+    def sample_values(self, batch):
+        """Each of the first ``batch`` samples' loss, a copy."""
+        return np.array(self._per_sample[:batch])
 
     def batch_size(self):
         """Number of active samples, as a symbol of the batch bound."""

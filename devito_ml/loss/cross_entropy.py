@@ -38,6 +38,10 @@ class CrossEntropy(Loss):
     """
 
     name = 'cross_entropy'
+    reads = ('logits', 'output')
+    """The logits of a :class:`~devito_ml.FullyConnectedSoftmax` where it ends the
+    net (its probabilities are not read: where one underflows, its log is not), else
+    the output, taken as logits."""
 
     def _allocate(self):
         if len(self.output_size) != 2:

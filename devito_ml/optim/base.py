@@ -166,6 +166,12 @@ class Optimizer:
                 name=f"{self.net.name}_{self.name}_step"))
         return self._update_operator
 
+    @property
+    def built_update_operator(self):
+        """The update operator when :attr:`update_operator` built it, else None
+        (asking builds nothing)."""
+        return self._update_operator
+
     def step(self):
         """Apply the update to every parameter from its current gradient."""
         operator = self.update_operator
