@@ -11,6 +11,7 @@ from its forward maths (:mod:`devito_ml.autodiff`), trains with it.
 """
 
 import sympy
+from devito import Eq
 from sympy import Max
 
 from devito_ml.symbolics import Select
@@ -29,6 +30,15 @@ class Activation:
 
     def derivative_from_output(self, y):
         raise NotImplementedError
+
+    def gradient_equations(self, target, gradient, output, dims):
+        """``[target = gradient * f'(output)]`` at ``dims`` (dz = dy f'(y): the
+        gradient before the activation from the one after it), or nothing where
+        ``target`` is ``gradient`` itself (the identity's)."""
+        if target is gradient:
+            return []
+        return [Eq(target[dims], gradient[dims]
+                   * self.derivative_from_output(output[dims]))]
 
     def __repr__(self):
         return f"{type(self).__name__}()"

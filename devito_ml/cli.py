@@ -269,8 +269,8 @@ def _parser():
         'epoch), history.json, history.png and code/, the C of the operators that '
         'trained and evaluated it. The learning rate follows --schedule. Under '
         '`mpiexec -n R` (pip install -e \'.[mpi]\'), data-parallel over R ranks: each '
-        'takes its shard of every global batch of --batch-size, one allreduce of the '
-        'gradients a step; rank 0 writes the files.')
+        'takes its shard of every global batch of --batch-size, the gradients summed '
+        'in buckets while the backward pass runs; rank 0 writes the files.')
     codegen = commands.add_parser(
         'codegen', formatter_class=_HelpFormatter,
         help='build a model, run forward and backward on a batch of digits, write '

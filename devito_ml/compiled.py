@@ -13,7 +13,6 @@ import os
 from devito_ml import compiler, kernel_calls, kernels, lanes, operator_cache
 from devito_ml.allocation import batched_allocation
 from devito_ml.copy_forwarding import forward_copies
-from devito_ml.kernel_calls import BATCH, is_batch_dimension  # noqa: F401 (layers')
 from devito_ml.vector_width import float32_lanes
 
 __all__ = ['KernelSource', 'CompiledOperator', 'lowered', 'build', 'forget_loaded',
@@ -428,13 +427,15 @@ class OperatorChain:
         for part in self.parts:
             part.set_scalars(values)
 
-    def run(self, batch):
-        self._each('run', batch)
+    def run(self, batch, after=None):
+        """Run every part on ``batch`` samples, the sync points between them;
+        ``after(parts run)`` is called after each part and its sync points."""
+        self._each('run', batch, after)
 
     def apply(self, batch):
         self._each('apply', batch)
 
-    def _each(self, call, batch):
+    def _each(self, call, batch, after=None):
         """``part.<call>(batch)`` for every part, the sync points between them."""
         if batch not in self._prepared:       # allocates what no pass touched yet
             with batched_allocation():
@@ -445,3 +446,5 @@ class OperatorChain:
         for index, part in enumerate(self.parts, start=1):
             getattr(part, call)(batch)
             self._sync(index, batch)
+            if after is not None:
+                after(index)

@@ -1,13 +1,16 @@
-"""Data-parallel training over MPI: each rank a shard of every global batch, one
-allreduce of the gradients a step.
+"""Data-parallel training over MPI: each rank a shard of every global batch, the
+gradients summed over the ranks in buckets while the backward pass runs.
 
 Every rank holds the whole net and runs the same generated operators on its shard
 of each global batch (:func:`shard_bounds`). Its gradients are of its shard's mean
 loss; scaled by ``shard / global batch`` they sum, over the ranks, to the gradients
 of the global batch's mean loss, which a single rank would have computed. They are
-packed into one buffer with the loss and the count of correct answers, summed in
-place by one ``MPI_Allreduce``, unpacked, and every rank applies the same update to
-the same parameters: they stay equal without ever being sent.
+packed into buckets in the order the backward pass finishes them, each summed in
+place by a nonblocking ``MPI_Iallreduce`` started as soon as the part of the
+backward operator that finishes it has run (:mod:`devito_ml.gradient_buckets`);
+every rank waits for them, then applies the same update to the same parameters:
+they stay equal without ever being sent. The loss and the count of correct answers
+are summed after them.
 
 BatchNorm normalises with the statistics of its rank's shard by default (as PyTorch's
 DistributedDataParallel does without SyncBatchNorm); its running statistics are
@@ -17,8 +20,8 @@ adjoint are of the global batch: the generated operators stop where a BatchNorm'
 sums are complete (:class:`~devito_ml.compiled.SyncPoint`), the sums are added over
 the ranks (three small allreduces a BatchNorm a step), and the next operator goes
 on; the results are then those of one rank. Dropout draws the mask rows of its
-shard from the global batch's mask, so that results do not depend on the number of
-ranks either.
+shard from the global batch's mask (:meth:`~devito_ml.Net.shard`), so that results
+do not depend on the number of ranks either.
 
 ``mpi4py`` is optional (``pip install -e '.[mpi]'``): it is imported only when MPI
 is asked for, and its absence is then an error saying how to install it.
@@ -29,28 +32,25 @@ one rank a node, each with its node's cores for OpenMP; every rank reads the dat
 set and takes its shard by rank (the shuffled order depends only on the seed and
 the epoch, so ranks agree without talking), and rank 0 writes to a file system the
 ranks share (which ``--resume`` reads on every rank). What would change at 64 ranks:
-one allreduce of the whole gradient after the backward pass leaves the network idle
-during it and the cores idle during the allreduce; PyTorch's DDP instead sums
-gradients in buckets of ~25 MB as the backward pass produces them, overlapping the
-communication with the rest of the backward pass. Here that means nonblocking
-``Iallreduce`` of each operator part's gradients (a deep net is already compiled in
-parts, run last layer first) as soon as its part has run, and waiting for all of
-them before the update. The global batch also has to grow with the ranks (a shard
-of a few samples leaves the cores of a node idle), with the learning rate scaled
-and warmed up accordingly; and synchronized BatchNorm's three small allreduces a
-layer become latency-bound (merging each layer's into one, as PyTorch's
-SyncBatchNorm does with the sum and the sum of squares, halves them).
+the buckets' sums overlap the backward pass only as far as the MPI library
+progresses them while the generated code runs (Open MPI's do so when polled, which
+happens between the parts; an MPI with a progress thread, or a spare core, lets them
+run beside it). A small net is one part: its buckets start when its backward pass
+ends. The global batch also has to grow with the ranks (a shard of a few samples
+leaves the cores of a node idle), with the learning rate scaled and warmed up
+accordingly; and synchronized BatchNorm's three small allreduces a layer become
+latency-bound (merging each layer's into one, as PyTorch's SyncBatchNorm does with
+the sum and the sum of squares, halves them).
 """
 
 import atexit
 import contextlib
 import os
 import sys
-import time
 
 import numpy as np
 
-from devito_ml.layers.normalization import BatchNorm
+from devito_ml.gradient_buckets import BUCKET_BYTES, GradientBuckets
 from devito_ml.metrics import correct_answers, evaluation_sums
 from devito_ml.trainer import LocalTrainer, Trainer, checked_batch_size
 
@@ -135,7 +135,8 @@ def abort_on_error(comm, what='training'):
         raise
 
 
-def trainer_for(net, comm, batch_size=None, sync_batchnorm=False):
+def trainer_for(net, comm, batch_size=None, sync_batchnorm=False,
+                bucket_bytes=BUCKET_BYTES):
     """The :class:`~devito_ml.trainer.Trainer` of ``net`` in a job on ``comm``:
     :class:`DataParallel` over its ranks, or, with one rank (or no ``comm``), this
     process's :class:`~devito_ml.trainer.LocalTrainer`, which uses no MPI at all.
@@ -144,7 +145,7 @@ def trainer_for(net, comm, batch_size=None, sync_batchnorm=False):
     """
     if comm is None or comm.Get_size() == 1:
         return LocalTrainer(net, batch_size)
-    return DataParallel(net, comm, batch_size, sync_batchnorm)
+    return DataParallel(net, comm, batch_size, sync_batchnorm, bucket_bytes)
 
 
 class DataParallel(Trainer):
@@ -162,16 +163,18 @@ class DataParallel(Trainer):
     sync_batchnorm : bool
         Statistics of BatchNorm over the global batch instead of each shard.
 
+    bucket_bytes : int
+        The largest bucket of gradients summed at once
+        (:mod:`devito_ml.gradient_buckets`).
+
     Attributes
     ----------
-    allreduce_seconds : float
-        Time spent in the gradient allreduce so far (waiting for slower ranks
-        included).
     steps : int
         Steps taken.
     """
 
-    def __init__(self, net, comm, batch_size, sync_batchnorm=False):
+    def __init__(self, net, comm, batch_size=None, sync_batchnorm=False,
+                 bucket_bytes=BUCKET_BYTES):
         self.net, self.comm = net, comm
         self.rank, self.ranks = comm.Get_rank(), comm.Get_size()
         self.batch_size = checked_batch_size(type(self).__name__, net, batch_size, None) \
@@ -182,22 +185,30 @@ class DataParallel(Trainer):
                              f"{net.input_size[0]}, but a global batch of "
                              f"{self.batch_size} over {self.ranks} ranks gives a rank "
                              f"up to {capacity} samples")
-        self._gradients = list(net.gradients().values())
-        sizes = [g.size for g in self._gradients]
-        self._offsets = np.cumsum([0] + sizes)
-        # the gradients, then the shard's loss times its size and its correct answers
-        self.buffer = np.zeros(self._offsets[-1] + 2, dtype=net.dtype)
-        self.allreduce_seconds, self.steps = 0.0, 0
+        self.bucket_bytes = int(bucket_bytes)
+        # the shard's loss times its size, and its correct answers
+        self._metrics = np.zeros(2, dtype=np.float64)
+        self.steps = 0
         self._MPI = mpi()
         self.statistics = None
         if sync_batchnorm:
             self.statistics = RankSums(comm, self._MPI)
-            normalizations = [layer for layer in net.layers
-                              if isinstance(layer, BatchNorm)]
-            for layer in normalizations:
-                layer.sync = self.statistics
-            if normalizations:
-                net._forget_operators()    # built before, without the sync points
+            net.synchronize_statistics(self.statistics)
+        self._buckets = {}
+
+    @property
+    def wait_seconds(self):
+        """Time spent waiting for the gradients' sums so far (for slower ranks too)."""
+        return sum(buckets.wait_seconds for buckets in self._buckets.values())
+
+    def buckets(self, loss=None):
+        """The :class:`~devito_ml.gradient_buckets.GradientBuckets` of the steps of
+        ``loss`` (made with the backward operator, once)."""
+        key = self.net.backward_operator_for(loss, True)
+        if key.name not in self._buckets:
+            self._buckets[key.name] = GradientBuckets(self.net, key, self.comm,
+                                                      self._MPI, self.bucket_bytes)
+        return self._buckets[key.name]
 
     def build(self, optimizer, loss=None, evaluation=False):
         """Build the operators of a step (and of evaluation): rank 0 first, then the
@@ -214,13 +225,15 @@ class DataParallel(Trainer):
         self.comm.Barrier()
         if not self.is_root:
             operators()
+        self.buckets(loss)
         self.comm.Barrier()     # every rank ready before the first step's clock
 
     # -- one step -----------------------------------------------------------------------
 
     def train_step(self, x, y, optimizer, loss=None):
         """Forward and backward on this rank's shard of the global batch
-        ``(x, y)``, the allreduce, then ``optimizer``'s update.
+        ``(x, y)``, the gradients summed over the ranks bucket by bucket while the
+        backward pass runs, then ``optimizer``'s update.
 
         Returns
         -------
@@ -230,35 +243,28 @@ class DataParallel(Trainer):
         """
         total = len(y)
         start, stop = shard_bounds(total, self.ranks, self.rank)
-        net, buffer = self.net, self.buffer
+        net, metrics = self.net, self._metrics
+        buckets = self.buckets(loss)
+        buckets.begin(scale=(stop - start) / total)
         net.train()
-        self._window(start, total)
         if self.statistics is not None:
             self.statistics.shard, self.statistics.total = stop - start, total
-        if stop > start:
-            output = net.forward(x[start:stop])
-            value = net.backward(y[start:stop], loss)
-            scale = (stop - start) / total
-            for gradient, at, end in zip(self._gradients, self._offsets,
-                                         self._offsets[1:]):
-                np.multiply(gradient.reshape(-1), scale, out=buffer[at:end])
-            buffer[-2] = value * (stop - start)
-            buffer[-1] = correct_answers(output, y[start:stop])
-        else:
-            buffer[:] = 0
-            for layer in net._stepped:
-                layer.skip_step()
-            # synchronized BatchNorm: the other ranks wait for this one's sums
-            net.forward_operator_for(True).idle()
-            net.backward_operator_for(loss, True).idle()
-        began = time.perf_counter()
-        self.comm.Allreduce(self._MPI.IN_PLACE, buffer, op=self._MPI.SUM)
-        self.allreduce_seconds += time.perf_counter() - began
-        for gradient, at, end in zip(self._gradients, self._offsets, self._offsets[1:]):
-            np.copyto(gradient, buffer[at:end].reshape(gradient.shape))
+        with net.shard(start, total):
+            if stop > start:
+                output = net.forward(x[start:stop])
+                value = net.backward(y[start:stop], loss, buckets.after_part)
+                metrics[:] = value * (stop - start), \
+                    correct_answers(output, y[start:stop])
+            else:
+                metrics[:] = 0
+                # synchronized BatchNorm: the other ranks wait for this one's sums
+                net.idle_step(loss)
+                buckets.start_all(zero=True)
+        buckets.finish()
+        self.comm.Allreduce(self._MPI.IN_PLACE, metrics, op=self._MPI.SUM)
         optimizer.step()
         self.steps += 1
-        return float(buffer[-2]) / total, int(round(float(buffer[-1])))
+        return float(metrics[0]) / total, int(round(float(metrics[1])))
 
     @contextlib.contextmanager
     def guard(self, what):
@@ -266,25 +272,30 @@ class DataParallel(Trainer):
         with abort_on_error(self.comm, what):
             yield
 
-    def _window(self, start, total):
-        for layer in self.net._stepped:
-            layer.sample_window = (start, total)
-
     # -- between epochs -----------------------------------------------------------------
 
     def end_epoch(self):
-        """The running statistics averaged over the ranks (:meth:`average_buffers`)."""
-        self.average_buffers()
+        """The running statistics made the same on every rank: averaged over the
+        ranks (:meth:`average_buffers`), or, synchronized, rank 0's."""
+        self.average_buffers(root_only=self.statistics is not None)
 
-    def average_buffers(self):
-        """Average the running statistics (float buffers) over the ranks, in place."""
+    def average_buffers(self, root_only=False):
+        """Average the running statistics (float buffers) over the ranks, in place.
+
+        With ``root_only``, rank 0's instead: synchronized statistics are the same
+        on every rank that ran a step, and rank 0 runs them all (it holds the
+        largest shard), while a rank whose shard was empty did not update its own.
+        """
         arrays = [data for data in self.net.buffers().values()
                   if isinstance(data, np.ndarray) and data.dtype.kind == 'f']
         if not arrays:
             return
         packed = np.concatenate([a.reshape(-1) for a in arrays]).astype(np.float64)
-        self.comm.Allreduce(self._MPI.IN_PLACE, packed, op=self._MPI.SUM)
-        packed /= self.ranks
+        if root_only:
+            self.comm.Bcast(packed, root=0)
+        else:
+            self.comm.Allreduce(self._MPI.IN_PLACE, packed, op=self._MPI.SUM)
+            packed /= self.ranks
         at = 0
         for array in arrays:
             np.copyto(array, packed[at:at + array.size].reshape(array.shape))
@@ -306,7 +317,8 @@ class DataParallel(Trainer):
 
 
 class RankSums:
-    """Sums over the ranks for synchronized BatchNorm, and the step's batch sizes.
+    """Sums over the ranks of the batch statistics of a net
+    (:meth:`~devito_ml.Net.synchronize_statistics`), and the step's batch sizes.
 
     Attributes
     ----------
@@ -320,8 +332,17 @@ class RankSums:
         self.comm, self._MPI = comm, MPI
         self.shard = self.total = 0
 
-    def allreduce(self, values):
-        """The sum of ``values`` over the ranks, in double precision."""
+    def sum(self, values, gradients=False):
+        """The sum of ``values`` over the ranks, in double precision.
+
+        Sums of ``gradients`` are of each rank's shard's mean loss: scaled by
+        ``shard / total`` they add up to the global batch's, which comes back in
+        this rank's terms (times ``total / shard``), as its own gradients are.
+        """
         summed = np.array(values, dtype=np.float64)
+        if gradients:
+            summed *= self.shard / self.total
         self.comm.Allreduce(self._MPI.IN_PLACE, summed, op=self._MPI.SUM)
+        if gradients and self.shard:
+            summed *= self.total / self.shard
         return summed

@@ -40,20 +40,15 @@ from devito.types import Timer
 from devito.types.parallel import NThreads, NThreadsBase, NThreadsNonaffine
 
 from devito_ml import operator_cache
+from devito_ml.batch import is_batch_dimension
 
-__all__ = ['BATCH', 'is_batch_dimension', 'CallLayout', 'KernelCall', 'layout_of',
+__all__ = ['CallLayout', 'KernelCall', 'layout_of',
            'store', 'load', 'dataobj']
 
-BATCH = 'n'
 LAYOUT_VERSION = 1
 _THREADS = {cls.__name__: cls for cls in (NThreads, NThreadsNonaffine)}
 _CTYPES = {name: getattr(ctypes, name) for name in
            ('c_int', 'c_long', 'c_longlong', 'c_short', 'c_float', 'c_double')}
-
-
-def is_batch_dimension(dimension):
-    """The batch ``n`` and its per-layer aliases ``<layer>_n``."""
-    return dimension.name == BATCH or dimension.name.endswith('_' + BATCH)
 
 
 def batch_bounds(dimensions, batch):

@@ -19,8 +19,6 @@ two kernels. That costs a build, never a wrong result: one key is one text."""
 
 from collections import Counter
 
-from devito import DefaultDimension
-
 from devito_ml.operator_cache import symbols_of
 
 __all__ = ['unit_owners', 'role_of', 'role_names', 'renamed', 'kernel_label']
@@ -129,8 +127,9 @@ def renamed(equations, names):
                                  condition=d.condition.xreplace({**dimensions,
                                                                  **bounds}))
             elif d.is_Default:
-                # Devito 4.8 rebuilds a DefaultDimension without its extent
-                new = DefaultDimension(name=name, default_value=d._default_value)
+                # Devito 4.8 rebuilds a DefaultDimension without its extent (its
+                # kind kept: a batch loop stays one)
+                new = type(d)(name=name, default_value=d._default_value)
             else:
                 new = d._rebuild(name=name)
             dimensions[d] = new

@@ -28,8 +28,11 @@ import numpy as np
 from devito import Dimension, Eq
 
 from devito_ml.autodiff import adjoint, gradient_of, intermediates, plain_equations
-from devito_ml.compiled import BATCH, CompiledOperator
+from devito_ml.batch_sums import lowered
+from devito_ml.batch import BATCH, batch_dimension, batch_loop
+from devito_ml.compiled import CompiledOperator
 from devito_ml.layout import logical_dimensions, logical_halo
+from devito_ml.steps import Step
 from devito_ml.symbolics import Halo, tap_dimension, tensor
 from devito_ml.validation import (LayerArgumentError, ShapeError, check_array,
                                   check_dtype, check_float_dtype, check_name,
@@ -263,16 +266,15 @@ class Layer:
     def reset_parameters(self, rng):
         """Draw parameters as PyTorch does: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
 
-    def before_step(self, batch, training):
-        """Called by the net before each run of a forward pass (Dropout draws)."""
+    def before_step(self, step):
+        """Called by the net before each run of a forward pass, with the
+        :class:`~devito_ml.steps.Step` it runs (Dropout draws its mask, BatchNorm
+        counts the step)."""
 
-    def skip_step(self):
-        """Count a training step this layer took no part in (a rank whose shard of
-        the global batch was empty: ``distributed.py``)."""
-
-    sample_window = None
-    """``(start, global batch)`` of the samples this layer's batch holds, when it is
-    one rank's shard of a larger batch (``distributed.py``); None otherwise."""
+    batch_statistics = False
+    """Whether the layer normalizes with statistics of the batch, which a net can
+    have summed over more than its own samples
+    (:meth:`~devito_ml.Net.synchronize_statistics`)."""
 
     draws_per_step = False
     """Whether :meth:`before_step` does anything (the net calls only those)."""
@@ -335,7 +337,7 @@ class Layer:
             all NCHW. An input's own copy and gradient take the input's layout.
         """
         if self.allocated:
-            raise LayerArgumentError(self._owned_message())
+            raise LayerArgumentError(self.owned_message())
         if self.input_size is None:
             raise UnboundLayerError(f"{type(self).__name__} `{self.name}` cannot create "
                                     "its Functions before its input size is known")
@@ -377,7 +379,8 @@ class Layer:
     def _reset_buffers(self):
         """Initial values of buffers (running statistics)."""
 
-    def _owned_message(self):
+    def owned_message(self):
+        """Why the layer cannot join a net: who owns its Functions already."""
         owner = self.owner
         where = "was used alone (its Functions exist: `forward`, `equations` or a " \
                 "Function such as `kernel` was used)" if owner == STANDALONE else \
@@ -391,7 +394,7 @@ class Layer:
 
     @property
     def batch_dim(self):
-        return Dimension(BATCH)
+        return batch_dimension()
 
     @property
     def reduction_batch_dim(self):
@@ -399,10 +402,10 @@ class Layer:
 
         Devito imposes one loop order per operator; parameter gradients loop over
         their own indices first (parallel, no atomics), which needs a batch
-        Dimension of their own. Its name ends in ``_n``, so that
-        :class:`CompiledOperator` bounds it by the active batch like ``n``.
+        Dimension of their own: a :class:`~devito_ml.batch.BatchLoop`, which every
+        call bounds by the active batch like ``n``.
         """
-        return tap_dimension(f"{self.name}_{BATCH}", self.input_size[0])
+        return batch_loop(f"{self.name}_{BATCH}", self.input_size[0])
 
     def tensor(self, role, dims, shape, halo=None, dtype=None, channels_last=False):
         """A Function of this layer, ``<name>_<role>``; ``dims``, ``shape`` and
@@ -495,7 +498,8 @@ class Layer:
     # -- equations -------------------------------------------------------------------
 
     def equations(self, input=None, training=True):
-        """Forward equations.
+        """Forward equations (of this layer alone: its batch sums are of its own
+        batch, :mod:`devito_ml.batch_sums`).
 
         Parameters
         ----------
@@ -512,6 +516,10 @@ class Layer:
         -------
         list of Eq
         """
+        return lowered(self._equations_from(input, training))
+
+    def _equations_from(self, input, training):
+        """:meth:`equations`, their batch sums marked (:meth:`net_equations`)."""
         eqs = []
         if input is not None and input is not self.input:
             self._check_function('input', input, self.input_size)
@@ -538,7 +546,7 @@ class Layer:
             As in :meth:`equations`.
         """
         self._wire_input_gradients(input_gradients)
-        return self._backward_equations(training)
+        return lowered(self._backward_equations(training))
 
     def _wire_input_gradients(self, input_gradients):
         """A layer used alone writes dL/dinput into ``input_gradients`` (None: its
@@ -556,11 +564,14 @@ class Layer:
         return self.input_gradients
 
     def net_equations(self, sources, training):
-        """Forward equations inside a net, reading each input from ``sources``."""
-        return self.equations(sources[0], training)
+        """Forward equations inside a net, reading each input from ``sources``; the
+        sums over the batch marked, for the net to lower
+        (:mod:`devito_ml.batch_sums`)."""
+        return self._equations_from(sources[0], training)
 
     def net_backprop_equations(self, training, output=None):
-        """Backward equations inside a net (targets were wired at allocation).
+        """Backward equations inside a net (targets were wired at allocation), the
+        sums over the batch marked as in :meth:`net_equations`.
 
         ``output``: the Function whose gradient the loss wrote, one of
         :meth:`loss_outputs` (default: the result).
@@ -601,7 +612,7 @@ class Layer:
         check_array(self, 'x', x, self.input_size, self.dtype)
         batch = x.shape[0]
         self.input.data[:batch] = x
-        self.before_step(batch, True)
+        self.before_step(Step(batch))
         self.forward_operator.run(batch)
         return np.array(self.result.data[:batch])
 

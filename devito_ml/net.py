@@ -3,6 +3,8 @@ passes' equations (:mod:`devito_ml.net_equations`) are compiled into operators
 (:mod:`devito_ml.net_operators`) that it runs; its state; its C
 (:mod:`devito_ml.code_export`)."""
 
+import contextlib
+
 import numpy as np
 
 from devito_ml import net_state
@@ -13,6 +15,7 @@ from devito_ml.loss import get_loss
 from devito_ml.net_equations import backward_equations, forward_equations
 from devito_ml.net_graph import NetGraph
 from devito_ml.net_operators import NetOperators
+from devito_ml.steps import Step
 from devito_ml.symbolics import plain_view
 from devito_ml.validation import (LayerArgumentError, check_array, check_float_dtype,
                                   check_name, check_positive_ints)
@@ -64,7 +67,9 @@ class Net:
 
     Examples
     --------
-    >>> import numpy as np
+    >>> import contextlib
+
+import numpy as np
     >>> from devito_ml import Net, Conv, Flat, FullyConnected, ReLU
     >>> net = Net([Conv((4, 3, 3), padding=1, activation=ReLU()), Flat(),
     ...            FullyConnected(3)], batch_size=2, input_shape=(1, 6, 6))
@@ -101,7 +106,7 @@ class Net:
                                        self.layers_per_operator)
         self._listing = NetListing(self.name, self.layers,
                                    lambda: sorted(self._losses))
-        self._batch = None
+        self._batch, self._window = None, None
         self._input_view = plain_view(self.input)
         self._output_view = plain_view(self.output_layer.result)
 
@@ -110,10 +115,33 @@ class Net:
         each)."""
         return self._operators.built()
 
-    def _forget_operators(self):
-        """Drop the operators built so far: the next use builds them from the layers'
-        equations as they are now (BatchNorm synchronized by ``distributed.py``)."""
-        self._operators.forget()
+    def synchronize_statistics(self, sums):
+        """Have the layers' batch statistics (BatchNorm's) taken over the batch
+        that processes share, not this process's shard of it: ``sums``
+        (:class:`~devito_ml.distributed.RankSums`) sums each where the layer marks
+        it complete (:mod:`devito_ml.batch_sums`). The operators are built again."""
+        self.graph.statistics = sums
+        if any(layer.batch_statistics for layer in self.layers):
+            self._operators.forget()
+
+    @contextlib.contextmanager
+    def shard(self, first, total):
+        """Run the steps inside as samples ``first``... of a batch of ``total``
+        that processes share (data-parallel training): a layer that draws per step
+        (Dropout) draws the whole batch's and keeps its rows."""
+        self._window = (int(first), int(total))
+        try:
+            yield self
+        finally:
+            self._window = None
+
+    def idle_step(self, loss=None):
+        """A training step of which this process holds no sample (a rank's empty
+        shard): layers count it, and its operators take part in their sync points'
+        collectives without running."""
+        self._before_step(0, True)
+        self.forward_operator_for(True).idle()
+        self.backward_operator_for(loss, True).idle()
 
     @property
     def output_layer(self):
@@ -203,18 +231,21 @@ class Net:
 
     __call__ = forward
 
-    def backward(self, targets, loss=None):
+    def backward(self, targets, loss=None, after_part=None):
         """The loss of the last forward batch, averaged over it, and every gradient.
 
         ``targets``: for cross entropy, class labels ``(b,)`` or probabilities; for
         mse, an array shaped like the output. ``loss``: another loss than the
         net's (a Loss or its name), whose backward operator is built on first use.
+        ``after_part(parts run)`` is called after each part of the backward
+        operator (data-parallel training starts summing the gradients each part
+        finished while the next parts run).
         """
         if self._batch is None:
             raise RuntimeError("Net.backward: run `forward` on a batch first")
         loss = self._bound_loss(loss)
         loss.set_targets(targets, self._batch)
-        self.backward_operator_for(loss).run(self._batch)
+        self.backward_operator_for(loss).run(self._batch, after_part)
         return loss.value(self._batch)
 
     def input_gradient(self, x, targets, loss=None):
@@ -228,7 +259,9 @@ class Net:
 
         Examples
         --------
-        >>> import numpy as np
+        >>> import contextlib
+
+import numpy as np
         >>> from devito_ml import Net, Conv, Flat, FullyConnected
         >>> net = Net([Conv((2, 3, 3)), Flat(), FullyConnected(3)], batch_size=4,
         ...           input_shape=(1, 5, 5), seed=0, dtype=np.float64)
@@ -251,7 +284,9 @@ class Net:
 
         Examples
         --------
-        >>> import numpy as np
+        >>> import contextlib
+
+import numpy as np
         >>> from devito_ml import Net, Flat, FullyConnected
         >>> net = Net([Flat(), FullyConnected(3)], batch_size=2, input_shape=(1, 2, 2))
         >>> mean, _ = net.evaluate(np.ones((2, 1, 2, 2), np.float32), np.array([0, 1]))
@@ -270,8 +305,11 @@ class Net:
         return batch
 
     def _before_step(self, batch, training):
+        first, total = self._window or (0, batch)
+        synchronized = self.graph.statistics is not None
+        step = Step(batch, training, first, total, total if synchronized else batch)
         for layer in self._stepped:
-            layer.before_step(batch, training)
+            layer.before_step(step)
 
     def evaluate(self, x, targets, loss=None):
         """``(loss, output)`` on a batch, in evaluation mode, computing no

@@ -3,6 +3,7 @@ pruned of what no pass, part or user reads."""
 
 from devito import Eq
 
+from devito_ml.batch_sums import lowered
 from devito_ml.pruning import pruned
 
 __all__ = ['forward_equations', 'backward_equations', 'loss_only_equations']
@@ -10,12 +11,14 @@ __all__ = ['forward_equations', 'backward_equations', 'loss_only_equations']
 
 def forward_equations(graph, training=True, nodes=None):
     """Equations of the forward pass (of ``nodes``, default all) of
-    :class:`~devito_ml.net_graph.NetGraph` ``graph``, each layer after its inputs."""
+    :class:`~devito_ml.net_graph.NetGraph` ``graph``, each layer after its inputs;
+    the sums over the batch summed by ``graph.statistics`` where it is set
+    (:mod:`devito_ml.batch_sums`)."""
     eqs = []
     for node in graph.nodes if nodes is None else nodes:
         sources = [graph.result_of(parent) for parent in node.inputs]
         eqs += node.layer.net_equations(sources, training)
-    return eqs
+    return lowered(eqs, graph.statistics)
 
 
 def backward_equations(graph, loss, training=True, nodes=None, input_gradient=False):
@@ -45,6 +48,7 @@ def backward_equations(graph, loss, training=True, nodes=None, input_gradient=Fa
             eqs.append(Eq(layer.result_gradients[dims], total))
         eqs += layer.net_backprop_equations(training,
                                             value if layer is last else None)
+    eqs = lowered(eqs, graph.statistics)
     if input_gradient:
         return pruned(eqs, [], read_elsewhere(graph, loss, parameter_gradients=False))
     return pruned(eqs, graph.unread_input_gradients(), read_elsewhere(graph, loss))

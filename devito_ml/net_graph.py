@@ -5,7 +5,7 @@ from collections import Counter
 
 from devito import Dimension
 
-from devito_ml.compiled import BATCH
+from devito_ml.batch import batch_dimension
 from devito_ml.graph import channels_last_nodes, covers, sequence, shared_halo, \
     topological_order
 from devito_ml.layer import Layer, Node, fill_halo
@@ -43,6 +43,10 @@ class NetGraph:
         The layers' names, in the order of ``nodes``.
     input : Function
         The network's input (after :meth:`allocate`).
+    statistics : object or None
+        What sums the layers' batch statistics over the processes that share a
+        batch (:meth:`~devito_ml.Net.synchronize_statistics`); None: each
+        process's own.
 
     Notes
     -----
@@ -56,6 +60,7 @@ class NetGraph:
 
     def __init__(self, layers, name, dtype, batch_size=None, input_shape=None):
         self.name, self.dtype = name, dtype
+        self.statistics = None
         output = self._describe(layers, batch_size, input_shape)
         self.input_node, self.nodes = topological_order(output)
         self.layers = [node.layer for node in self.nodes]
@@ -98,7 +103,7 @@ class NetGraph:
     def _check_owners(self):
         for layer in self.layers:
             if layer.allocated or layer.owner is not None:
-                raise LayerArgumentError(f"Net `{self.name}`: " + layer._owned_message())
+                raise LayerArgumentError(f"Net `{self.name}`: " + layer.owned_message())
             if layer.dtype is not None and layer.dtype != self.dtype:
                 raise TypeError(f"Net `{self.name}` is {self.dtype}, but "
                                 f"{type(layer).__name__} `{layer.name}` was built "
@@ -167,7 +172,7 @@ class NetGraph:
         the gradient of an output read by one consumer written by it directly."""
         edges = self._edges
         roles = ('c', 'h', 'w') if len(self.input_size) == 4 else ('f',)
-        dims = (Dimension(BATCH),) + tuple(
+        dims = (batch_dimension(),) + tuple(
             Dimension(f"{self.name}_input_{r}") for r in roles)
         halo, fill = self._halo_of(self.input_node)
         self.input = tensor(f"{self.name}_input", dims, self.input_size, self.dtype,

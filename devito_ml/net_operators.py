@@ -259,7 +259,9 @@ class NetOperators:
             return unit_records.fingerprint(obj, rename, found, seen)
         try:
             phase = re.sub(r'\d+', '', call[len(self.name):])    # _forward_, _backward_
-            texts = ['' if owners else call, kind, phase, text(list(context))]
+            texts = ['' if owners else call, kind, phase, text(list(context)),
+                     # batch sums lowered to sync points, or not
+                     repr(graph.statistics is not None)]
             if optimizer is not None:
                 texts.append(text(optimizer.description(
                     [node.layer for node in segment])))

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 GLOBAL_BATCH, SAMPLES, EPOCHS, SEED = 10, 101, 2, 3
+BUCKET_BYTES = 2048     # the gradients (35 kB, float64) in several buckets
 
 
 def small_net(batch_size, batchnorm=False):
@@ -58,7 +59,7 @@ def train(comm=None, checkpoint=None, epochs=EPOCHS, resume=False, schedule=None
     optimizer = Adam(net, lr=0.01)
     train_data, test_data = data()
     history = fit(net, optimizer, train_data, test_data, epochs=epochs, seed=SEED,
-                  trainer=trainer_for(net, comm, GLOBAL_BATCH, sync),
+                  trainer=trainer_for(net, comm, GLOBAL_BATCH, sync, BUCKET_BYTES),
                   checkpoint=checkpoint, resume=resume, log=None, progress=False,
                   lr_schedule=schedule or (lambda epoch: 0.01 * 0.5 ** epoch))
     return net.state_dict(), history

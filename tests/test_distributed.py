@@ -74,15 +74,14 @@ class _SumsOfOneRank:
 
     shard = total = 0
 
-    def allreduce(self, values):
+    def sum(self, values, gradients=False):
         return np.array(values, dtype=np.float64)
 
 
 def test_batchnorm_cut_at_its_sync_points_computes_what_it_computes_whole():
-    """The operators cut where a synchronized BatchNorm's sums meet, with the sums
-    finished in numpy, give the fused pass's outputs, gradients and running
-    statistics (float64, 1e-12)."""
-    from devito_ml import BatchNorm
+    """The operators cut where a synchronized BatchNorm's sums meet, the sums
+    handed to Python and back, give the fused pass's outputs, gradients and
+    running statistics (float64, 1e-12)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 1, 8, 8))
     labels = np.array([0, 3, 1, 9, 4])
@@ -92,9 +91,7 @@ def test_batchnorm_cut_at_its_sync_points_computes_what_it_computes_whole():
         if synchronized:
             sums = _SumsOfOneRank()
             sums.shard = sums.total = 5
-            for layer in net.layers:
-                if isinstance(layer, BatchNorm):
-                    layer.sync = sums
+            net.synchronize_statistics(sums)
         output = net.forward(x)
         net.backward(labels)
         chain = net.backward_operator_for(None, True)
@@ -114,12 +111,11 @@ def test_synchronized_batchnorm_counts_every_ranks_values():
     """One sample of 1x1 maps on this rank is enough when another rank has one."""
     from devito_ml import BatchNorm
     from devito_ml.errors import ShapeError
+    from devito_ml.steps import Step
     layer = BatchNorm(input_size=(1, 3, 1, 1))
     with pytest.raises(ShapeError, match='more than one value per channel'):
-        layer.before_step(1, True)
-    layer.sync = _SumsOfOneRank()
-    layer.sync.shard, layer.sync.total = 1, 2
-    layer.before_step(1, True)
+        layer.before_step(Step(1))
+    layer.before_step(Step(1, first=0, total=2, statistics_samples=2))
     assert layer.num_batches_tracked == 1
 
 

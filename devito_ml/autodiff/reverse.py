@@ -27,7 +27,7 @@ from devito_ml.autodiff.gather import guarded, invert, opaque_indices
 from devito_ml.autodiff.operations import Operation
 from devito_ml.autodiff.rules import AutodiffError, derivative
 from devito_ml.autodiff.statements import accesses, extents, statements
-from devito_ml.kernel_calls import BATCH, is_batch_dimension
+from devito_ml.batch import BATCH, batch_loop, is_batch_dimension
 from devito_ml.layout import is_channels_last
 from devito_ml.symbolics import tensor_like
 
@@ -224,8 +224,9 @@ class _Walk:
 
     def _loop(self, gradient, dimension, extent):
         """A Dimension of its own for ``dimension``, summed over in ``gradient``'s
-        equations (named ``<gradient>_<role>``, or by ``names``; a batch one ends
-        in ``_n``)."""
+        equations (named ``<gradient>_<role>``, or by ``names``): a
+        :class:`~devito_ml.batch.BatchLoop` for the batch, named ``..._n``, and no
+        other loop's name ends so (a reader takes ``_n`` for the batch)."""
         key = (gradient.name, dimension.name)
         if key not in self.loops:
             stem = self._stem(gradient)
@@ -233,8 +234,9 @@ class _Walk:
             role = dimension.name[len(prefix) + 1:] \
                 if prefix and dimension.name.startswith(prefix + '_') else dimension.name
             if is_batch_dimension(dimension):
-                role = BATCH
-            elif role == BATCH or role.endswith('_' + BATCH):
+                self.loops[key] = batch_loop(f"{stem}_{BATCH}", extent)
+                return self.loops[key]
+            if role == BATCH or role.endswith('_' + BATCH):
                 role += 'x'
             self.loops[key] = DefaultDimension(name=f"{stem}_{role}",
                                                default_value=int(extent))

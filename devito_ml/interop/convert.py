@@ -166,8 +166,8 @@ class _Converter:
                                             activations.Identity) \
                 and not isinstance(layer, ActivationLayer):
             layer.activation = activation
-            if hasattr(layer, '_check_activation'):
-                layer._check_activation()
+            if hasattr(layer, 'check_activation'):
+                layer.check_activation()
             return node
         return ActivationLayer(activation)(node)
 

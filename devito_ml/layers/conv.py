@@ -22,6 +22,7 @@ from devito_ml.layers.weight_layouts import lane_blocked_copy
 from devito_ml.layers.winograd import WinogradCorrelation, winograd_block
 from devito_ml.layers.winograd_weights import WinogradWeightGradient
 from devito_ml.layers.window import padding_halo, window_output_size
+from devito_ml.batch import batch_dimension, batch_loop
 from devito_ml.symbolics import Halo, stuffed_extent, stuffed_halo
 from devito_ml.validation import (LayerArgumentError, ShapeError, as_pair,
                                   check_positive_ints)
@@ -223,7 +224,7 @@ class Conv(WeightedLayer):
         self.bias_gradients = self.tensor('db', (self.k,), (k,))
         # the bias gradient's sums, each sample's first where dz is channels last
         self.bias_sample_sums = self.tensor(
-            'db_sample_sums', (Dimension(f"{self.name}_db_sample_n"), self.k),
+            'db_sample_sums', (batch_dimension(f"{self.name}_db_sample_n"), self.k),
             (self.input_size[0], k), dtype=np.float64) \
             if self.result_channels_last and self.has_bias else None
         if self.activation.is_identity:
@@ -278,7 +279,7 @@ class Conv(WeightedLayer):
         taps = [(i, j) for i in range(r) for j in range(q)]
         # the tiles loop over a batch of their own, bounded by the active batch like
         # `n` (on `n`, Devito fuses them with the copies and serialises the batch)
-        tile_n = self.dim('tile_n', n)
+        tile_n = batch_loop(f"{self.name}_tile_n", n)
         width = tile_width(k)     # float32 lanes of the forward and weight gradient
         self.input_gradient_tiles = TiledTransposedCorrelation(
             f"{self.name}_bwd", self.dtype, tile_n, n, k, c, (oh, ow), (h, w),
@@ -320,7 +321,7 @@ class Conv(WeightedLayer):
                         not (columns_fit and self._columns_smaller_than_partials):
                     self.weight_gradient_tiles = TiledWeightGradient(
                         f"{self.name}_dW", self.forward_tiles,
-                        self.dim('dW_tile_n', n), n, k, (oh, ow), (r, q),
+                        batch_loop(f"{self.name}_dW_tile_n", n), n, k, (oh, ow), (r, q),
                         self.dilation, self.input_gradient_tiles)
                 elif columns_fit:
                     self.weight_gradient_columns = ColumnWeightGradient(

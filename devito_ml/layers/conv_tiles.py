@@ -37,8 +37,9 @@ from devito.symbolics import DefFunction
 from devito.types import Scalar
 from devito.types.utils import IgnoreDimSort
 
+from devito_ml.batch import batch_loop
 from devito_ml.lanes import LaneDimension, LiteralDimension, UnrolledDimension
-from devito_ml.symbolics import Select, tap_dimension, tensor
+from devito_ml.symbolics import Select, tensor
 from devito_ml.vector_width import vector_lanes, vector_registers
 
 __all__ = ['TiledCorrelation', 'TiledTransposedCorrelation', 'TiledWeightGradient',
@@ -286,9 +287,9 @@ class TiledCorrelation:
         if self.blocks_outside:
             # a batch loop of its own: inside the blocks here, outermost in the
             # nests that share the caller's (ordered both ways, one Dimension made
-            # a fused train operator's loop order cyclic); bounded by the active
-            # batch like every Dimension named `*_n`
-            batch_dim = tap_dimension(f"{name}_tile_n", batch)
+            # a fused train operator's loop order cyclic); a BatchLoop, bounded by
+            # the active batch
+            batch_dim = batch_loop(f"{name}_tile_n", batch)
         self.batch_dim, self.row = batch_dim, literal_extent(f"{name}_h", self.rows)
         size = self.columns * self.padded_outputs
         self.target = tensor(f"{name}_acc", (batch_dim, self.row,

@@ -23,6 +23,7 @@ from devito.types.utils import IgnoreDimSort
 
 from devito_ml.autodiff import Operation
 from devito_ml.layout import stored_order
+from devito_ml.batch import batch_loop
 from devito_ml.symbolics import channel_sum, kernel_taps
 
 __all__ = ['Correlation', 'WeightCorrelation', 'TransposedCorrelation']
@@ -85,9 +86,8 @@ class Correlation(_ConvOperation):
         conv = self.conv
         n, k, y, x = conv.out_dims
         dz = gradient if self.activation.is_identity else conv.pre_activation_gradients
-        shared = [] if dz is gradient else [
-            Eq(dz[n, k, y, x], gradient[n, k, y, x]
-               * self.activation.derivative_from_output(self.target[n, k, y, x]))]
+        shared = self.activation.gradient_equations(dz, gradient, self.target,
+                                                    (n, k, y, x))
         each = {}
         if self.bias in gradients:
             # first: after the weight gradient's nests over (k, c), Devito would
@@ -100,7 +100,8 @@ class Correlation(_ConvOperation):
             m = partial.dimensions[0] if partial else conv.reduction_batch_dim
             shared += channel_sum(f"{conv.name}_sum_dz", gradients[self.bias][k],
                                   dz[m, k, gy, gx], k, (m, gy, gx), partial,
-                                  conv.dim('db_n', batch) if partial else None)
+                                  batch_loop(f"{conv.name}_db_n", batch)
+                                  if partial else None)
             each[self.bias] = []
         if self.kernel in gradients:
             each[self.kernel] = [WeightCorrelation(conv, gradients[self.kernel], dz,

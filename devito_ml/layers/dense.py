@@ -8,6 +8,7 @@ from devito import Eq, Inc
 from sympy import Max
 
 from devito_ml.activations import as_activation
+from devito_ml.batch_sums import lowered
 from devito_ml.layer import WeightedLayer
 from devito_ml.layers.matmul_tiles import schedule_products
 from devito_ml.symbolics import register_sum
@@ -73,11 +74,12 @@ class FullyConnected(WeightedLayer):
                 self, 'weight_size', weight_size, 2)
         self.has_bias = bool(bias)
         self.activation = as_activation(activation)
-        self._check_activation()
+        self.check_activation()
         super().__init__(input_size, name, dtype, generate_code, seed)
 
-    def _check_activation(self):
-        """Any activation is allowed here."""
+    def check_activation(self):
+        """Refuse an activation the layer cannot apply (any is allowed here; a
+        converter that fuses one into the layer asks again)."""
 
     def _check_input_size(self, input_size):
         size = super()._check_input_size(input_size)
@@ -215,7 +217,7 @@ class FullyConnectedSoftmax(FullyConnected):
         classes = self.output_size[1]
         return self.dim('max_f', classes), self.dim('sum_f', classes), self.o
 
-    def _check_activation(self):
+    def check_activation(self):
         if not self.activation.is_identity:
             raise LayerArgumentError(
                 f"FullyConnectedSoftmax `{self.name}`: its activation is the softmax; "
@@ -226,8 +228,8 @@ class FullyConnectedSoftmax(FullyConnected):
         written ``logits_gradients`` (cross entropy does, from the logits), and the
         adjoint starts there instead of at the probabilities."""
         self._wire_input_gradients(input_gradients)
-        return self.net_backprop_equations(training,
-                                           self.logits if from_logits else None)
+        return lowered(self.net_backprop_equations(
+            training, self.logits if from_logits else None))
 
     def loss_outputs(self):
         """The probabilities, and the logits (what cross entropy reads: exact

@@ -77,20 +77,17 @@ class Dropout(Layer):
     def buffers(self):
         return {'step': self.step}
 
-    def before_step(self, batch, training):
-        """Draw the mask of this training step."""
-        if not training:
+    def before_step(self, step):
+        """Draw the mask of a training step: its rows of the whole batch's mask,
+        so that a shard of a batch gets the masks the whole batch would."""
+        if not step.training:
             return
-        rng = np.random.default_rng([self.mask_seed, int(self.step)])
-        start, total = self.sample_window or (0, batch)
-        # a shard's rows of the global batch's mask: the same masks on any ranks
-        keep = rng.random((total,) + tuple(self.output_size[1:]))[start:start + batch] \
-            >= self.p
-        scale = 0.0 if self.p == 1 else 1 / (1 - self.p)
-        self.mask.data[:batch] = keep * scale
-        self.step += 1
-
-    def skip_step(self):
+        if step.samples:
+            rng = np.random.default_rng([self.mask_seed, int(self.step)])
+            rows = rng.random((step.total,) + tuple(self.output_size[1:]))
+            keep = rows[step.first:step.first + step.samples] >= self.p
+            scale = 0.0 if self.p == 1 else 1 / (1 - self.p)
+            self.mask.data[:step.samples] = keep * scale
         self.step += 1
 
     def _forward_equations(self, training):

@@ -32,7 +32,7 @@ from devito_ml.lanes import LaneDimension
 from devito_ml.layers.conv_tiles import (CACHE_LINE_BYTES, flat_tensor,
                                          gradient_tile_shape,
                                          literal_extent, round_up, spread_stride)
-from devito_ml.kernel_calls import is_batch_dimension
+from devito_ml.batch import is_batch_dimension
 from devito_ml.symbolics import tap_dimension, tensor
 from devito_ml.vector_width import vector_lanes
 

@@ -3,11 +3,12 @@ with the rule of its adjoint."""
 
 import numpy as np
 import sympy
-from devito import Dimension, Eq
+from devito import Eq
 
 from devito_ml.activations import as_activation
 from devito_ml.autodiff import Operation
-from devito_ml.compiled import SyncPoint
+from devito_ml.batch import batch_dimension, batch_loop
+from devito_ml.batch_sums import BatchSums
 from devito_ml.layer import Layer
 from devito_ml.symbolics import channel_sum
 from devito_ml.validation import LayerArgumentError, ShapeError
@@ -64,6 +65,7 @@ class BatchNorm(Layer):
     family = 'bn'
     mode_dependent = True
     draws_per_step = True
+    batch_statistics = True
 
     def __init__(self, input_size=None, eps=1e-5, momentum=0.1, affine=True,
                  activation=None, name=None, dtype=None, generate_code=False):
@@ -97,6 +99,14 @@ class BatchNorm(Layer):
         self.mean = self.tensor('mean', channels, (c,), dtype=statistics)
         self.variance = self.tensor('var', channels, (c,), dtype=statistics)
         self.inverse_std = self.tensor('invstd', channels, (c,), dtype=statistics)
+        # the values a channel's statistics are taken over: a sum over the batch as
+        # the statistics are (a net can have it summed over more processes)
+        self.count = self.tensor('count', channels, (c,), dtype=statistics)
+        # the adjoint's two sums as the input gradient reads them (the parameter
+        # gradients hold them as this process's)
+        self.gradient_sums = {
+            role: self.tensor(f"{role}_sum", channels, (c,), dtype=statistics)
+            for role in ('dz', 'dz_xhat')}
         self.pre_activation_gradients = self.result_gradients \
             if self.activation.is_identity else \
             self.output_tensor('dz')
@@ -116,12 +126,12 @@ class BatchNorm(Layer):
             if self.inputs_channels_last[0] else None
 
     def _reduction_dims(self, role):
-        """(batch, rows, cols) loops of one reduction pass; the batch ends in ``_n``
-        so that it runs over the active batch (channels last, a plain Dimension:
-        the sample sums are stored on it)."""
+        """(batch, rows, cols) loops of one reduction pass; the batch's runs over
+        the active batch (:mod:`devito_ml.batch`; channels last, one the sample sums
+        are stored on)."""
         n, _, h, w = self.input_size
-        batch = Dimension(f"{self.name}_{role}_n") if self.inputs_channels_last[0] \
-            else self.dim(f"{role}_n", n)
+        batch = batch_dimension(f"{self.name}_{role}_n") \
+            if self.inputs_channels_last[0] else batch_loop(f"{self.name}_{role}_n", n)
         return (batch, self.dim(f"{role}_h", h), self.dim(f"{role}_w", w))
 
     def _channel_sum(self, name, target, value, loops, finish=None):
@@ -129,7 +139,8 @@ class BatchNorm(Layer):
         ``loops`` into ``target``, through sample sums where the input is stored
         channels last."""
         partial = self.sample_sums[name] if self.sample_sums else None
-        batch = self.dim(f"{name}_n", self.input_size[0]) if partial else None
+        batch = batch_loop(f"{self.name}_{name}_n", self.input_size[0]) \
+            if partial else None
         return channel_sum(f"{self.name}_{name}", target, value, self.c, loops,
                            partial, batch, finish)
 
@@ -155,19 +166,16 @@ class BatchNorm(Layer):
         self.running_var.data[:] = 1
         self.num_batches_tracked[...] = 0
 
-    def before_step(self, batch, training):
-        if not training:
+    def before_step(self, step):
+        """Count a training step; refuse one of a single value per channel."""
+        if not step.training:
             return
         _, _, h, w = self.input_size
-        # synchronized: the values of every rank's shard count
-        batch = batch if self.sync is None else self.sync.total
-        if batch * h * w < 2:
+        batch = step.statistics_samples
+        if step.samples and batch * h * w < 2:
             raise ShapeError(f"BatchNorm `{self.name}`: training needs more than one "
                              f"value per channel, got batch {batch} of {h}x{w} maps "
                              "(use eval mode)")
-        self.num_batches_tracked += 1
-
-    def skip_step(self):
         self.num_batches_tracked += 1
 
     def _count(self, dims):
@@ -180,95 +188,32 @@ class BatchNorm(Layer):
         m, h, w = dims
         return self.input[m, self.c, h, w]
 
-    sync = None
-    """Set by :class:`~devito_ml.distributed.DataParallel` to synchronize the
-    statistics of training over the ranks of an MPI job (PyTorch's SyncBatchNorm):
-    an object with ``allreduce(array)`` and the step's ``shard`` and ``total``
-    batch sizes. None: the statistics of this process's batch."""
-
     def _statistics_equations(self, training):
-        if training and self.sync is not None:
-            return self._synchronized_statistics_equations()
+        """The mean and the inverse standard deviation: of the batch in training
+        (sums over it, each marked where complete: :mod:`devito_ml.batch_sums`), the
+        running statistics in evaluation."""
         c, eps = self.c, self.eps
         mean, variance, inverse_std = self.mean[c], self.variance[c], \
             self.inverse_std[c]
         if not training:
             return [Eq(mean, self.running_mean[c]),
                     Eq(inverse_std, 1 / sympy.sqrt(self.running_var[c] + eps))]
-        count = self._count(self.mean_dims)
-        momentum = self.momentum
+        count, momentum = self.count[c], self.momentum
         deviation = self._x(self.var_dims) - mean
-        return self._channel_sum('sum_x', mean, self._x(self.mean_dims),
-                                 self.mean_dims, finish=lambda total: total / count) + \
+        return [Eq(count, self._count(self.mean_dims))] + \
+            self._channel_sum('sum_x', mean, self._x(self.mean_dims),
+                              self.mean_dims) + [
+            BatchSums(f"{self.name}_mean", [(self.mean, self.mean),
+                                            (self.count, self.count)]),
+            Eq(mean, mean / count)] + \
             self._channel_sum('sum_dev2', variance, deviation * deviation,
                               self.var_dims) + [
-                Eq(inverse_std, 1 / sympy.sqrt(variance / count + eps)),
-                Eq(self.running_mean[c], (1 - momentum) * self.running_mean[c]
-                   + momentum * mean),
-                Eq(self.running_var[c], (1 - momentum) * self.running_var[c]
-                   + momentum * variance / (count - 1))]
-
-    # -- synchronized over MPI ranks: sums in C, summed over ranks in Python ----------
-
-    def _synchronized_statistics_equations(self):
-        """Each rank sums its shard; the sums meet between two operators
-        (:class:`~devito_ml.compiled.SyncPoint`), where the mean, the inverse
-        standard deviation and the running statistics are finished in numpy."""
-        c = self.c
-        deviation = self._x(self.var_dims) - self.mean[c]
-        return self._channel_sum('sum_x', self.mean[c], self._x(self.mean_dims),
-                                 self.mean_dims) + [
-            SyncPoint(f"{self.name}_mean", self._sync_mean,
-                      lambda: self._idle((self.mean,), self._sync_mean))] + \
-            self._channel_sum('sum_dev2', self.variance[c], deviation * deviation,
-                              self.var_dims) + [
-            SyncPoint(f"{self.name}_variance", self._sync_variance,
-                      lambda: self._idle((self.variance,), self._sync_variance))]
-
-    def _global_count(self):
-        _, _, h, w = self.input_size
-        return self.sync.total * h * w
-
-    def _idle(self, sums, action):
-        """A rank without samples: its sums are zeros, the collective goes on."""
-        for function in sums:
-            function.data[:] = 0
-        action(0)
-
-    def _sync_mean(self, batch):
-        self.mean.data[:] = self.sync.allreduce(self.mean.data) / self._global_count()
-
-    def _sync_variance(self, batch):
-        count, m = self._global_count(), self.momentum
-        total = self.sync.allreduce(self.variance.data)
-        self.variance.data[:] = total
-        self.inverse_std.data[:] = 1 / np.sqrt(total / count + self.eps)
-        self.running_mean.data[:] = (1 - m) * self.running_mean.data \
-            + m * self.mean.data
-        self.running_var.data[:] = (1 - m) * self.running_var.data \
-            + m * total / (count - 1)
-
-    def _synchronized_gradient_means(self):
-        """Sums of dz and dz * x_hat over every rank, per value of this rank's
-        shard (its dz is of its own shard's mean loss)."""
-        if not hasattr(self, 'dz_mean'):
-            channels, c = (self.c,), self.input_size[1]
-            self.dz_mean = self.tensor('dz_mean', channels, (c,), dtype=np.float64)
-            self.dz_xhat_mean = self.tensor('dz_xhat_mean', channels, (c,),
-                                            dtype=np.float64)
-        return self.dz_mean[self.c], self.dz_xhat_mean[self.c]
-
-    def _sync_gradient_sums(self, batch):
-        """Rank r's dz is d(its shard's mean loss); scaled by shard / total the
-        sums add up to those of the global mean loss, and back in rank r's terms
-        they are divided by its own count of values."""
-        _, c, h, w = self.input_size
-        shard, total = self.sync.shard, self.sync.total
-        local = np.concatenate([self.bias_gradients.data, self.kernel_gradients.data])
-        summed = self.sync.allreduce(local.astype(np.float64) * (shard / total))
-        if shard:
-            self.dz_mean.data[:] = summed[:c] / (shard * h * w)
-            self.dz_xhat_mean.data[:] = summed[c:] / (shard * h * w)
+            BatchSums(f"{self.name}_variance", [(self.variance, self.variance)]),
+            Eq(inverse_std, 1 / sympy.sqrt(variance / count + eps)),
+            Eq(self.running_mean[c], (1 - momentum) * self.running_mean[c]
+               + momentum * mean),
+            Eq(self.running_var[c], (1 - momentum) * self.running_var[c]
+               + momentum * variance / (count - 1))]
 
     def _normalized(self, n, h, w):
         return (self.input[n, self.c, h, w] - self.mean[self.c]) * \
@@ -298,9 +243,10 @@ class Standardization(Operation):
     its output), ``db = sum dz``, ``dW = sum dz x_hat`` (one pass, two sums) and
     ``dx = W / std (dz - (db + x_hat dW) / M)`` in training, ``W dz / std`` in
     evaluation: the mean and the variance's own gradients folded in, so that the
-    backward pass reads the input twice instead of five times. Synchronized over
-    MPI ranks, the two sums meet between two operators first
-    (:class:`~devito_ml.compiled.SyncPoint`).
+    backward pass reads the input twice instead of five times. The sums, and ``M``
+    (the count of the forward pass), are marked as sums over the batch
+    (:mod:`devito_ml.batch_sums`): a net whose statistics are synchronized over
+    processes has them summed there.
     """
 
     def __init__(self, bn, training):
@@ -314,9 +260,7 @@ class Standardization(Operation):
         bn = self.bn
         n, c, h, w = bn.out_dims
         dz = bn.pre_activation_gradients
-        shared = [] if dz is gradient else [
-            Eq(dz[n, c, h, w], gradient[n, c, h, w]
-               * bn.activation.derivative_from_output(bn.result[n, c, h, w]))]
+        shared = bn.activation.gradient_equations(dz, gradient, bn.result, (n, c, h, w))
         # both sums are needed by the input gradient, whether learnt or not
         m, y, x = bn.grad_dims
         dgamma, dbeta = bn.kernel_gradients[c], bn.bias_gradients[c]
@@ -325,23 +269,21 @@ class Standardization(Operation):
                                   dz[m, c, y, x] * bn._normalized(m, y, x), (m, y, x))
         each = {function: [] for function in self.reads[1:] if function in gradients}
         if bn.input in gradients:
-            each[bn.input] = self._input_gradient(dz, dgamma, dbeta,
-                                                  gradients[bn.input])
+            each[bn.input] = self._input_gradient(dz, gradients[bn.input])
         return shared, each
 
-    def _input_gradient(self, dz, dgamma, dbeta, input_gradient):
+    def _input_gradient(self, dz, input_gradient):
         bn = self.bn
         n, c, h, w = bn.out_dims
         gain = (bn.kernel[c] if bn.affine else 1) * bn.inverse_std[c]
         value = dz[n, c, h, w]
-        if self.training and bn.sync is not None:
-            mean_dz, mean_dz_xhat = bn._synchronized_gradient_means()
-            return [SyncPoint(f"{bn.name}_gradient_sums", bn._sync_gradient_sums,
-                              lambda: bn._idle((bn.bias_gradients, bn.kernel_gradients),
-                                               bn._sync_gradient_sums)),
-                    Eq(input_gradient[n, c, h, w],
-                       gain * (value - mean_dz - bn._normalized(n, h, w) * mean_dz_xhat))]
-        if self.training:
-            count = bn._count(bn.grad_dims)
-            value = value - dbeta / count - bn._normalized(n, h, w) * dgamma / count
-        return [Eq(input_gradient[n, c, h, w], gain * value)]
+        if not self.training:
+            return [Eq(input_gradient[n, c, h, w], gain * value)]
+        sums = bn.gradient_sums
+        count = bn.count[c]
+        return [BatchSums(f"{bn.name}_gradient_sums",
+                          [(bn.bias_gradients, sums['dz']),
+                           (bn.kernel_gradients, sums['dz_xhat'])], gradients=True),
+                Eq(input_gradient[n, c, h, w],
+                   gain * (value - sums['dz'][c] / count
+                           - bn._normalized(n, h, w) * sums['dz_xhat'][c] / count))]

@@ -30,7 +30,8 @@ from devito_ml.layers.conv_tiles import (flat_tensor, literal_extent, spread_str
 from devito_ml.lanes import UnrolledDimension
 from devito_ml.layers.matmul_tiles import TiledMatmul
 from devito_ml.layers.weight_layouts import lane_blocked_copy
-from devito_ml.symbolics import Select, tap_dimension, tensor
+from devito_ml.batch import batch_loop
+from devito_ml.symbolics import Select, tensor
 
 __all__ = ['WinogradCorrelation', 'winograd_block', 'transform_table',
            'two_sided_transform', 'TRANSFORMS']
@@ -207,10 +208,10 @@ class WinogradCorrelation:
         self.input_table = transform_table(f"{name}_BT", input_transform, dtype)
 
     def _block_loops(self, role):
-        """(sample, block row, block column) loops of a transform; the sample's
-        name ends in ``_n``: bounded by the active batch."""
+        """(sample, block row, block column) loops of a transform; the sample's a
+        :class:`~devito_ml.batch.BatchLoop`, bounded by the active batch."""
         name = f"{self.name}_{role}"
-        return (tap_dimension(f"{name}_n", self.batch),
+        return (batch_loop(f"{name}_n", self.batch),
                 literal_extent(f"{name}_by", self.block_rows),
                 literal_extent(f"{name}_bx", self.block_columns))
 

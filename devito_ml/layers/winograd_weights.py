@@ -23,7 +23,8 @@ from devito.types.utils import IgnoreDimSort
 from devito_ml.layers.conv_tiles import literal_extent
 from devito_ml.layers.matmul_tiles import TiledMatmul
 from devito_ml.layers.winograd import TRANSFORMS, transform_table, two_sided_transform
-from devito_ml.symbolics import Select, tap_dimension
+from devito_ml.batch import batch_loop
+from devito_ml.symbolics import Select
 
 __all__ = ['WinogradWeightGradient', 'gradient_transforms']
 
@@ -101,7 +102,7 @@ class WinogradWeightGradient:
         forward, products = self.correlation, self.products
         m, points = forward.block, forward.points
         name, padded = self.name, products.padded_columns
-        n = tap_dimension(f"{name}_Z_n", forward.batch)    # the active batch
+        n = batch_loop(f"{name}_Z_n", forward.batch)    # the active batch
         by = literal_extent(f"{name}_Z_by", forward.block_rows)
         bx = literal_extent(f"{name}_Z_bx", forward.block_columns)
         output = literal_extent(f"{name}_Z_k", padded)

@@ -2,9 +2,8 @@
 derived from the per-sample losses (:mod:`devito_ml.autodiff`)."""
 
 import numpy as np
-from devito import Dimension
-
 from devito_ml.autodiff import adjoint, gradient_of, intermediates
+from devito_ml.batch import batch_dimension
 from devito_ml.symbolics import plain_view, tap_dimension, tensor
 
 __all__ = ['Loss']
@@ -43,7 +42,7 @@ class Loss:
         """Allocate ``targets`` and ``value`` for outputs of ``output_size``."""
         self.output_size = tuple(output_size)
         self.dtype = dtype
-        self.n = Dimension('n')
+        self.n = batch_dimension()
         # the axes named as the layers name theirs (``layer.py``, Loop names)
         axes = ('f',) if len(output_size) == 2 else ('c', 'h', 'w')
         self.dims = (self.n,) + tuple(tap_dimension(f"{self.name}_{axis}", extent)

@@ -8,6 +8,7 @@ from devito import Constant
 
 from devito_ml.compiled import CompiledOperator, OperatorChain
 from devito_ml.symbolics import tensor
+from devito_ml.validation import non_finite
 
 __all__ = ['Optimizer']
 
@@ -216,7 +217,7 @@ class Optimizer:
             if value.shape != f.data.shape:
                 raise ValueError(f"{owner}.load_state_dict: `{name}` must have shape "
                                  f"{f.data.shape}, got {value.shape}")
-            if not np.all(np.isfinite(value)):
+            if non_finite({name: value}):
                 raise ValueError(f"{owner}.load_state_dict: `{name}` holds non-finite "
                                  "values")
         hyper = {name: state[f"hyper/{name}"] for name in type(self).hyperparameters}
