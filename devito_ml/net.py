@@ -12,13 +12,12 @@ from devito_ml.allocation import batched_allocation
 from devito_ml.code_export import NetListing
 from devito_ml.layer import Layer
 from devito_ml.loss import get_loss
+from devito_ml.net_batch import NetBatch
 from devito_ml.net_equations import backward_equations, forward_equations
 from devito_ml.net_graph import NetGraph
 from devito_ml.net_operators import NetOperators
-from devito_ml.steps import Step
-from devito_ml.symbolics import plain_view
-from devito_ml.validation import (LayerArgumentError, check_array, check_float_dtype,
-                                  check_name, check_positive_ints)
+from devito_ml.validation import (LayerArgumentError, check_float_dtype, check_name,
+                                  check_positive_ints)
 
 __all__ = ['Net', 'LAYERS_PER_OPERATOR']
 
@@ -67,9 +66,7 @@ class Net:
 
     Examples
     --------
-    >>> import contextlib
-
-import numpy as np
+    >>> import numpy as np
     >>> from devito_ml import Net, Conv, Flat, FullyConnected, ReLU
     >>> net = Net([Conv((4, 3, 3), padding=1, activation=ReLU()), Flat(),
     ...            FullyConnected(3)], batch_size=2, input_shape=(1, 6, 6))
@@ -101,14 +98,11 @@ import numpy as np
             self.loss.bind(self.output_size, self.dtype)
         self.input = self.graph.input
         self._losses = {self.loss.name: self.loss}
-        self._stepped = [layer for layer in self.layers if layer.draws_per_step]
         self._operators = NetOperators(self.graph, self.name, self.loss,
                                        self.layers_per_operator)
         self._listing = NetListing(self.name, self.layers,
                                    lambda: sorted(self._losses))
-        self._batch, self._window = None, None
-        self._input_view = plain_view(self.input)
-        self._output_view = plain_view(self.output_layer.result)
+        self._batch = NetBatch(self.graph)
 
     def built_operators(self):
         """Every operator built so far (an :class:`~devito_ml.compiled.OperatorChain`
@@ -129,17 +123,14 @@ import numpy as np
         """Run the steps inside as samples ``first``... of a batch of ``total``
         that processes share (data-parallel training): a layer that draws per step
         (Dropout) draws the whole batch's and keeps its rows."""
-        self._window = (int(first), int(total))
-        try:
+        with self._batch.shard(first, total):
             yield self
-        finally:
-            self._window = None
 
     def idle_step(self, loss=None):
         """A training step of which this process holds no sample (a rank's empty
         shard): layers count it, and its operators take part in their sync points'
         collectives without running."""
-        self._before_step(0, True)
+        self._batch.begin_step(True, samples=0)
         self.forward_operator_for(True).idle()
         self.backward_operator_for(loss, True).idle()
 
@@ -224,10 +215,10 @@ import numpy as np
         ``x`` may hold fewer samples than the allocated batch; the same operator
         runs on the first ``len(x)`` entries.
         """
-        batch = self._load_batch(x)
-        self._before_step(batch, self.training)
+        batch = self._batch.load(x)
+        self._batch.begin_step(self.training)
         self.forward_operator.run(batch)
-        return np.array(self._output_view[:batch])
+        return self._batch.output()
 
     __call__ = forward
 
@@ -241,12 +232,13 @@ import numpy as np
         operator (data-parallel training starts summing the gradients each part
         finished while the next parts run).
         """
-        if self._batch is None:
+        batch = self._batch.size
+        if batch is None:
             raise RuntimeError("Net.backward: run `forward` on a batch first")
         loss = self._bound_loss(loss)
-        loss.set_targets(targets, self._batch)
-        self.backward_operator_for(loss).run(self._batch, after_part)
-        return loss.value(self._batch)
+        loss.set_targets(targets, batch)
+        self.backward_operator_for(loss).run(batch, after_part)
+        return loss.value(batch)
 
     def input_gradient(self, x, targets, loss=None):
         """The gradient of the batch's mean loss with respect to the input ``x``.
@@ -259,9 +251,7 @@ import numpy as np
 
         Examples
         --------
-        >>> import contextlib
-
-import numpy as np
+        >>> import numpy as np
         >>> from devito_ml import Net, Conv, Flat, FullyConnected
         >>> net = Net([Conv((2, 3, 3)), Flat(), FullyConnected(3)], batch_size=4,
         ...           input_shape=(1, 5, 5), seed=0, dtype=np.float64)
@@ -270,10 +260,10 @@ import numpy as np
         (4, 1, 5, 5)
         """
         self.forward(x)
-        loss = self._bound_loss(loss)
-        loss.set_targets(targets, self._batch)
-        self.backward_operator_for(loss, input_gradient=True).run(self._batch)
-        gradients = [np.asarray(g.data[:self._batch])
+        batch, loss = self._batch.size, self._bound_loss(loss)
+        loss.set_targets(targets, batch)
+        self.backward_operator_for(loss, input_gradient=True).run(batch)
+        gradients = [np.asarray(g.data[:batch])
                      for g in self.graph.network_input_gradients()]
         return np.array(sum(gradients[1:], gradients[0]))
 
@@ -284,55 +274,39 @@ import numpy as np
 
         Examples
         --------
-        >>> import contextlib
-
-import numpy as np
+        >>> import numpy as np
         >>> from devito_ml import Net, Flat, FullyConnected
         >>> net = Net([Flat(), FullyConnected(3)], batch_size=2, input_shape=(1, 2, 2))
         >>> mean, _ = net.evaluate(np.ones((2, 1, 2, 2), np.float32), np.array([0, 1]))
         >>> bool(np.isclose(net.sample_losses().mean(), mean))
         True
         """
-        if self._batch is None:
+        if self._batch.size is None:
             raise RuntimeError(f"Net `{self.name}`.sample_losses: no batch has run yet")
-        return self._bound_loss(loss).sample_values(self._batch)
-
-    def _load_batch(self, x):
-        check_array(None, 'Net: x', x, self.input_size, self.dtype)
-        batch = x.shape[0]
-        self._input_view[:batch] = x
-        self._batch = batch
-        return batch
-
-    def _before_step(self, batch, training):
-        first, total = self._window or (0, batch)
-        synchronized = self.graph.statistics is not None
-        step = Step(batch, training, first, total, total if synchronized else batch)
-        for layer in self._stepped:
-            layer.before_step(step)
+        return self._bound_loss(loss).sample_values(self._batch.size)
 
     def evaluate(self, x, targets, loss=None):
         """``(loss, output)`` on a batch, in evaluation mode, computing no
         gradient."""
         loss = self._bound_loss(loss)
-        batch = self._load_batch(x)
+        batch = self._batch.load(x)
         loss.set_targets(targets, batch)
-        self._before_step(batch, False)
+        self._batch.begin_step(False)
         self.evaluation_operator(loss).run(batch)
-        return loss.value(batch), np.array(self._output_view[:batch])
+        return loss.value(batch), self._batch.output()
 
     def train_step(self, x, targets, optimizer, loss=None):
         """One training step in the train operator (forward, backward, update);
         returns the batch's loss and output, both from before the update."""
         loss = self._bound_loss(loss)
         operator = self.train_operator(optimizer, loss)
-        batch = self._load_batch(x)
+        batch = self._batch.load(x)
         loss.set_targets(targets, batch)
         optimizer.prepare_step()
-        self._before_step(batch, True)
+        self._batch.begin_step(True)
         operator.run(batch)
         optimizer.finish_step()
-        return loss.value(batch), np.array(self._output_view[:batch])
+        return loss.value(batch), self._batch.output()
 
     def train(self, mode=True):
         """Set training mode: batch statistics in BatchNorm, Dropout active.
