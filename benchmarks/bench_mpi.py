@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from devito_ml.benchmark import interleaved  # noqa: E402
 from devito_ml.distributed import (DataParallel, launched_ranks, mpi,  # noqa: E402
                                    shard_bounds, shard_capacity)
+from devito_ml.gradient_buckets import BUCKET_BYTES  # noqa: E402
 from devito_ml.models import lenet5, resnet  # noqa: E402
 from devito_ml.optim import Adam  # noqa: E402
 
@@ -101,6 +102,8 @@ def main():
     parser.add_argument('--batch', type=int, default=256, help='global batch')
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--steps', type=int, default=6, help='steps a round')
+    parser.add_argument('--bucket-kb', type=int, default=BUCKET_BYTES >> 10,
+                        help='largest bucket of gradients summed at once, kB')
     args = parser.parse_args()
     import torch
     threads = int(os.environ.get('OMP_NUM_THREADS', os.cpu_count()))
@@ -128,7 +131,8 @@ def main():
         dist.init_process_group('gloo', init_method=f"tcp://127.0.0.1:{port}",
                                 rank=rank, world_size=ranks)
         ddp = DistributedDataParallel(twin)
-        parallel = DataParallel(net, comm, args.batch)
+        parallel = DataParallel(net, comm, args.batch,
+                                bucket_bytes=args.bucket_kb << 10)
         optimizer = Adam(net, lr=1e-3)
         parallel.build(optimizer)
         functions['devito_ml DataParallel'] = \
