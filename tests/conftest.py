@@ -33,6 +33,25 @@ if 'PYTEST_XDIST_WORKER' in os.environ:
 os.environ.setdefault(CHECK_VARIABLE, '1')
 
 
+LONGEST_FILES = ('test_models.py', 'test_fuzz.py', 'test_notebooks.py',
+                 'test_layout.py', 'test_convert.py', 'test_vector_width.py',
+                 'test_distributed.py', 'test_winograd.py', 'test_kernels.py')
+"""The test files that take longest, longest first (minutes each on two cores). The
+two xdist workers take whole files in the order collected (``--dist loadfile
+--no-loadscope-reorder``): the longest first, so that none of them is left running
+alone at the end while the other worker has nothing to do."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files' tests first (:data:`LONGEST_FILES`), the others after in
+    their order; the tests of one file stay in theirs."""
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else \
+            len(LONGEST_FILES)
+    items.sort(key=rank)
+
+
 class _RaiseOnDevitoWarning(logging.Handler):
     def emit(self, record):
         message = record.getMessage()
