@@ -162,7 +162,6 @@ class DataParallel(Trainer):
         Default: the net's batch times the ranks.
     sync_batchnorm : bool
         Statistics of BatchNorm over the global batch instead of each shard.
-
     bucket_bytes : int
         The largest bucket of gradients summed at once
         (:mod:`devito_ml.gradient_buckets`).
@@ -171,6 +170,8 @@ class DataParallel(Trainer):
     ----------
     steps : int
         Steps taken.
+    wait_seconds : float
+        Time spent waiting for the gradients' sums so far.
     """
 
     def __init__(self, net, comm, batch_size=None, sync_batchnorm=False,
