@@ -143,3 +143,23 @@ def test_a_run_says_when_it_builds_operators(net, data):
     fit(fresh(net), SGD(net, lr=0.05), *data, epochs=1, progress=False, log=lines.append)
     assert lines[0].startswith('building the operators')
     assert lines[1].startswith('operators built in')
+
+
+def test_fit_runs_the_trainer_it_is_given(net, data):
+    """A trainer of this net, with the batch it takes; one of another net, an object
+    that is not a trainer, or a batch size the trainer does not take are refused
+    before anything runs."""
+    from devito_ml.trainer import LocalTrainer
+    trainer = LocalTrainer(fresh(net), batch_size=16)
+    history = fit(net, SGD(net, lr=0.05), *data, epochs=1, trainer=trainer,
+                  progress=False, log=None)
+    assert trainer.batch_size == 16 and len(history.epochs) == 1
+    other = lenet5(32, (8, 8), dtype=np.float64, seed=0)
+    with pytest.raises(ValueError, match='trains Net'):
+        fit(net, SGD(net, lr=0.05), *data, trainer=LocalTrainer(other), log=None)
+    with pytest.raises(TypeError, match='must be a Trainer'):
+        fit(net, SGD(net, lr=0.05), *data, trainer=object(), log=None)
+    with pytest.raises(ValueError, match='leave `batch_size` out'):
+        fit(net, SGD(net, lr=0.05), *data, trainer=trainer, batch_size=8, log=None)
+    with pytest.raises(ValueError, match='larger than the batch of 32'):
+        LocalTrainer(net, batch_size=64)
