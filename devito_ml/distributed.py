@@ -170,8 +170,6 @@ class DataParallel(Trainer):
     ----------
     steps : int
         Steps taken.
-    wait_seconds : float
-        Time spent waiting for the gradients' sums so far.
     """
 
     def __init__(self, net, comm, batch_size=None, sync_batchnorm=False,
