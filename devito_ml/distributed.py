@@ -203,11 +203,11 @@ class DataParallel(Trainer):
     def buckets(self, loss=None):
         """The :class:`~devito_ml.gradient_buckets.GradientBuckets` of the steps of
         ``loss`` (made with the backward operator, once)."""
-        key = self.net.backward_operator_for(loss, True)
-        if key.name not in self._buckets:
-            self._buckets[key.name] = GradientBuckets(self.net, key, self.comm,
-                                                      self._MPI, self.bucket_bytes)
-        return self._buckets[key.name]
+        chain = self.net.backward_operator_for(loss, True)
+        if chain.name not in self._buckets:
+            self._buckets[chain.name] = GradientBuckets(self.net, chain, self.comm,
+                                                        self._MPI, self.bucket_bytes)
+        return self._buckets[chain.name]
 
     def build(self, optimizer, loss=None, evaluation=False):
         """Build the operators of a step (and of evaluation): rank 0 first, then the

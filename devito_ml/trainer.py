@@ -5,7 +5,7 @@ process (:class:`LocalTrainer`) or over the ranks of an MPI job
 import contextlib
 import numbers
 
-from devito_ml.metrics import correct_answers, evaluation_sums
+from devito_ml.metrics import correct_answers, evaluate
 
 __all__ = ['Trainer', 'LocalTrainer']
 
@@ -80,8 +80,7 @@ class LocalTrainer(Trainer):
         return value, correct_answers(output, y)
 
     def evaluate(self, images, labels, loss=None):
-        total_loss, correct = evaluation_sums(self.net, images, labels, loss)
-        return total_loss / len(labels), correct / len(labels)
+        return evaluate(self.net, images, labels, loss)
 
 
 def checked_batch_size(owner, net, batch_size, most):
